@@ -1,0 +1,273 @@
+"""One typed configuration tree, loaded from YAML presets with dotted ``key=value`` overrides.
+
+Presets live in ``configs/`` (installed as ``creformer.configs``); ``load_config("tiny")`` and
+``load_config("configs/tiny.yaml")`` are equivalent. Unknown keys and wrong types are errors that
+name the file, the line and the key, and suggest the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+DEFAULT_ASSAYS = ["ATAC", "H3K4me1", "H3K4me3", "H3K27ac", "H3K27me3", "H3K36me3", "CTCF"]
+CROP_LENGTHS = [128, 1024, 2048, 4096, 8192, 16384]
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is wrong; the message says where and what to do."""
+
+
+@dataclass
+class DataConfig:
+    genome: str = ""  # FASTA (plain, gzip or bgzip)
+    samples: str = ""  # samples.tsv: sample, assay, path
+    shards: str = "runs/shards/elementary"  # output folder of `prepare elementary`
+    assays: list[str] = field(default_factory=lambda: list(DEFAULT_ASSAYS))
+    window_bp: int = 32768  # tokens per window; a window reads window_bp + 5 bases
+    windows_per_sample: int = 50000
+    max_n_fraction: float = 0.1
+    shard_size_mb: int = 256
+    crop_length: int = 1024  # L used by training, a multiple of 128 in CROP_LENGTHS
+    seed: int = 0
+    executor: str = "ray"  # "ray" (Ray Data tasks) or "local" (one process, for debugging)
+
+
+@dataclass
+class SimulateConfig:
+    preset: str = "tiny"
+    out: str = "runs/sim"
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    d_model: int = 64
+    n_heads: int = 4
+    ffn: int = 256
+    n1: int = 2  # transformer-1 layers (inside 128-bp bins)
+    n2: int = 2  # transformer-2 layers (across bins)
+    n3: int = 2  # regulatory transformer layers (across peaks)
+    bin_size: int = 128
+    max_bins: int = 128
+    peak_bp: int = 1024
+    peak_m: int = 150
+    n_tracks: int = 7
+    dropout: float = 0.0
+    activation_checkpointing: bool = False
+
+
+@dataclass
+class TrainConfig:
+    num_workers: int = 2
+    use_gpu: bool = False
+    micro_batch: int = 4
+    grad_accum: int = 1
+    lr: float = 3e-4
+    warmup_steps: int = 50
+    max_steps: int = 200
+    clip_grad: float = 1.0
+    checkpoint_every: int = 50
+    max_failures: int = 2
+    storage_path: str = "runs/train"
+    name: str = "elementary"
+    seed: int = 0
+
+
+@dataclass
+class RayConfig:
+    address: str = ""  # empty: RAY_ADDRESS if set, else a local Ray on node_ip
+    node_ip: str = "127.0.0.2"  # loopback, not 127.0.0.1 (Ray rewrites that to the host's address)
+    gloo_socket_ifname: str = "lo"
+    num_cpus: int = 0  # 0: let Ray detect
+
+
+@dataclass
+class AnalysisConfig:
+    min_cells_per_group: int = 20
+    top_k_tfs: int = 3
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    simulate: SimulateConfig = field(default_factory=SimulateConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("creformer.configs").iterdir() if p.name.endswith(".yaml"))
+
+
+def _resolve_source(source: str | Path) -> Path:
+    path = Path(source)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; presets: {', '.join(preset_names())}")
+        return path
+    candidate = Path(str(resources.files("creformer.configs") / f"{source}.yaml"))
+    if not candidate.is_file():
+        raise ConfigError(f"unknown preset {source!r}; presets: {', '.join(preset_names())}, or give a .yaml path")
+    return candidate
+
+
+def _node_to_python(node: yaml.Node, prefix: str, lines: dict[str, int]) -> Any:
+    """Convert a composed YAML node to Python, remembering the line of every dotted key."""
+    lines[prefix] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            dotted = f"{prefix}.{key}" if prefix else key
+            lines[dotted] = key_node.start_mark.line + 1
+            out[key] = _node_to_python(value_node, dotted, lines)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_node_to_python(v, prefix, {}) for v in node.value]
+    return yaml.safe_load(yaml.serialize(node))
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        errors = []
+        for arm in typing.get_args(tp):
+            if arm is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _coerce(value, arm, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"{where}: {value!r} is not a {_type_name(tp)}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list of {_type_name(item_tp)}, got {value!r}")
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {_coerce(k, key_tp, where): _coerce(v, val_tp, f"{where}.{k}") for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if value is None:
+            return ""
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{where}: unsupported type {tp}")
+
+
+def _apply(obj: Any, values: dict[str, Any], prefix: str, origin: str, lines: dict[str, int]) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in values.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        where = f"{origin}, line {lines[dotted]}" if dotted in lines else origin
+        if key not in names:
+            hint = difflib.get_close_matches(key, names, n=1)
+            suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"{where}: unknown key {dotted!r}{suggestion}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: {dotted!r} is a section; give a mapping, not {value!r}")
+            _apply(current, value, dotted, origin, lines)
+        else:
+            setattr(obj, key, _coerce(value, hints[key], f"{where}: {dotted}"))
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value (e.g. model.d_model=128)")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({err})") from err
+    return key.strip(), value
+
+
+def _nest(dotted: str, value: Any) -> dict[str, Any]:
+    out: Any = value
+    for part in reversed(dotted.split(".")):
+        out = {part: out}
+    return out
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that types alone cannot express."""
+    if cfg.data.window_bp % cfg.model.bin_size:
+        raise ConfigError(f"data.window_bp={cfg.data.window_bp} must be a multiple of model.bin_size={cfg.model.bin_size}")
+    if cfg.data.crop_length not in CROP_LENGTHS:
+        raise ConfigError(f"data.crop_length={cfg.data.crop_length} must be one of {CROP_LENGTHS}")
+    if cfg.data.crop_length > cfg.data.window_bp:
+        raise ConfigError(f"data.crop_length={cfg.data.crop_length} exceeds data.window_bp={cfg.data.window_bp}")
+    if not 0.0 <= cfg.data.max_n_fraction <= 1.0:
+        raise ConfigError(f"data.max_n_fraction={cfg.data.max_n_fraction} must lie in [0, 1]")
+    if cfg.data.executor not in ("ray", "local"):
+        raise ConfigError(f"data.executor={cfg.data.executor!r} must be 'ray' or 'local'")
+    if cfg.model.d_model % cfg.model.n_heads:
+        raise ConfigError(f"model.d_model={cfg.model.d_model} must be divisible by model.n_heads={cfg.model.n_heads}")
+    if len(set(cfg.data.assays)) != len(cfg.data.assays):
+        raise ConfigError(f"data.assays has duplicates: {cfg.data.assays}")
+    for name in ("window_bp", "windows_per_sample", "shard_size_mb"):
+        if getattr(cfg.data, name) <= 0:
+            raise ConfigError(f"data.{name} must be positive")
+
+
+def load_config(source: str | Path = "tiny", overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a preset name or YAML path, apply ``key=value`` overrides, validate, return the tree."""
+    path = _resolve_source(source)
+    try:
+        node = yaml.compose(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    lines: dict[str, int] = {}
+    values = _node_to_python(node, "", lines) if node is not None else {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (data, model, train, ...)")
+    cfg = Config()
+    _apply(cfg, values, "", str(path), lines)
+    for item in overrides:
+        key, value = _parse_override(item)
+        _apply(cfg, _nest(key, value), "", f"override {item!r}", {})
+    validate(cfg)
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

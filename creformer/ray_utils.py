@@ -1,0 +1,31 @@
+"""Connecting to Ray: a cluster named by RAY_ADDRESS / ray.address, else a local Ray on loopback."""
+
+from __future__ import annotations
+
+import os
+
+from .config import RayConfig
+
+
+def runtime_env(cfg: RayConfig) -> dict:
+    # gloo picks the interface by hostname otherwise, which may resolve off loopback.
+    return {"env_vars": {"GLOO_SOCKET_IFNAME": cfg.gloo_socket_ifname}}
+
+
+def ensure_ray(cfg: RayConfig) -> None:
+    """Initialize Ray once: the configured or environment address, else a local node on ``cfg.node_ip``.
+
+    Ray rewrites 127.0.0.1 to the machine's network address, so local runs use another loopback
+    address (127.0.0.2 by default) to keep every connection on loopback.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.address or os.environ.get("RAY_ADDRESS", "")
+    kwargs = {"runtime_env": runtime_env(cfg), "log_to_driver": True, "logging_level": "warning"}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(_node_ip_address=cfg.node_ip, include_dashboard=False,
+                 num_cpus=cfg.num_cpus or None, **kwargs)

@@ -1,0 +1,123 @@
+"""Streams of model-ready rows from shard sets, as Ray Data datasets.
+
+``elementary_dataset`` reads the WebDataset tar shards of ``prepare elementary`` one read task per
+shard, verifies each shard's sha256 before decoding it, and yields fixed-length random crops. It
+never materializes the set: rows flow through Ray Data's streaming executor, so it works with
+``iter_torch_batches`` and ``streaming_split`` (one split per Ray Train worker).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ShardError
+from .shards import Manifest, verify_shard_file
+from .windows import RECORD_EXTS, stable_seed
+
+CROP_LENGTHS = (128, 1024, 2048, 4096, 8192, 16384)
+
+
+def iter_shard_records(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Decode one elementary tar shard: dicts with key, dna (uint16[L]), sig (uint8[A, L]), meta."""
+    current: dict[str, Any] = {}
+    try:
+        with tarfile.open(path, mode="r|") as tar:
+            for member in tar:
+                name = member.name
+                ext = next((e for e in RECORD_EXTS if name.endswith("." + e)), None)
+                if ext is None:
+                    raise ShardError(f"{path}: unexpected member {name!r} (expected *.{', *.'.join(RECORD_EXTS)})")
+                key = name[: -len(ext) - 1]
+                if current and current["key"] != key:
+                    yield _finish(current, path)
+                    current = {}
+                current["key"] = key
+                data = tar.extractfile(member).read()  # type: ignore[union-attr]
+                if ext == "meta.json":
+                    current["meta"] = json.loads(data)
+                else:
+                    current[ext.split(".")[0]] = np.load(io.BytesIO(data), allow_pickle=False)
+    except (tarfile.TarError, EOFError, ValueError) as err:
+        raise ShardError(f"shard {path} cannot be decoded ({err}); delete it and rerun `creformer prepare`") from err
+    if current:
+        yield _finish(current, path)
+
+
+def _finish(rec: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    missing = [k for k in ("dna", "sig", "meta") if k not in rec]
+    if missing:
+        raise ShardError(f"shard {path}: record {rec['key']} lacks {missing}")
+    return rec
+
+
+def iter_manifest_records(manifest: str | Path | Manifest, verify: bool = True) -> Iterator[dict[str, Any]]:
+    """Every record of a shard set in order, without Ray (tests, inspection, small jobs)."""
+    man = manifest if isinstance(manifest, Manifest) else Manifest(manifest)
+    for entry in man.shards:
+        if verify:
+            man.verify_entry(entry)
+        yield from iter_shard_records(man.shard_path(entry))
+
+
+def crop_record(rec: dict[str, Any], length: int, rng: np.random.Generator, assays: list[str]) -> dict[str, Any]:
+    """A random ``length``-token crop of one window: int32 tokens, the present-assay mask, the key."""
+    total = rec["dna"].shape[0]
+    off = int(rng.integers(0, total - length + 1))
+    present = np.array([a in rec["meta"]["assays_present"] for a in assays], dtype=bool)
+    return {
+        "key": f"{rec['key']}@{off}",
+        "dna": rec["dna"][off : off + length].astype(np.int32),
+        "sig": rec["sig"][:, off : off + length].astype(np.int32),
+        "present": present,
+    }
+
+
+class _ReadCrops:
+    """Ray Data ``flat_map`` callable: one shard entry in, its verified, cropped records out."""
+
+    def __init__(self, root: str, assays: list[str], length: int, seed: int, epoch: int, verify: bool):
+        self.root, self.assays, self.length = root, assays, length
+        self.seed, self.epoch, self.verify = seed, epoch, verify
+
+    def __call__(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        entry = json.loads(row["entry"])
+        path = Path(self.root) / "shards" / entry["file"]
+        if self.verify:
+            verify_shard_file(path, entry)
+        rng = np.random.default_rng(stable_seed(self.seed, self.epoch, entry["file"]))
+        for rec in iter_shard_records(path):
+            yield crop_record(rec, self.length, rng, self.assays)
+
+
+def elementary_dataset(
+    manifest: str | Path | Manifest, length: int = 1024, *, seed: int = 0, epoch: int = 0,
+    shuffle_shards: bool = True, verify: bool = True,
+):
+    """A streaming ``ray.data.Dataset`` of crops with columns key, dna [L], sig [A, L], present [A].
+
+    Every row has the same ``length`` L (one L per batch, as training requires); build one dataset
+    per L to train on several. Shard order is shuffled per (seed, epoch), each shard is checksummed
+    when its read task opens it, and corrupt shards raise ``ShardError`` naming the file.
+    """
+    import ray.data
+
+    man = manifest if isinstance(manifest, Manifest) else Manifest(manifest)
+    if man.kind != "elementary":
+        raise ShardError(f"{man.path} is a {man.kind} shard set, not elementary")
+    window = man.data["record"]["window_bp"]
+    if length not in CROP_LENGTHS or length > window:
+        raise ValueError(f"crop length {length} must be one of {CROP_LENGTHS} and <= the window ({window})")
+    entries = list(man.shards)
+    if shuffle_shards:
+        order = np.random.default_rng(stable_seed(seed, epoch, "shards")).permutation(len(entries))
+        entries = [entries[i] for i in order]
+    items = [{"entry": json.dumps(e)} for e in entries]
+    reader = _ReadCrops(str(man.root), man.data["tokenizer"]["assays"], length, seed, epoch, verify)
+    return ray.data.from_items(items, override_num_blocks=len(items)).flat_map(reader)

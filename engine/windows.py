@@ -1,0 +1,259 @@
+"""Elementary windows: non-overlapping genome tiles of window_bp + 5 bases, sampled per sample."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+from .io.bigwig import Track
+from .io.chroms import harmonize
+from .io.fasta import Genome
+from .io.samples import Sample, read_samples
+from .shards import BuildResult, HashingWriter, ShardTask, build_shard_set, content_hash, fingerprint, write_shard_file
+from .tokenize import _LUT, K, SIG_PAD, SignalStats, dna_tokens, signal_tokens_from_runs, tokenizer_spec
+
+
+@dataclass(frozen=True, order=True)
+class Window:
+    chrom: str
+    start: int
+    end: int  # start + window_bp + K - 1: the bases that window_bp tokens read
+
+    def key(self, sample: str) -> str:
+        return f"{sample}/{self.chrom}:{self.start}-{self.end}"
+
+
+@dataclass
+class Candidates:
+    windows: list[Window]
+    skipped_n: int  # tiles excluded for too many N bases
+    n_fraction: dict[Window, float]
+
+
+def stable_seed(*parts: object) -> int:
+    """A seed that is the same in every process and Python run (unlike ``hash``)."""
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def candidate_windows(genome: Genome, window_bp: int, max_n_fraction: float) -> Candidates:
+    """Tile every chromosome with non-overlapping spans and drop spans with > max_n_fraction N."""
+    span = window_bp + K - 1
+    kept: list[Window] = []
+    nfrac: dict[Window, float] = {}
+    skipped = 0
+    for chrom, length in genome.lengths.items():
+        for start in range(0, length - span + 1, span):
+            seq = np.frombuffer(genome.fetch(chrom, start, start + span), dtype=np.uint8)
+            frac = float(np.count_nonzero(np.take(_LUT, seq) == 4)) / span
+            if frac > max_n_fraction:
+                skipped += 1
+                continue
+            w = Window(chrom, start, start + span)
+            kept.append(w)
+            nfrac[w] = frac
+    return Candidates(kept, skipped, nfrac)
+
+
+def sample_windows(candidates: list[Window], n: int, sample: str, seed: int) -> list[Window]:
+    """Up to ``n`` distinct windows for one sample, seeded by (seed, sample), in genome order."""
+    if n >= len(candidates):
+        return list(candidates)
+    rng = np.random.default_rng(stable_seed(seed, sample))
+    pick = np.sort(rng.choice(len(candidates), size=n, replace=False))
+    return [candidates[i] for i in pick]
+
+
+# ---------------------------------------------------------------------------------------------
+# Records and the `prepare elementary` build
+# ---------------------------------------------------------------------------------------------
+
+
+RECORD_EXTS = ("dna.npy", "sig.npy", "meta.json")
+_OPEN: dict[str, Any] = {}  # per-process cache of open genome/track handles (Ray workers reuse them)
+
+
+def _open_genome(path: str) -> Genome:
+    if path not in _OPEN:
+        _OPEN[path] = Genome(path)
+    return _OPEN[path]
+
+
+def _open_track(path: str, chrom_map: dict[str, str]) -> Track:
+    key = f"{path}\x1f{sorted(chrom_map.items())}"
+    if key not in _OPEN:
+        _OPEN[key] = Track(path, chrom_map)
+    return _OPEN[key]
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0  # identical inputs give byte-identical shards
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def tokenize_window(
+    genome: Genome, tracks: dict[str, Track], window: Window, assays: list[str], cuts: dict[str, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """DNA tokens uint16[L] and signal tokens uint8[n_assays, L] of one window, plus its counts."""
+    span = window.end - window.start
+    dna = dna_tokens(genome.fetch(window.chrom, window.start, window.end))
+    sig = np.full((len(assays), span - K + 1), SIG_PAD, dtype=np.uint8)
+    missing_values: dict[str, int] = {}
+    negative_values: dict[str, int] = {}
+    empty: list[str] = []
+    for row, assay in enumerate(assays):
+        track = tracks.get(assay)
+        if track is None:
+            continue
+        stats = SignalStats()
+        s, e, v = track.runs(window.chrom, window.start, window.end)
+        if s.size == 0:
+            empty.append(assay)
+        sig[row] = signal_tokens_from_runs(s, e, v, span, cuts[assay], stats)
+        missing_values[assay] = stats.nan
+        negative_values[assay] = stats.negative
+    meta = {
+        "chrom": window.chrom, "start": window.start, "end": window.end,
+        "assays_present": [a for a in assays if a in tracks],
+        "assays_missing": [a for a in assays if a not in tracks],
+        "tracks_without_data": empty,
+        "missing_values": missing_values,
+        "negative_values": negative_values,
+    }
+    return dna, sig, meta
+
+
+def build_elementary_shard(task: ShardTask, context: dict[str, Any], shard_dir: Path) -> dict[str, Any]:
+    """Build one WebDataset tar shard of windows (runs in a Ray task or in-process)."""
+    assays: list[str] = context["assays"]
+    cuts = {a: np.asarray(c, dtype=np.float64) for a, c in context["cutpoints"].items()}
+    genome = _open_genome(context["genome"])
+
+    def write(out: HashingWriter) -> dict[str, Any]:
+        counts = {"records": 0, "missing_values": {a: 0 for a in assays}, "negative_values": {a: 0 for a in assays},
+                  "tracks_without_data": {a: 0 for a in assays}, "assay_missing_windows": {a: 0 for a in assays}}
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
+            for sample, chrom, start, end in task.payload["windows"]:
+                spec = context["samples"][sample]
+                tracks = {a: _open_track(spec[a]["path"], spec[a]["chrom_map"]) for a in assays if a in spec}
+                window = Window(chrom, start, end)
+                dna, sig, meta = tokenize_window(genome, tracks, window, assays, cuts)
+                meta["sample"] = sample
+                key = window.key(sample)
+                _add_member(tar, f"{key}.dna.npy", _npy_bytes(dna))
+                _add_member(tar, f"{key}.sig.npy", _npy_bytes(sig))
+                _add_member(tar, f"{key}.meta.json", json.dumps(meta, sort_keys=True).encode())
+                counts["records"] += 1
+                for a in assays:
+                    counts["missing_values"][a] += meta["missing_values"].get(a, 0)
+                    counts["negative_values"][a] += meta["negative_values"].get(a, 0)
+                    counts["tracks_without_data"][a] += a in meta["tracks_without_data"]
+                    counts["assay_missing_windows"][a] += a in meta["assays_missing"]
+        return counts
+
+    return write_shard_file(shard_dir / task.file, write)
+
+
+def _sum_counts(results: list[dict[str, Any]]) -> dict[str, Any]:
+    total: dict[str, Any] = {}
+    for r in results:
+        for key in ("missing_values", "negative_values", "tracks_without_data", "assay_missing_windows"):
+            bucket = total.setdefault(key, {})
+            for assay, n in r[key].items():
+                bucket[assay] = bucket.get(assay, 0) + n
+    return total
+
+
+def _record_bytes(window_bp: int, n_assays: int) -> int:
+    return 2 * window_bp + n_assays * window_bp + 3 * 512 + 2 * 128 + 512
+
+
+def _check_track_covers(track: Track, windows: list[Window], sample: str, assay: str) -> None:
+    """Error when a bigWig has no data in any of the sample's windows (wrong file or assembly)."""
+    for w in windows:
+        name = track.file_chrom(w.chrom)
+        if name is None:
+            continue
+        end = min(w.end, track.chrom_sizes[name])
+        if w.start < end:
+            cov = track._bw.stats(name, w.start, end, type="coverage")[0]
+            if cov:
+                return
+    chroms = sorted({w.chrom for w in windows})
+    raise InputError(
+        f"bigWig {track.path} ({sample}, {assay}) has no data in any of the sample's {len(windows)} windows "
+        f"on {', '.join(chroms[:5])}{' ...' if len(chroms) > 5 else ''} (its chromosomes: "
+        f"{', '.join(list(track.chrom_sizes)[:5])}); check the genome assembly and the samples table"
+    )
+
+
+def prepare_elementary(
+    samples_tsv: str | Path, genome_path: str | Path, out: str | Path, *,
+    assays: list[str], window_bp: int = 32768, windows_per_sample: int = 50000, max_n_fraction: float = 0.1,
+    shard_size_mb: int = 256, seed: int = 0, executor: str = "ray", overwrite: bool = False,
+) -> BuildResult:
+    """FASTA + bigWig tracks → checksummed WebDataset token shards (DESIGN §3)."""
+    samples: list[Sample] = read_samples(samples_tsv, assays)
+    genome = Genome(genome_path)
+    spec = tokenizer_spec(assays)
+    cand = candidate_windows(genome, window_bp, max_n_fraction)
+    if not cand.windows:
+        raise InputError(f"genome {genome_path} has no {window_bp + K - 1}-bp window with <= {max_n_fraction:.0%} N "
+                         f"(chromosomes: {', '.join(f'{c}={n}' for c, n in list(genome.lengths.items())[:5])}); "
+                         "use a larger genome or lower data.window_bp")
+    ctx_samples: dict[str, dict[str, Any]] = {}
+    inputs = [{"role": "genome", **fingerprint(genome_path)}]
+    windows: list[tuple[str, Window]] = []
+    for sample in samples:
+        picked = sample_windows(cand.windows, windows_per_sample, sample.name, seed)
+        ctx_samples[sample.name] = {}
+        for assay, path in sample.tracks.items():
+            track = Track(path)
+            cmap = harmonize(track.chrom_sizes, genome.chroms, query_label=f"bigWig {path}", target_label=f"genome {genome_path}")
+            inverse = {g: t for t, g in cmap.items()}
+            track.chrom_map = inverse
+            _check_track_covers(track, picked, sample.name, assay)
+            track.close()
+            ctx_samples[sample.name][assay] = {"path": str(path), "chrom_map": inverse}
+            inputs.append({"role": f"track:{sample.name}:{assay}", **fingerprint(path)})
+        windows += [(sample.name, w) for w in picked]
+    params = {"window_bp": window_bp, "windows_per_sample": windows_per_sample, "max_n_fraction": max_n_fraction,
+              "shard_size_mb": shard_size_mb, "seed": seed}
+    # Paths are left out of the hash: moving identical files does not invalidate the shards.
+    input_hash = content_hash({"kind": "elementary", "tokenizer": spec, "params": params,
+                               "inputs": [{k: v for k, v in i.items() if k != "path"} for i in inputs]})
+    per_shard = max(1, (shard_size_mb << 20) // _record_bytes(window_bp, len(assays)))
+    tasks = [ShardTask(i, f"elementary-{i:06d}.tar",
+                       {"windows": [[s, w.chrom, w.start, w.end] for s, w in windows[j : j + per_shard]]})
+             for i, j in enumerate(range(0, len(windows), per_shard))]
+    context = {"genome": str(Path(genome_path).resolve()), "assays": assays, "samples": ctx_samples,
+               "cutpoints": spec["signal"]["cutpoints"]}
+    extra = {
+        "tokenizer": spec,
+        "params": params,
+        "inputs": inputs,
+        "samples": {s.name: sorted(s.tracks) for s in samples},
+        "record": {"window_bp": window_bp, "span_bp": window_bp + K - 1, "files": list(RECORD_EXTS)},
+        "counts": {"windows": len(windows), "candidate_windows": len(cand.windows),
+                   "windows_skipped_n": cand.skipped_n, "samples": len(samples)},
+    }
+    return build_shard_set(out, kind="elementary", input_hash=input_hash, tasks=tasks, context=context,
+                           build=build_elementary_shard, manifest_extra=extra, executor=executor,
+                           overwrite=overwrite, summarize=_sum_counts)
