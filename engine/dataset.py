@@ -66,25 +66,28 @@ def iter_manifest_records(manifest: str | Path | Manifest, verify: bool = True) 
         yield from iter_shard_records(man.shard_path(entry))
 
 
-def crop_record(rec: dict[str, Any], length: int, rng: np.random.Generator, assays: list[str]) -> dict[str, Any]:
-    """A random ``length``-token crop of one window: int32 tokens, the present-assay mask, the key."""
+def crop_record(rec: dict[str, Any], length: int, rng: np.random.Generator, assays: list[str], keys: bool = False) -> dict[str, Any]:
+    """A random ``length``-token crop of one window: int32 tokens, the present-assay mask (and the key
+    ``sample/chrom:start-end@offset`` when ``keys``; strings cannot go through ``iter_torch_batches``)."""
     total = rec["dna"].shape[0]
     off = int(rng.integers(0, total - length + 1))
     present = np.array([a in rec["meta"]["assays_present"] for a in assays], dtype=bool)
-    return {
-        "key": f"{rec['key']}@{off}",
+    row = {
         "dna": rec["dna"][off : off + length].astype(np.int32),
         "sig": rec["sig"][:, off : off + length].astype(np.int32),
         "present": present,
     }
+    if keys:
+        row["key"] = f"{rec['key']}@{off}"
+    return row
 
 
 class _ReadCrops:
     """Ray Data ``flat_map`` callable: one shard entry in, its verified, cropped records out."""
 
-    def __init__(self, root: str, assays: list[str], length: int, seed: int, epoch: int, verify: bool):
+    def __init__(self, root: str, assays: list[str], length: int, seed: int, epoch: int, verify: bool, keys: bool):
         self.root, self.assays, self.length = root, assays, length
-        self.seed, self.epoch, self.verify = seed, epoch, verify
+        self.seed, self.epoch, self.verify, self.keys = seed, epoch, verify, keys
 
     def __call__(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
         entry = json.loads(row["entry"])
@@ -93,14 +96,14 @@ class _ReadCrops:
             verify_shard_file(path, entry)
         rng = np.random.default_rng(stable_seed(self.seed, self.epoch, entry["file"]))
         for rec in iter_shard_records(path):
-            yield crop_record(rec, self.length, rng, self.assays)
+            yield crop_record(rec, self.length, rng, self.assays, self.keys)
 
 
 def elementary_dataset(
     manifest: str | Path | Manifest, length: int = 1024, *, seed: int = 0, epoch: int = 0,
-    shuffle_shards: bool = True, verify: bool = True,
+    shuffle_shards: bool = True, verify: bool = True, keys: bool = False,
 ):
-    """A streaming ``ray.data.Dataset`` of crops with columns key, dna [L], sig [A, L], present [A].
+    """A streaming ``ray.data.Dataset`` of crops with columns dna [L], sig [A, L], present [A] (+ key).
 
     Every row has the same ``length`` L (one L per batch, as training requires); build one dataset
     per L to train on several. Shard order is shuffled per (seed, epoch), each shard is checksummed
@@ -119,5 +122,5 @@ def elementary_dataset(
         order = np.random.default_rng(stable_seed(seed, epoch, "shards")).permutation(len(entries))
         entries = [entries[i] for i in order]
     items = [{"entry": json.dumps(e)} for e in entries]
-    reader = _ReadCrops(str(man.root), man.data["tokenizer"]["assays"], length, seed, epoch, verify)
+    reader = _ReadCrops(str(man.root), man.data["tokenizer"]["assays"], length, seed, epoch, verify, keys)
     return ray.data.from_items(items, override_num_blocks=len(items)).flat_map(reader)

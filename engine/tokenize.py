@@ -28,7 +28,7 @@ for _i, _b in enumerate(b"ACGT"):
 
 
 def default_cutpoints() -> np.ndarray:
-    """35 increasing cut-points: a positive mean below cut 0 is level 1, at/above cut 33 level 35."""
+    """34 increasing cut-points: a positive mean below cut 0 is level 1, at/above cut 33 level 35."""
     return np.geomspace(0.05, 500.0, N_LEVELS - 2)
 
 

@@ -1,0 +1,79 @@
+import csv
+
+import numpy as np
+import pyBigWig
+
+from creformer.engine.io.fasta import Genome
+from creformer.engine.io.motifs import read_meme
+from creformer.engine.simulate import make_rulebook
+
+
+def rows(path):
+    with open(path) as fh:
+        return list(csv.DictReader(fh, delimiter="\t"))
+
+
+def test_files_are_real_and_readable(sim_tiny):
+    g = Genome(sim_tiny / "genome.fa")
+    assert g.lengths == {"chr1": 300_000, "chr2": 300_000}
+    assert (sim_tiny / "genome.fa.fai").exists()
+    motifs = read_meme(sim_tiny / "motifs.meme")
+    assert [m.name for m in motifs][-1] == "CTCF" and len(motifs) == 7
+    tracks = rows(sim_tiny / "samples.tsv")
+    assert len(tracks) == 3 * 7 and {r["assay"] for r in tracks} == {"ATAC", "H3K4me1", "H3K4me3", "H3K27ac", "H3K27me3", "H3K36me3", "CTCF"}
+    gtf = (sim_tiny / "genes.gtf").read_text().splitlines()
+    assert sum(1 for line in gtf if "\tgene\t" in line) == len(rows(sim_tiny / "truth" / "expression_celltype.tsv"))
+
+
+def test_deterministic_by_seed():
+    a, b, c = make_rulebook("tiny", 0), make_rulebook("tiny", 0), make_rulebook("tiny", 1)
+    assert [e.__dict__ for e in a.elements] == [e.__dict__ for e in b.elements]
+    assert [e.__dict__ for e in a.elements] != [e.__dict__ for e in c.elements]
+
+
+def test_planted_grammar_in_tracks(sim_tiny):
+    """ATAC is high at enhancers whose primary TF is a master of the sample's cell type, low otherwise,
+    and decoys (motif, but closed) stay closed."""
+    elements = rows(sim_tiny / "truth" / "elements.tsv")
+    masters = {r["cell_type"]: r["master_tfs"].split(",") for r in rows(sim_tiny / "truth" / "cell_types.tsv")}
+    for ct, tfs in masters.items():
+        bw = pyBigWig.open(str(sim_tiny / "tracks" / f"bulk_{ct}.ATAC.bw"))
+        def mean(e):
+            return bw.stats(e["chrom"], int(e["start"]), int(e["end"]))[0] or 0.0
+        active = [mean(e) for e in elements if e["kind"] == "enhancer" and e["tf"] in tfs]
+        inactive = [mean(e) for e in elements if e["kind"] == "enhancer" and e["tf"] not in tfs and e["partner_tf"] not in tfs]
+        decoys = [mean(e) for e in elements if e["kind"] == "decoy"]
+        assert np.mean(active) > 5 * max(np.mean(inactive), 0.1)
+        assert np.mean(decoys) < 0.2 * np.mean(active)
+
+
+def test_motif_instances_are_in_the_sequence(sim_tiny):
+    g = Genome(sim_tiny / "genome.fa")
+    motifs = {m.name: m for m in read_meme(sim_tiny / "motifs.meme")}
+    inst = rows(sim_tiny / "truth" / "motif_instances.tsv")[:50]
+    comp = bytes.maketrans(b"ACGT", b"TGCA")
+    for r in inst:
+        site = g.fetch(r["chrom"], int(r["start"]), int(r["end"]))
+        pwm = motifs[r["motif"]].pwm
+        cons = bytes(b"ACGT"[i] for i in pwm.argmax(1))
+        fwd = sum(a == b for a, b in zip(site, cons))
+        rev = sum(a == b for a, b in zip(site.translate(comp)[::-1], cons))
+        assert max(fwd, rev) >= len(cons) - 4  # sampled from the PWM: mostly the consensus
+
+
+def test_causal_enhancers_not_all_nearest():
+    book = make_rulebook("small", 0)
+    far = total = 0
+    by_gene = {}
+    for e in book.elements:
+        if e.gene >= 0:
+            by_gene.setdefault(e.gene, []).append(e)
+    for gi, own in by_gene.items():
+        tss = book.genes[gi].tss
+        near = sorted((x for x in book.elements if x.chrom == book.genes[gi].chrom and x.kind != "promoter"),
+                      key=lambda x: abs(x.center - tss))[:3]
+        for e in own:
+            if e.kind == "enhancer":
+                total += 1
+                far += e not in near
+    assert far / total >= 0.2

@@ -1,0 +1,104 @@
+import numpy as np
+import pytest
+
+from creformer.engine.tokenize import (
+    DNA_N, DNA_VOCAB, SIG_OFFSET, SIG_VOCAB, SignalStats, default_cutpoints, dna_tokens, signal_tokens,
+    signal_tokens_from_runs, tokenizer_spec,
+)
+
+
+def kmer_id(kmer: str) -> int:
+    """Reference implementation, one k-mer at a time: 4 + base-4 index, first base most significant."""
+    if any(c not in "ACGT" for c in kmer.upper()):
+        return 3
+    return 4 + sum("ACGT".index(c) * 4 ** (5 - i) for i, c in enumerate(kmer.upper()))
+
+
+def test_hand_computed_ids():
+    assert DNA_VOCAB == 4100 and SIG_VOCAB == 38
+    assert dna_tokens(b"AAAAAA").tolist() == [4]
+    assert dna_tokens(b"AAAAAC").tolist() == [5]
+    assert dna_tokens(b"TTTTTT").tolist() == [4099]
+    assert dna_tokens(b"CAAAAA").tolist() == [4 + 1024]
+    # L + 5 bases give L tokens; token i is the k-mer at base i
+    assert dna_tokens(b"AAAAAACG").tolist() == [4, 5, 4 + 4 + 2]
+
+
+def test_lower_case_and_n():
+    assert dna_tokens(b"acgtac").tolist() == dna_tokens(b"ACGTAC").tolist() == [kmer_id("ACGTAC")]
+    toks = dna_tokens(b"ACGTANACGTACG")
+    # every k-mer covering the N (base 5) is [N] = 3: tokens 0..5; tokens 6 and 7 are clean
+    expected = [kmer_id(b"ACGTANACGTACG"[i:i + 6].decode()) for i in range(8)]
+    assert toks.tolist() == expected
+    assert expected[:6] == [DNA_N] * 6 and expected[6] == kmer_id("ACGTAC") == 4 + 0b000110110001
+    assert dna_tokens(b"ACGTR C".replace(b" ", b"A")).tolist() == [DNA_N, DNA_N]  # IUPAC codes are N
+
+
+def test_random_sequences_match_reference():
+    rng = np.random.default_rng(1)
+    seq = bytes(rng.choice(list(b"ACGTacgtN"), 500))
+    assert dna_tokens(seq).tolist() == [kmer_id(seq[i:i + 6].decode()) for i in range(len(seq) - 5)]
+
+
+def test_signal_levels_by_hand():
+    cuts = np.array([1.0, 2.0, 4.0])
+    vals = np.array([0, 0, 0, 0, 0, 0, 6, 0, 0, 0, 0, 0, 12, 12, 12, 12, 12, 12], dtype=float)
+    toks = signal_tokens(vals, cuts)
+    # window 0: all zero -> level 0; window 1: mean 1.0 -> 1 + searchsorted(right)=1+1 -> level 2
+    # window 12: mean 12 -> level 4 (above every cut)
+    assert toks[0] == SIG_OFFSET + 0
+    assert toks[1] == SIG_OFFSET + 2
+    assert toks[7] == SIG_OFFSET + 1 + 2  # mean (12)/6 = 2.0 sits on a cut: right side
+    assert toks[12] == SIG_OFFSET + 4
+    assert toks.dtype == np.uint8 and len(toks) == len(vals) - 5
+
+
+def test_signal_tiny_positive_is_not_zero_and_nan_counted():
+    cuts = default_cutpoints()
+    vals = np.zeros(20)
+    vals[10] = 1e-12
+    vals[3] = np.nan
+    vals[4] = -5
+    vals[15] = np.inf
+    stats = SignalStats()
+    toks = signal_tokens(vals, cuts, stats)
+    assert toks[10] == SIG_OFFSET + 1 and toks[5] == SIG_OFFSET + 1 and toks[4] == SIG_OFFSET
+    assert stats.nan == 2 and stats.negative == 1
+
+
+def test_monotone_levels():
+    cuts = default_cutpoints()
+    means = np.sort(np.random.default_rng(0).exponential(20, 2000))
+    vals = np.repeat(means, 6)
+    toks = signal_tokens(vals, cuts)[::6]
+    assert np.all(np.diff(toks.astype(int)) >= 0)
+    assert toks.min() >= SIG_OFFSET + 1 and toks.max() <= SIG_VOCAB - 1
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_runs_equal_dense(seed):
+    rng = np.random.default_rng(seed)
+    cuts = default_cutpoints()
+    n = int(rng.integers(6, 4000))
+    k = int(rng.integers(0, min(60, n // 2) + 1))
+    pts = np.sort(rng.choice(n + 1, 2 * k, replace=False))
+    starts, ends = pts[0::2], pts[1::2]
+    vals = rng.exponential(3, k)
+    vals[rng.random(k) < 0.15] = np.nan
+    vals[rng.random(k) < 0.1] = -1.0
+    vals[rng.random(k) < 0.1] = 0.0
+    dense = np.full(n, np.nan)
+    for s, e, v in zip(starts, ends, vals):
+        dense[s:e] = v
+    a_stats, b_stats = SignalStats(), SignalStats()
+    a = signal_tokens_from_runs(starts, ends, vals, n, cuts, a_stats)
+    b = signal_tokens(dense, cuts, b_stats)
+    assert np.array_equal(a, b)
+    assert (a_stats.nan, a_stats.negative) == (b_stats.nan, b_stats.negative)
+
+
+def test_spec_records_cutpoints():
+    spec = tokenizer_spec(["ATAC", "CTCF"])
+    assert spec["assays"] == ["ATAC", "CTCF"]
+    cuts = spec["signal"]["cutpoints"]["ATAC"]
+    assert len(cuts) == 34 and all(b > a for a, b in zip(cuts, cuts[1:]))
