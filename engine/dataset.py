@@ -66,28 +66,39 @@ def iter_manifest_records(manifest: str | Path | Manifest, verify: bool = True) 
         yield from iter_shard_records(man.shard_path(entry))
 
 
-def crop_record(rec: dict[str, Any], length: int, rng: np.random.Generator, assays: list[str], keys: bool = False) -> dict[str, Any]:
-    """A random ``length``-token crop of one window: int32 tokens, the present-assay mask (and the key
-    ``sample/chrom:start-end@offset`` when ``keys``; strings cannot go through ``iter_torch_batches``)."""
+def crop_record(rec: dict[str, Any], length: int, rng: np.random.Generator, assays: list[str], keys: bool = False,
+                per_window: int = 1) -> list[dict[str, Any]]:
+    """Up to ``per_window`` non-overlapping random ``length``-token crops of one window.
+
+    Rows hold int32 tokens and the present-assay mask (and the key ``sample/chrom:start-end@offset``
+    when ``keys``; strings cannot go through ``iter_torch_batches``). Several crops per window reuse
+    one decoded record, which matters when L is much shorter than the 32 kb window.
+    """
     total = rec["dna"].shape[0]
-    off = int(rng.integers(0, total - length + 1))
+    phase = int(rng.integers(0, total - length + 1)) if per_window == 1 else int(rng.integers(0, length))
+    slots = np.arange(phase, total - length + 1, length)
+    offsets = slots if per_window >= slots.size else np.sort(rng.choice(slots, per_window, replace=False))
     present = np.array([a in rec["meta"]["assays_present"] for a in assays], dtype=bool)
-    row = {
-        "dna": rec["dna"][off : off + length].astype(np.int32),
-        "sig": rec["sig"][:, off : off + length].astype(np.int32),
-        "present": present,
-    }
-    if keys:
-        row["key"] = f"{rec['key']}@{off}"
-    return row
+    rows = []
+    for off in offsets.tolist():
+        row = {
+            "dna": rec["dna"][off : off + length].astype(np.int32),
+            "sig": rec["sig"][:, off : off + length].astype(np.int32),
+            "present": present,
+        }
+        if keys:
+            row["key"] = f"{rec['key']}@{off}"
+        rows.append(row)
+    return rows
 
 
 class _ReadCrops:
     """Ray Data ``flat_map`` callable: one shard entry in, its verified, cropped records out."""
 
-    def __init__(self, root: str, assays: list[str], length: int, seed: int, epoch: int, verify: bool, keys: bool):
+    def __init__(self, root: str, assays: list[str], length: int, seed: int, epoch: int, verify: bool, keys: bool,
+                 per_window: int):
         self.root, self.assays, self.length = root, assays, length
-        self.seed, self.epoch, self.verify, self.keys = seed, epoch, verify, keys
+        self.seed, self.epoch, self.verify, self.keys, self.per_window = seed, epoch, verify, keys, per_window
 
     def __call__(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
         entry = json.loads(row["entry"])
@@ -96,18 +107,19 @@ class _ReadCrops:
             verify_shard_file(path, entry)
         rng = np.random.default_rng(stable_seed(self.seed, self.epoch, entry["file"]))
         for rec in iter_shard_records(path):
-            yield crop_record(rec, self.length, rng, self.assays, self.keys)
+            yield from crop_record(rec, self.length, rng, self.assays, self.keys, self.per_window)
 
 
 def elementary_dataset(
     manifest: str | Path | Manifest, length: int = 1024, *, seed: int = 0, epoch: int = 0,
-    shuffle_shards: bool = True, verify: bool = True, keys: bool = False,
+    shuffle_shards: bool = True, verify: bool = True, keys: bool = False, crops_per_window: int = 1,
 ):
     """A streaming ``ray.data.Dataset`` of crops with columns dna [L], sig [A, L], present [A] (+ key).
 
     Every row has the same ``length`` L (one L per batch, as training requires); build one dataset
     per L to train on several. Shard order is shuffled per (seed, epoch), each shard is checksummed
     when its read task opens it, and corrupt shards raise ``ShardError`` naming the file.
+    ``crops_per_window`` > 1 takes several non-overlapping crops from each decoded window.
     """
     import ray.data
 
@@ -122,5 +134,6 @@ def elementary_dataset(
         order = np.random.default_rng(stable_seed(seed, epoch, "shards")).permutation(len(entries))
         entries = [entries[i] for i in order]
     items = [{"entry": json.dumps(e)} for e in entries]
-    reader = _ReadCrops(str(man.root), man.data["tokenizer"]["assays"], length, seed, epoch, verify, keys)
+    reader = _ReadCrops(str(man.root), man.data["tokenizer"]["assays"], length, seed, epoch, verify, keys,
+                        crops_per_window)
     return ray.data.from_items(items, override_num_blocks=len(items)).flat_map(reader)

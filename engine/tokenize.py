@@ -64,90 +64,62 @@ class SignalStats:
         self.negative += other.negative
 
 
-def _levels_from_dense(dense: np.ndarray, cuts: np.ndarray) -> np.ndarray:
-    """Token ids from per-base non-negative values (length L + 5)."""
-    n = dense.size - K + 1
-    cs = np.empty(dense.size + 1, dtype=np.float64)
-    cs[0] = 0.0
-    np.cumsum(dense, out=cs[1:])
-    mean = (cs[K:] - cs[:-K]) / K
-    # Positivity from an integer count, so level 0 is exact even where float sums lose tiny values.
-    pos = np.empty(dense.size + 1, dtype=np.int32)
-    pos[0] = 0
-    np.cumsum(dense > 0, out=pos[1:])
-    positive = (pos[K:] - pos[:-K]) > 0
-    out = np.full(n, SIG_OFFSET, dtype=np.uint8)
-    if positive.any():
-        where = np.flatnonzero(positive)
-        out[where] = SIG_OFFSET + 1 + np.searchsorted(cuts, mean[where], side="right").astype(np.uint8)
-    return out
+def signal_tokens_2d(values: np.ndarray, cuts: list[np.ndarray], stats: list[SignalStats] | None = None) -> np.ndarray:
+    """Token ids (uint8, (A, L)) of A tracks of per-base values (A, L + 5), each with its cut-points.
+
+    The window mean is the float32 sum of the 6 values (left to right) divided by 6, compared with
+    the float32 cut-points (``side="right"``: a mean equal to a cut takes the higher level). Level 0
+    is exact: a sum of non-negative numbers is zero only when every term is. NaN/inf (no data) and
+    negative values count as zero and are counted in ``stats``. bigWig signal is runs of constant
+    value, so window sums are piecewise constant: levels are looked up once per run of equal sums
+    and repeated, and all tracks go through each numpy call together.
+    """
+    v = np.asarray(values, dtype=np.float32)
+    if v.ndim != 2:
+        raise ValueError(f"expected (tracks, bases) values, got shape {v.shape}")
+    a, width = v.shape
+    n = width - K + 1
+    if n <= 0:
+        return np.zeros((a, 0), dtype=np.uint8)
+    bad = ~np.isfinite(v)
+    any_bad = bool(bad.any())
+    if stats is not None:
+        neg = v < 0
+        # Per-row counts only when something is there to count (the common case is clean data).
+        bad_rows = np.count_nonzero(bad, axis=1) if any_bad else np.zeros(a, int)
+        neg_rows = np.count_nonzero(neg, axis=1) if neg.any() else np.zeros(a, int)
+        for st, nb, ng in zip(stats, bad_rows, neg_rows):
+            st.nan += int(nb)
+            st.negative += int(ng)
+    d = np.fmax(v, np.float32(0.0))  # NaN -> 0, negative -> 0
+    if any_bad:
+        d[bad] = 0.0
+    total = d[:, :n] + d[:, 1 : n + 1]
+    for j in range(2, K):
+        total += d[:, j : j + n]
+    flat = total.ravel()
+    change = np.empty(flat.size, dtype=bool)
+    change[0] = True
+    np.not_equal(flat[1:], flat[:-1], out=change[1:])
+    change[::n] = True  # every track starts a new run
+    starts = np.flatnonzero(change)
+    reps = flat[starts]
+    levels = np.full(starts.size, SIG_OFFSET, dtype=np.uint8)
+    pos = reps > 0
+    row_of = starts // n
+    same_cuts = all(np.array_equal(cuts[0], c) for c in cuts[1:])
+    if same_cuts:
+        levels[pos] = SIG_OFFSET + 1 + np.searchsorted(np.asarray(cuts[0], np.float32), reps[pos] / np.float32(K), side="right")
+    else:
+        for r in range(a):
+            sel = pos & (row_of == r)
+            levels[sel] = SIG_OFFSET + 1 + np.searchsorted(np.asarray(cuts[r], np.float32), reps[sel] / np.float32(K), side="right")
+    return np.repeat(levels, np.diff(np.append(starts, flat.size))).reshape(a, n)
 
 
 def signal_tokens(values: np.ndarray, cuts: np.ndarray, stats: SignalStats | None = None) -> np.ndarray:
-    """Token ids (uint8) of per-base values of length L + 5; NaN/inf and negatives count as zero."""
-    dense = np.asarray(values, dtype=np.float64)
-    bad = ~np.isfinite(dense)
-    neg = dense < 0
-    if stats is not None:
-        stats.nan += int(bad.sum())
-        stats.negative += int(neg.sum())
-    if bad.any() or neg.any():
-        dense = np.where(bad | neg, 0.0, dense)
-    return _levels_from_dense(dense, cuts)
-
-
-def signal_tokens_from_runs(
-    starts: np.ndarray, ends: np.ndarray, vals: np.ndarray, length: int, cuts: np.ndarray,
-    stats: SignalStats | None = None,
-) -> np.ndarray:
-    """Token ids for a region of ``length`` bases given as bigWig runs (relative, sorted, non-overlapping).
-
-    Bases outside every run have no data: zero, and counted as missing in ``stats.nan``.
-    bigWig tracks are runs of constant value, so the work is per run: a token whose 6 bases lie in
-    one run takes that run's level; only the <= 5 tokens before each run boundary need an exact mean.
-    """
-    starts = np.asarray(starts, dtype=np.int64)
-    ends = np.asarray(ends, dtype=np.int64)
-    vals = np.asarray(vals, dtype=np.float64)
-    n = length - K + 1
-    bad = ~np.isfinite(vals)
-    neg = vals < 0
-    if stats is not None:
-        widths = ends - starts
-        stats.nan += int(length - widths.sum() + widths[bad].sum())
-        stats.negative += int(widths[neg].sum())
-    if n <= 0:
-        return np.zeros(0, dtype=np.uint8)
-    vals = np.where(bad | neg, 0.0, vals)
-    keep = (ends > starts) & (vals > 0)
-    starts, ends, vals = starts[keep], ends[keep], vals[keep]
-    if starts.size == 0:
-        return np.full(n, SIG_OFFSET, dtype=np.uint8)
-    # Segments tiling [0, length): the positive runs and the zero gaps between them.
-    seg_start = np.concatenate(([0], np.stack([starts, ends], 1).ravel()))
-    seg_val = np.concatenate(([0.0], np.stack([vals, np.zeros_like(vals)], 1).ravel()))
-    seg_end = np.append(seg_start[1:], length)
-    nonempty = seg_end > seg_start
-    seg_start, seg_end, seg_val = seg_start[nonempty], seg_end[nonempty], seg_val[nonempty]
-    seg_level = np.where(seg_val > 0, SIG_OFFSET + 1 + np.searchsorted(cuts, seg_val, side="right"), SIG_OFFSET)
-    out = np.repeat(seg_level.astype(np.uint8), seg_end - seg_start)[:n]
-    # Tokens whose window crosses a boundary: exact mean from the piecewise-linear integral.
-    bounds = seg_start[1:]
-    cross = (bounds[:, None] - np.arange(1, K)[None, :]).ravel()
-    cross = np.unique(cross[(cross >= 0) & (cross < n)])
-    if cross.size:
-        seg_sum = np.concatenate(([0.0], np.cumsum(seg_val * (seg_end - seg_start))))
-        seg_pos = np.concatenate(([0], np.cumsum((seg_val > 0) * (seg_end - seg_start))))
-
-        def integral(x: np.ndarray, cum: np.ndarray, per_base: np.ndarray) -> np.ndarray:
-            s = np.searchsorted(seg_start, x, side="right") - 1
-            return cum[s] + per_base[s] * (x - seg_start[s])
-
-        total = integral(cross + K, seg_sum, seg_val) - integral(cross, seg_sum, seg_val)
-        npos = integral(cross + K, seg_pos, (seg_val > 0).astype(np.int64)) - integral(cross, seg_pos, (seg_val > 0).astype(np.int64))
-        lev = np.where(npos > 0, SIG_OFFSET + 1 + np.searchsorted(cuts, total / K, side="right"), SIG_OFFSET)
-        out[cross] = lev
-    return out
+    """Token ids (uint8, L) of one track's per-base values (L + 5); see ``signal_tokens_2d``."""
+    return signal_tokens_2d(np.asarray(values)[None, :], [cuts], None if stats is None else [stats])[0]
 
 
 def tokenizer_spec(assays: list[str], cuts: dict[str, np.ndarray] | None = None) -> dict:

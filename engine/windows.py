@@ -18,7 +18,7 @@ from .io.chroms import harmonize
 from .io.fasta import Genome
 from .io.samples import Sample, read_samples
 from .shards import BuildResult, HashingWriter, ShardTask, build_shard_set, content_hash, fingerprint, write_shard_file
-from .tokenize import _LUT, K, SIG_PAD, SignalStats, dna_tokens, signal_tokens_from_runs, tokenizer_spec
+from .tokenize import _LUT, K, SIG_PAD, SignalStats, dna_tokens, signal_tokens_2d, tokenizer_spec
 
 
 @dataclass(frozen=True, order=True)
@@ -94,20 +94,6 @@ def _open_track(path: str, chrom_map: dict[str, str]) -> Track:
     return _OPEN[key]
 
 
-def _npy_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    return buf.getvalue()
-
-
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0  # identical inputs give byte-identical shards
-    info.mode = 0o644
-    tar.addfile(info, io.BytesIO(data))
-
-
 def tokenize_window(
     genome: Genome, tracks: dict[str, Track], window: Window, assays: list[str], cuts: dict[str, np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -115,29 +101,52 @@ def tokenize_window(
     span = window.end - window.start
     dna = dna_tokens(genome.fetch(window.chrom, window.start, window.end))
     sig = np.full((len(assays), span - K + 1), SIG_PAD, dtype=np.uint8)
-    missing_values: dict[str, int] = {}
-    negative_values: dict[str, int] = {}
+    present = [a for a in assays if a in tracks]
+    stats = {a: SignalStats() for a in present}
     empty: list[str] = []
-    for row, assay in enumerate(assays):
-        track = tracks.get(assay)
-        if track is None:
-            continue
-        stats = SignalStats()
-        s, e, v = track.runs(window.chrom, window.start, window.end)
-        if s.size == 0:
-            empty.append(assay)
-        sig[row] = signal_tokens_from_runs(s, e, v, span, cuts[assay], stats)
-        missing_values[assay] = stats.nan
-        negative_values[assay] = stats.negative
+    if present:
+        values = np.empty((len(present), span), dtype=np.float32)
+        for row, assay in enumerate(present):
+            values[row] = tracks[assay].values(window.chrom, window.start, window.end)
+        stats_list = [stats[a] for a in present]
+        rows = [assays.index(a) for a in present]
+        sig[rows] = signal_tokens_2d(values, [cuts[a] for a in present], stats_list)
+        empty = [a for a in present if stats[a].nan == span]
     meta = {
         "chrom": window.chrom, "start": window.start, "end": window.end,
-        "assays_present": [a for a in assays if a in tracks],
+        "assays_present": present,
         "assays_missing": [a for a in assays if a not in tracks],
         "tracks_without_data": empty,
-        "missing_values": missing_values,
-        "negative_values": negative_values,
+        "missing_values": {a: st.nan for a, st in stats.items()},
+        "negative_values": {a: st.negative for a, st in stats.items()},
     }
     return dna, sig, meta
+
+
+def _npy_header(arr: np.ndarray) -> bytes:
+    """The .npy v1 header of ``arr`` (the array bytes follow it as they are in memory)."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, np.lib.format.header_data_from_array_1_0(arr))
+    return buf.getvalue()
+
+
+def _add_member(out: HashingWriter, name: str, parts: list[bytes | memoryview]) -> None:
+    """Append one tar member straight to the stream: header, data, zero padding to 512 bytes."""
+    size = sum(len(p) for p in parts)
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0  # identical inputs give byte-identical shards
+    info.mode = 0o644
+    out.write(info.tobuf(format=tarfile.USTAR_FORMAT))
+    for part in parts:
+        out.write(part)
+    if size % 512:
+        out.write(b"\0" * (512 - size % 512))
+
+
+def _add_array(out: HashingWriter, name: str, arr: np.ndarray) -> None:
+    arr = np.ascontiguousarray(arr)
+    _add_member(out, name, [_npy_header(arr), memoryview(arr).cast("B")])
 
 
 def build_elementary_shard(task: ShardTask, context: dict[str, Any], shard_dir: Path) -> dict[str, Any]:
@@ -149,23 +158,23 @@ def build_elementary_shard(task: ShardTask, context: dict[str, Any], shard_dir: 
     def write(out: HashingWriter) -> dict[str, Any]:
         counts = {"records": 0, "missing_values": {a: 0 for a in assays}, "negative_values": {a: 0 for a in assays},
                   "tracks_without_data": {a: 0 for a in assays}, "assay_missing_windows": {a: 0 for a in assays}}
-        with tarfile.open(fileobj=out, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
-            for sample, chrom, start, end in task.payload["windows"]:
-                spec = context["samples"][sample]
-                tracks = {a: _open_track(spec[a]["path"], spec[a]["chrom_map"]) for a in assays if a in spec}
-                window = Window(chrom, start, end)
-                dna, sig, meta = tokenize_window(genome, tracks, window, assays, cuts)
-                meta["sample"] = sample
-                key = window.key(sample)
-                _add_member(tar, f"{key}.dna.npy", _npy_bytes(dna))
-                _add_member(tar, f"{key}.sig.npy", _npy_bytes(sig))
-                _add_member(tar, f"{key}.meta.json", json.dumps(meta, sort_keys=True).encode())
-                counts["records"] += 1
-                for a in assays:
-                    counts["missing_values"][a] += meta["missing_values"].get(a, 0)
-                    counts["negative_values"][a] += meta["negative_values"].get(a, 0)
-                    counts["tracks_without_data"][a] += a in meta["tracks_without_data"]
-                    counts["assay_missing_windows"][a] += a in meta["assays_missing"]
+        for sample, chrom, start, end in task.payload["windows"]:
+            spec = context["samples"][sample]
+            tracks = {a: _open_track(spec[a]["path"], spec[a]["chrom_map"]) for a in assays if a in spec}
+            window = Window(chrom, start, end)
+            dna, sig, meta = tokenize_window(genome, tracks, window, assays, cuts)
+            meta["sample"] = sample
+            key = window.key(sample)
+            _add_array(out, f"{key}.dna.npy", dna)
+            _add_array(out, f"{key}.sig.npy", sig)
+            _add_member(out, f"{key}.meta.json", [json.dumps(meta, sort_keys=True).encode()])
+            counts["records"] += 1
+            for a in assays:
+                counts["missing_values"][a] += meta["missing_values"].get(a, 0)
+                counts["negative_values"][a] += meta["negative_values"].get(a, 0)
+                counts["tracks_without_data"][a] += a in meta["tracks_without_data"]
+                counts["assay_missing_windows"][a] += a in meta["assays_missing"]
+        out.write(b"\0" * 1024)  # tar end-of-archive: two zero blocks
         return counts
 
     return write_shard_file(shard_dir / task.file, write)

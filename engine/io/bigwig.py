@@ -1,4 +1,4 @@
-"""bigWig tracks through pyBigWig, with values as numpy and interval runs for speed."""
+"""bigWig tracks through pyBigWig, values as numpy (decoded in C)."""
 
 from __future__ import annotations
 
@@ -30,29 +30,6 @@ class Track:
     def file_chrom(self, chrom: str) -> str | None:
         name = self.chrom_map.get(chrom, chrom)
         return name if name in self.chrom_sizes else None
-
-    def runs(self, chrom: str, start: int, end: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Intervals overlapping the region, clipped to it: (starts, ends, values) relative to ``start``.
-
-        Gaps (no data) are simply absent; callers treat them as zero.
-        """
-        name = self.file_chrom(chrom)
-        empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64))
-        if name is None:
-            return empty
-        end = min(end, self.chrom_sizes[name])
-        if start >= end:
-            return empty
-        try:
-            ivs = self._bw.intervals(name, start, end)
-        except RuntimeError as err:
-            raise InputError(f"cannot read {name}:{start}-{end} from bigWig {self.path}: {err}; the file may be truncated") from err
-        if not ivs:
-            return empty
-        arr = np.asarray(ivs, dtype=np.float64)
-        s = np.clip(arr[:, 0].astype(np.int64) - start, 0, end - start)
-        e = np.clip(arr[:, 1].astype(np.int64) - start, 0, end - start)
-        return s, e, arr[:, 2]
 
     def values(self, chrom: str, start: int, end: int) -> np.ndarray:
         """Per-base float32 values; NaN where the file has no data."""

@@ -197,6 +197,14 @@ def test_elementary_dataset_streams_crops(tiny_shards, ray_local):
     for row in rows:
         key, off = row["key"].rsplit("@", 1)
         assert np.array_equal(row["dna"], recs[key]["dna"][int(off):int(off) + 128])
+    # several non-overlapping crops per decoded window
+    many = elementary_dataset(tiny_shards, length=1024, crops_per_window=8, keys=True).take_all()
+    assert len(many) == 42 * 8
+    by_window = {}
+    for row in many:
+        key, off = row["key"].rsplit("@", 1)
+        by_window.setdefault(key, []).append(int(off))
+    assert all(len(v) == 8 and min(np.diff(sorted(v))) >= 1024 for v in by_window.values())
     # two streaming splits (one per Ray Train worker) together see every window once
     a, b = elementary_dataset(tiny_shards, length=128, keys=True).streaming_split(2, equal=False)
     import threading

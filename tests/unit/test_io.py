@@ -78,14 +78,14 @@ def write_bw(path, chroms, entries):
     return path
 
 
-def test_bigwig_runs_values_and_nan(tmp_path):
+def test_bigwig_values_and_nan(tmp_path):
     bw = write_bw(tmp_path / "a.bw", {"1": 1000}, [("1", 10, 20, 2.0), ("1", 20, 25, float("nan")), ("1", 100, 200, 5.0)])
     t = Track(bw, {"chr1": "1"})
-    s, e, v = t.runs("chr1", 15, 150)
-    assert s.tolist() == [0, 5, 85] and e.tolist() == [5, 10, 135] and v[0] == 2.0 and np.isnan(v[1])
-    vals = t.values("chr1", 8, 12)
-    assert np.isnan(vals[0]) and vals[2] == 2.0
-    assert t.runs("chr7", 0, 10)[0].size == 0  # absent chromosome: no data
+    vals = t.values("chr1", 8, 102)
+    assert np.isnan(vals[0]) and vals[2] == 2.0 and np.isnan(vals[14]) and vals[93] == 5.0
+    assert np.isnan(t.values("chr7", 0, 10)).all()  # absent chromosome: no data
+    tail = t.values("chr1", 990, 1010)  # past the chromosome end: no data
+    assert tail.shape == (20,) and np.isnan(tail).all()
 
 
 def test_bigwig_bad_files(tmp_path):
@@ -98,7 +98,7 @@ def test_bigwig_bad_files(tmp_path):
     trunc.write_bytes(bw.read_bytes()[:2000])
     with pytest.raises(InputError):
         t = Track(trunc)
-        t.runs("chr1", 0, 90000)
+        t.values("chr1", 0, 90000)
     with pytest.raises(InputError, match="does not exist"):
         Track(tmp_path / "missing.bw")
 
