@@ -247,3 +247,19 @@ def test_cli_prepare_elementary(sim_tiny, tmp_path, capsys):
     m = json.loads((tmp_path / "el" / "manifest.json").read_text())
     assert {"schema_version", "tokenizer", "inputs", "shards", "counts", "input_hash"} <= set(m)
     assert all(i["checksum_kind"] == "sha256" for i in m["inputs"])
+
+
+def test_shards_are_plain_webdataset(tiny_shards):
+    """Other tools can read the shards: webdataset groups the members into the same records."""
+    import io
+
+    import webdataset as wds
+
+    man = Manifest(tiny_shards)
+    ours = list(iter_manifest_records(man))[:5]
+    theirs = list(wds.WebDataset(str(man.shard_path(man.shards[0])), shardshuffle=False))[:5]
+    for a, b in zip(ours, theirs):
+        assert b["__key__"] == a["key"]
+        assert np.array_equal(np.load(io.BytesIO(b["dna.npy"])), a["dna"])
+        assert np.array_equal(np.load(io.BytesIO(b["sig.npy"])), a["sig"])
+        assert json.loads(b["meta.json"]) == a["meta"]
