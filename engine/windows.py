@@ -241,7 +241,9 @@ def prepare_elementary(
             _check_track_covers(track, picked, sample.name, assay)
             track.close()
             ctx_samples[sample.name][assay] = {"path": str(path), "chrom_map": inverse}
-            inputs.append({"role": f"track:{sample.name}:{assay}", **fingerprint(path)})
+            # Recorded, not silently dropped: chromosomes of the track that the genome lacks.
+            unmatched = sorted(set(track.chrom_sizes) - set(cmap))
+            inputs.append({"role": f"track:{sample.name}:{assay}", **fingerprint(path), "chroms_not_in_genome": unmatched})
         windows += [(sample.name, w) for w in picked]
     params = {"window_bp": window_bp, "windows_per_sample": windows_per_sample, "max_n_fraction": max_n_fraction,
               "shard_size_mb": shard_size_mb, "seed": seed}

@@ -13,11 +13,11 @@ import pytest
 from creformer.engine.dataset import iter_manifest_records
 from creformer.engine.io.bigwig import Track
 from creformer.engine.io.fasta import Genome
-from creformer.engine.tokenize import DNA_N, SIG_OFFSET, default_cutpoints, dna_tokens, signal_tokens
+from creformer.engine.tokenize import DNA_N, SIG_OFFSET, SignalStats, default_cutpoints, dna_tokens, signal_tokens
+from creformer.engine.shards import Manifest
+from creformer.engine.windows import prepare_elementary
 
 from ..unit.test_tokenize import reference_signal
-from creformer.engine.tokenize import SignalStats
-from creformer.engine.windows import prepare_elementary
 
 pytestmark = pytest.mark.realdata
 FA = "genome/chr2_1-2333275.fa.gz"
@@ -70,6 +70,7 @@ def test_real_dna_with_real_track_values_through_prepare(shared_data, tmp_path):
                              windows_per_sample=6, executor="local")
     recs = list(iter_manifest_records(res.manifest_path))
     assert len(recs) == 6
+    assert Manifest(res.manifest_path).data["inputs"][1]["chroms_not_in_genome"] == []
     g = Genome(shared_data / FA)
     track = Track(tmp_path / "cebpb_values_on_chr2.bw", {"chr2": "2"})
     for rec in recs:
