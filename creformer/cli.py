@@ -45,6 +45,18 @@ def cmd_prepare_elementary(args: argparse.Namespace) -> None:
           f"{man['bytes'] / 2**20:.1f} MiB")
 
 
+def cmd_model_info(args: argparse.Namespace) -> None:
+    from creformer.trainer.model import parameter_counts
+
+    cfg = _config(args)
+    counts = parameter_counts(cfg.model)
+    m = cfg.model
+    print(f"{args.config}: d_model {m.d_model}, heads {m.n_heads}, FFN {m.ffn}, layers {m.n1}/{m.n2}/{m.n3} "
+          "(built on the meta device)")
+    for part, n in counts.items():
+        print(f"  {part:<28} {n:>15,}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="creformer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -68,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: data.shards)")
     p.add_argument("--overwrite", action="store_true", help="replace a shard set built from other inputs")
     p.set_defaults(func=cmd_prepare_elementary)
+    p = add("model-info", "parameter count of each model part (no memory: meta device)")
+    p.set_defaults(func=cmd_model_info)
     return parser
 
 

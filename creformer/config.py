@@ -60,6 +60,7 @@ class ModelConfig:
     max_bins: int = 128
     peak_bp: int = 1024
     peak_m: int = 150
+    head_hidden: int = 64  # regulatory MLP width after flattening (peak_m x d_model inputs)
     n_tracks: int = 7
     dropout: float = 0.0
     activation_checkpointing: bool = False

@@ -1,0 +1,41 @@
+"""CREformer models: Elementary (DNA + tracks) and Regulatory (peaks → expression)."""
+
+from __future__ import annotations
+
+import torch
+
+from creformer.config import ModelConfig
+
+from .elementary import Elementary
+from .regulatory import Regulatory
+
+__all__ = ["Elementary", "Regulatory", "build_models", "parameter_counts"]
+
+
+def build_models(cfg: ModelConfig, device: str | torch.device = "cpu") -> tuple[Elementary, Regulatory]:
+    with torch.device(device):
+        elementary = Elementary(cfg)
+        regulatory = Regulatory(cfg, elementary)
+    return elementary, regulatory
+
+
+def parameter_counts(cfg: ModelConfig) -> dict[str, int]:
+    """Parameters per part, built on the meta device (no memory is allocated)."""
+    elementary, regulatory = build_models(cfg, "meta")
+
+    def n(module: torch.nn.Module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    parts = {
+        "elementary.embeddings": n(elementary.dna_emb) + n(elementary.sig_emb) + elementary.cls.numel()
+        + n(elementary.pos1) + n(elementary.pos2),
+        "elementary.transformer1": n(elementary.t1),
+        "elementary.transformer2": n(elementary.t2),
+        "elementary.heads": n(elementary.dna_head) + n(elementary.sig_head) + n(elementary.bin_head),
+        "regulatory.pool_and_rank": regulatory.pool_query.numel() + n(regulatory.rank_emb),
+        "regulatory.transformer3": n(regulatory.t3),
+        "regulatory.head": n(regulatory.head),
+    }
+    parts["total"] = sum(parts.values())
+    assert parts["total"] == n(regulatory)
+    return parts

@@ -1,0 +1,129 @@
+"""Elementary and Regulatory models on tiny shapes (CPU, fp32)."""
+
+import pytest
+import torch
+
+from creformer.config import load_config
+from creformer.engine.tokenize import DNA_OFFSET, DNA_VOCAB, SIG_OFFSET, SIG_PAD, SIG_VOCAB
+from creformer.trainer.masking import IGNORE, mask_batch
+from creformer.trainer.model import Elementary, build_models, parameter_counts
+
+
+def tiny_cfg(**over):
+    return load_config("tiny", [f"model.{k}={v}" for k, v in over.items()]).model
+
+
+def random_tokens(b, length, a=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    dna = torch.randint(DNA_OFFSET, DNA_VOCAB, (b, length), generator=g)
+    sig = torch.randint(SIG_OFFSET, SIG_VOCAB, (b, a, length), generator=g)
+    return dna, sig
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_elementary_shapes_and_losses(preset):
+    cfg = load_config(preset).model
+    el = Elementary(cfg)
+    dna, sig = random_tokens(2, 256)
+    present = torch.ones(2, 7, dtype=torch.bool)
+    batch = mask_batch(dna, sig, present, generator=torch.Generator().manual_seed(1))
+    tokens, bins = el.encode(batch.dna, batch.sig)
+    assert tokens.shape == (2, 256, cfg.d_model) and bins.shape == (2, 2, cfg.d_model)
+    assert el.embed(*random_tokens(3, 1024)).shape == (3, 8, cfg.d_model)  # a 1,024-bp peak -> 8 bins
+    out = el(batch)
+    for k in ("loss_dna", "loss_sig", "loss_bin", "loss"):
+        assert torch.isfinite(out[k]), k
+
+
+def test_masking_counts_only_the_intended_positions():
+    dna, sig = random_tokens(4, 1024)
+    dna[:, :10] = 3  # [N] is never a DNA target
+    present = torch.ones(4, 7, dtype=torch.bool)
+    present[1, 3:] = False
+    sig[1, 3:] = SIG_PAD
+    mb = mask_batch(dna, sig, present, generator=torch.Generator().manual_seed(0))
+    frac = (mb.dna_target != IGNORE).float().mean()
+    assert 0.12 < frac < 0.18 and (mb.dna_target[:, :10] == IGNORE).all()
+    assert not (mb.preserved & ~present).any()  # only present tracks are preserved
+    assert ((mb.preserved | ~present).sum(1) < 7).all()  # and at least one track is selected
+    assert (mb.sig[mb.preserved] == SIG_PAD).all()  # preserved tracks are withheld from the input
+    assert (mb.sig_target[mb.preserved] == IGNORE).all() and (mb.bin_target[~mb.preserved] == IGNORE).all()
+    assert (mb.bin_target[mb.preserved] != IGNORE).all()
+    masked = mb.dna_target != IGNORE
+    assert ((mb.dna == 2) & ~masked).sum() == 0  # [MASK] only at target positions
+
+
+def test_elementary_overfits_one_batch():
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    el = Elementary(cfg)  # trained alone: the Regulatory wrapper freezes it
+    dna, sig = random_tokens(2, 128)
+    batch = mask_batch(dna, sig, torch.ones(2, 7, dtype=torch.bool), generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.AdamW(el.parameters(), lr=3e-3)
+    first = None
+    for _ in range(300):
+        loss = el(batch)["loss"]
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1 * first
+
+
+def regulatory_inputs(b=2, p=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    dna = torch.randint(DNA_OFFSET, DNA_VOCAB, (b, p, 1024), generator=g)
+    sig = torch.full((b, p, 7, 1024), SIG_PAD)
+    sig[:, :, 0] = torch.randint(SIG_OFFSET, SIG_VOCAB, (b, p, 1024), generator=g)
+    rank = torch.arange(p).repeat(b, 1) - 2
+    mask = torch.ones(b, p, dtype=torch.bool)
+    mask[1, 3:] = False
+    return dna, sig, rank, mask
+
+
+def test_regulatory_padding_invariance_and_attention():
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    _, reg = build_models(cfg)
+    reg.eval()
+    dna, sig, rank, mask = regulatory_inputs()
+    bins = reg.peak_bins(dna, sig, mask)
+    pred = reg.forward_bins(bins, rank, mask)
+    scores = reg.attention_scores(bins, rank, mask)
+    # add three padded peaks with garbage content: nothing about the real peaks changes
+    pad = 3
+    bins2 = torch.cat([bins, torch.randn(2, pad, *bins.shape[2:])], 1)
+    rank2 = torch.cat([rank, torch.full((2, pad), 7)], 1)
+    mask2 = torch.cat([mask, torch.zeros(2, pad, dtype=torch.bool)], 1)
+    assert torch.allclose(reg.forward_bins(bins2, rank2, mask2), pred, atol=1e-5)
+    assert torch.allclose(reg.attention_scores(bins2, rank2, mask2)[:, :5], scores, atol=1e-5)
+    att = reg.t3.layers[0].attention_weights(reg._inputs(bins, rank, mask), key_padding=~mask)
+    assert torch.allclose(att.sum(-1), torch.ones_like(att.sum(-1)), atol=1e-5)  # rows sum to 1
+    assert (att[1, :, :, 3:] == 0).all()  # padded keys get no attention
+    assert torch.allclose(scores.sum(1), mask.sum(1).float(), atol=1e-4)  # column sums add up to n real
+    assert (scores[1, 3:] == 0).all()
+
+
+def test_frozen_elementary_gets_no_gradient():
+    cfg = tiny_cfg()
+    el, reg = build_models(cfg)
+    reg.train()
+    assert not el.training
+    dna, sig, rank, mask = regulatory_inputs()
+    loss = reg.loss(reg(dna, sig, rank, mask), torch.tensor([1.0, 2.0]))
+    loss.backward()
+    assert all(p.grad is None for p in el.parameters())
+    assert reg.t3.layers[0].qkv.weight.grad is not None and reg.pool_query.grad is not None
+
+
+def test_paper_parameter_count_on_meta_device():
+    counts = parameter_counts(load_config("paper").model)
+    assert 2.85e9 <= counts["total"] <= 3.15e9
+
+
+def test_model_info_cli(capsys):
+    from creformer.cli import main
+
+    assert main(["model-info", "--config", "paper"]) == 0
+    out = capsys.readouterr().out
+    assert "total" in out and "elementary.transformer1" in out

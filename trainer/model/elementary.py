@@ -1,0 +1,78 @@
+"""The Elementary CREformer (DESIGN §4): DNA + track tokens → per-bin and per-base representations."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from creformer.config import ModelConfig
+from creformer.engine.tokenize import DNA_VOCAB, N_LEVELS, SIG_VOCAB
+
+from ..masking import IGNORE, MaskedBatch
+from .layers import Encoder
+
+
+class Elementary(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.cfg = cfg
+        self.dna_emb = nn.Embedding(DNA_VOCAB, d)
+        self.sig_emb = nn.ModuleList(nn.Embedding(SIG_VOCAB, d) for _ in range(cfg.n_tracks))
+        self.cls = nn.Parameter(torch.randn(d) * 0.02)
+        self.pos1 = nn.Embedding(cfg.bin_size + 1, d)
+        self.pos2 = nn.Embedding(cfg.max_bins, d)
+        self.t1 = Encoder(cfg.n1, d, cfg.n_heads, cfg.ffn, cfg.dropout, cfg.activation_checkpointing)
+        self.t2 = Encoder(cfg.n2, d, cfg.n_heads, cfg.ffn, cfg.dropout, cfg.activation_checkpointing)
+        self.dna_head = nn.Linear(d, DNA_VOCAB)
+        self.sig_head = nn.Linear(d, cfg.n_tracks * N_LEVELS)
+        self.bin_head = nn.Linear(d, cfg.n_tracks * N_LEVELS)
+
+    def encode(self, dna: torch.Tensor, sig: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """dna (B, L), sig (B, A, L) → per-token (B, L, d) and per-bin (B, L/128, d) outputs."""
+        b, length = dna.shape
+        bs = self.cfg.bin_size
+        if length % bs:
+            raise ValueError(f"sequence length {length} is not a multiple of the bin size {bs}")
+        nb = length // bs
+        if nb > self.cfg.max_bins:
+            raise ValueError(f"{nb} bins exceed model.max_bins={self.cfg.max_bins}")
+        x = self.dna_emb(dna.long())
+        for a, emb in enumerate(self.sig_emb):
+            x = x + emb(sig[:, a].long())
+        d = x.shape[-1]
+        x = x.view(b * nb, bs, d)
+        x = torch.cat([self.cls.expand(b * nb, 1, d), x], 1) + self.pos1.weight[None]
+        h = self.t1(x)
+        bins = h[:, 0].view(b, nb, d) + self.pos2.weight[:nb][None]
+        return h[:, 1:].reshape(b, length, d), self.t2(bins)
+
+    def embed(self, dna: torch.Tensor, sig: torch.Tensor) -> torch.Tensor:
+        """Per-bin representations (B, L/128, d), e.g. (B, 8, d) for a 1,024-bp peak."""
+        return self.encode(dna, sig)[1]
+
+    def forward(self, batch: MaskedBatch) -> dict[str, torch.Tensor]:
+        tokens, bins = self.encode(batch.dna, batch.sig)
+        b, length, _ = tokens.shape
+        a = self.cfg.n_tracks
+        out: dict[str, torch.Tensor] = {}
+        dna_logits = self.dna_head(tokens)
+        out["loss_dna"] = F.cross_entropy(dna_logits.view(-1, DNA_VOCAB), batch.dna_target.view(-1), ignore_index=IGNORE)
+        sig_logits = self.sig_head(tokens).view(b, length, a, N_LEVELS).permute(0, 2, 1, 3)
+        out["loss_sig"] = _ce(sig_logits, batch.sig_target)
+        bin_logits = self.bin_head(bins).view(b, -1, a, N_LEVELS).permute(0, 2, 1, 3)
+        out["loss_bin"] = _ce(bin_logits, batch.bin_target)
+        out["loss"] = out["loss_dna"] + out["loss_sig"] + out["loss_bin"]  # loss1 (masked) + loss2 (preserved)
+        with torch.no_grad():
+            m = batch.dna_target != IGNORE
+            out["acc_dna"] = (dna_logits.argmax(-1)[m] == batch.dna_target[m]).float().mean() if m.any() else dna_logits.new_tensor(0.0)
+        return out
+
+
+def _ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over counted positions only; zero (with a graph) when nothing is counted."""
+    flat_t = target.reshape(-1)
+    if not (flat_t != IGNORE).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), flat_t, ignore_index=IGNORE)
