@@ -151,8 +151,15 @@ def _ray_build_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_ray(tasks: list[ShardTask], context: dict[str, Any], shard_dir: Path, build: BuildFn, desc: str) -> Iterable[dict[str, Any]]:
+    import ray
     import ray.data
 
+    if not ray.is_initialized():
+        # Never let Ray Data auto-start a node on the host's network address: loopback defaults.
+        from creformer.config import RayConfig
+        from creformer.ray_utils import ensure_ray
+
+        ensure_ray(RayConfig())
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # one bar, ours, counting whole shards
     items = [{"task": json.dumps(t.__dict__), "context": json.dumps(context), "shard_dir": str(shard_dir),

@@ -196,15 +196,8 @@ def _record_bytes(window_bp: int, n_assays: int) -> int:
 
 def _check_track_covers(track: Track, windows: list[Window], sample: str, assay: str) -> None:
     """Error when a bigWig has no data in any of the sample's windows (wrong file or assembly)."""
-    for w in windows:
-        name = track.file_chrom(w.chrom)
-        if name is None:
-            continue
-        end = min(w.end, track.chrom_sizes[name])
-        if w.start < end:
-            cov = track._bw.stats(name, w.start, end, type="coverage")[0]
-            if cov:
-                return
+    if any(track.has_data(w.chrom, w.start, w.end) for w in windows):
+        return
     chroms = sorted({w.chrom for w in windows})
     raise InputError(
         f"bigWig {track.path} ({sample}, {assay}) has no data in any of the sample's {len(windows)} windows "

@@ -45,5 +45,13 @@ class Track:
                 raise InputError(f"cannot read {name}:{start}-{stop} from bigWig {self.path}: {err}; the file may be truncated") from err
         return out
 
+    def has_data(self, chrom: str, start: int, end: int) -> bool:
+        """Whether any base of the region has data (from the file's summary levels: cheap)."""
+        name = self.file_chrom(chrom)
+        if name is None:
+            return False
+        end = min(end, self.chrom_sizes[name])
+        return start < end and bool(self._bw.stats(name, start, end, type="coverage")[0])
+
     def close(self) -> None:
         self._bw.close()
