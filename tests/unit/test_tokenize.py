@@ -76,17 +76,20 @@ def test_monotone_levels():
 
 
 def reference_signal(values, cuts, stats):
-    """One window at a time, in plain Python: the definition the vectorized tokenizer must match."""
+    """One window at a time, in plain Python: the definition the vectorized tokenizer must match.
+    Missing (NaN/inf) and negative values are zero; the six are added as ((v0+v1)+(v2+v3))+(v4+v5)
+    in float32; the mean is that sum / 6 in float32."""
+    f32 = np.float32
+    clean = [f32(x) if np.isfinite(x) and x > 0 else f32(0.0) for x in values]
     out = []
     for i in range(len(values) - 5):
-        total = np.float32(0.0)
-        for x in values[i:i + 6]:
-            x = np.float32(x)
-            total = np.float32(total + (x if np.isfinite(x) and x > 0 else np.float32(0.0)))
+        c = clean[i:i + 6]
+        total = f32(f32(f32(c[0] + c[1]) + f32(c[2] + c[3])) + f32(c[4] + c[5]))
         if total == 0:
             out.append(SIG_OFFSET)
         else:
-            out.append(SIG_OFFSET + 1 + int(np.searchsorted(np.asarray(cuts, np.float32), np.float32(total / np.float32(6)), side="right")))
+            mean = f32(total / f32(6))
+            out.append(SIG_OFFSET + 1 + int(np.searchsorted(np.asarray(cuts, f32), mean, side="right")))
     stats.nan += int(np.sum(~np.isfinite(values)))
     stats.negative += int(np.sum(np.asarray(values) < 0))
     return np.array(out, dtype=np.uint8)
@@ -109,6 +112,8 @@ def test_vectorized_equals_reference(seed):
         dense[s:e] = v
     if seed % 3 == 0:  # exact cut values and their sums sit on boundaries
         dense[: n // 2] = np.float32(cuts[seed % 34])
+    if seed % 4 == 1:
+        dense[n // 3] = np.inf
     a_stats, b_stats = SignalStats(), SignalStats()
     a = signal_tokens(dense, cuts, a_stats)
     b = reference_signal(dense, cuts, b_stats)
@@ -121,3 +126,17 @@ def test_spec_records_cutpoints():
     assert spec["assays"] == ["ATAC", "CTCF"]
     cuts = spec["signal"]["cutpoints"]["ATAC"]
     assert len(cuts) == 34 and all(b > a for a, b in zip(cuts, cuts[1:]))
+
+
+def test_lookup_table_is_exact_at_every_cut_point():
+    """Window sums just below, at and above 6 x each cut (where the lookup table defers to the exact
+    comparison) and over a wide range of magnitudes agree with the reference definition."""
+    cuts = default_cutpoints()
+    c32 = cuts.astype(np.float32)
+    probes = np.concatenate([c32, np.nextafter(c32, np.float32(0)), np.nextafter(c32, np.float32(np.inf)),
+                             np.array([1e-40], np.float32), np.geomspace(1e-6, 1e6, 300).astype(np.float32)])
+    values = np.repeat(probes, 6).astype(np.float32)  # each probe fills one whole window
+    a = signal_tokens(values, cuts)
+    b = reference_signal(values, cuts, SignalStats())
+    assert np.array_equal(a, b)
+    assert a[0::6].min() >= SIG_OFFSET + 1  # every positive probe, however small, is level >= 1
