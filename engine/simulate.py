@@ -377,8 +377,9 @@ def write_truth(out: Path, book: Rulebook, instances) -> None:
                [(g.gene_id, g.name, *[f"{expr[c, i]:.4f}" for c in range(len(book.cell_types))]) for i, g in enumerate(book.genes)])
 
 
-def simulate(out: str | Path, preset: str = "tiny", seed: int = 0) -> Path:
-    """Write genome.fa(+.fai), genes.gtf, motifs.meme, tracks/*.bw, samples.tsv and truth/ under ``out``."""
+def simulate(out: str | Path, preset: str = "tiny", seed: int = 0, cells: bool = True, n_cells: int | None = None) -> Path:
+    """Write genome.fa(+.fai), genes.gtf, motifs.meme, tracks/*.bw, samples.tsv, multiome/ (single
+    cells in Cell Ranger ARC layout, unless ``cells`` is False) and truth/ under ``out``."""
     if preset not in PRESETS:
         raise ValueError(f"unknown simulator preset {preset!r}; choose one of {', '.join(PRESETS)}")
     out = Path(out)
@@ -399,4 +400,8 @@ def simulate(out: str | Path, preset: str = "tiny", seed: int = 0) -> Path:
         samples.append(sample)
     write_samples(out / "samples.tsv", samples)
     write_truth(out, book, instances)
+    if cells:
+        from .simulate_cells import simulate_cells
+
+        simulate_cells(out, book, preset, seed, n_cells)
     return out

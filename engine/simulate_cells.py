@@ -1,0 +1,175 @@
+"""Simulator part 2: a single-cell multiome atlas from the same rulebook as the bulk tracks.
+
+Writes a Cell Ranger ARC layout under ``DIR/multiome/``: ``filtered_feature_bc_matrix.h5``
+(Gene Expression + Peaks), ``atac_fragments.tsv.gz`` (bgzip + tabix) and ``atac_peaks.bed``, so
+the real readers are exercised. Per cell: TF activity = its type's activity with cell-level noise;
+element openness follows the rulebook; fragments fall in open elements (plus background), so most
+cell x peak pairs have none; RNA counts are Poisson around the rulebook's expression. Fragments are
+generated one chromosome at a time (streaming), so the large preset never holds them all.
+Truth added to ``DIR/truth/``: cells, TF→target edges and knockout / knock-in effects computed by
+re-running the generative model with the TF's activity forced to 0 / 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pysam
+
+from .simulate import Rulebook, _write_tsv, gap_of
+
+FRAGMENTS_PER_CELL = {"tiny": 300, "small": 800, "large": 300}  # few per peak: scATAC is sparse
+
+
+def _barcodes(n: int, rng: np.random.Generator) -> list[str]:
+    seen: set[str] = set()
+    out = []
+    while len(out) < n:
+        bc = "".join("ACGT"[i] for i in rng.integers(0, 4, 16)) + "-1"
+        if bc not in seen:
+            seen.add(bc)
+            out.append(bc)
+    return out
+
+
+def cell_states(book: Rulebook, n_cells: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Cell types (n,) and noisy per-cell TF activity (n, TFs)."""
+    k = book.activity.shape[0]
+    weights = rng.dirichlet(np.full(k, 5.0))
+    types = np.sort(rng.choice(k, size=n_cells, p=weights))
+    act = book.activity[types] * rng.lognormal(0.0, 0.2, (n_cells, book.activity.shape[1]))
+    return types, np.clip(act, 0.0, 1.0)
+
+
+def peak_set(book: Rulebook, rng: np.random.Generator) -> list[tuple[str, int, int, str]]:
+    """Peaks as a caller would find them on pseudobulk: open elements (any cell type) and CTCF sites."""
+    openness = book.element_activity(book.activity).max(0)
+    peaks = []
+    for j, e in enumerate(book.elements):
+        if e.kind == "ctcf" or openness[j] > 0.05:
+            pad = int(rng.integers(50, 200))
+            peaks.append((e.chrom, e.start - pad, e.end + pad, e.element_id))
+    return peaks
+
+
+def _write_10x_h5(path: Path, barcodes: list[str], genes, peaks, rna, atac) -> None:
+    """Cell Ranger ARC ``filtered_feature_bc_matrix.h5``: features x barcodes, CSC by barcode."""
+    from scipy import sparse
+
+    mat = sparse.vstack([sparse.csr_matrix(rna.T), sparse.csr_matrix(atac.T)]).tocsc()
+    feat_ids = [g.gene_id for g in genes] + [f"{c}:{s}-{e}" for c, s, e, _ in peaks]
+    names = [g.name for g in genes] + [f"{c}:{s}-{e}" for c, s, e, _ in peaks]
+    types = ["Gene Expression"] * len(genes) + ["Peaks"] * len(peaks)
+    intervals = [f"{g.chrom}:{min(g.body)}-{max(g.body)}" for g in genes] + [f"{c}:{s}-{e}" for c, s, e, _ in peaks]
+    with h5py.File(path, "w") as f:
+        m = f.create_group("matrix")
+        m.create_dataset("barcodes", data=np.array(barcodes, dtype="S"))
+        m.create_dataset("data", data=mat.data.astype(np.int32), compression="gzip")
+        m.create_dataset("indices", data=mat.indices.astype(np.int64), compression="gzip")
+        m.create_dataset("indptr", data=mat.indptr.astype(np.int64))
+        m.create_dataset("shape", data=np.array(mat.shape, dtype=np.int32))
+        ft = m.create_group("features")
+        ft.create_dataset("id", data=np.array(feat_ids, dtype="S"))
+        ft.create_dataset("name", data=np.array(names, dtype="S"))
+        ft.create_dataset("feature_type", data=np.array(types, dtype="S"))
+        ft.create_dataset("genome", data=np.array(["creformer-sim"] * len(types), dtype="S"))
+        ft.create_dataset("interval", data=np.array(intervals, dtype="S"))
+        ft.create_dataset("_all_tag_keys", data=np.array(["genome", "interval"], dtype="S"))
+
+
+def simulate_cells(out: Path, book: Rulebook, preset: str, seed: int, n_cells: int | None = None) -> Path:
+    rng = np.random.default_rng(seed + 3)
+    n = n_cells or book.preset.n_cells
+    mdir = out / "multiome"
+    mdir.mkdir(parents=True, exist_ok=True)
+    types, act = cell_states(book, n, rng)
+    barcodes = _barcodes(n, rng)
+    openness = book.element_activity(act)  # (cells, elements)
+    expr = book.expression(openness)  # (cells, genes), counts-per-10k scale
+    depth = rng.lognormal(0.0, 0.3, n)
+    rna = rng.poisson(expr * depth[:, None]).astype(np.int32)
+    peaks = peak_set(book, rng)
+    elem_index = {e.element_id: j for j, e in enumerate(book.elements)}
+    frags_mean = FRAGMENTS_PER_CELL.get(preset, 1500)
+    lib = np.maximum(50, rng.lognormal(np.log(frags_mean), 0.4, n)).astype(np.int64)
+    in_peaks = rng.binomial(lib, 0.45)
+    background = lib - in_peaks
+    # Fragments per (cell, element): multinomial on openness (closed elements keep a tiny floor).
+    weight = openness + 0.01
+    weight[:, [j for j, e in enumerate(book.elements) if e.kind == "decoy"]] = 0.002
+    counts = np.stack([rng.multinomial(in_peaks[c], weight[c] / weight[c].sum()) for c in range(n)])
+    chroms = list(book.chroms)
+    chrom_len = np.array([book.chroms[c] for c in chroms])
+    bg_counts = np.stack([rng.multinomial(background[c], chrom_len / chrom_len.sum()) for c in range(n)])
+    elem_chrom = np.array([chroms.index(e.chrom) for e in book.elements])
+    elem_center = np.array([e.center for e in book.elements])
+    frag_path = mdir / "atac_fragments.tsv"
+    peak_arr = {c: np.array([(s, e) for ch, s, e, _ in peaks if ch == c], dtype=np.int64).reshape(-1, 2) for c in chroms}
+    atac = np.zeros((n, len(peaks)), dtype=np.int32)
+    peak_offset = {c: sum(1 for p in peaks if chroms.index(p[0]) < chroms.index(c)) for c in chroms}
+    with frag_path.open("w") as fh:
+        for ci, chrom in enumerate(chroms):
+            # in-element fragments of this chromosome for all cells, then background
+            cols = np.flatnonzero(elem_chrom == ci)
+            per = counts[:, cols]
+            cell_idx = np.repeat(np.repeat(np.arange(n), len(cols)), per.ravel())
+            centers = np.repeat(np.tile(elem_center[cols], n), per.ravel())
+            starts = centers + rng.normal(0, 80, centers.size).astype(np.int64)
+            bg_cells = np.repeat(np.arange(n, dtype=np.int64), bg_counts[:, ci])
+            bg_starts = rng.integers(1_000, gap_of(book.chroms[chrom])[0] - 1_000, bg_cells.size)  # no reads in the N gap
+            cell_idx = np.concatenate([cell_idx, bg_cells])
+            starts = np.concatenate([starts, bg_starts])
+            lengths = 40 + rng.gamma(2.0, 60.0, starts.size).astype(np.int64)
+            starts = np.clip(starts - lengths // 2, 0, book.chroms[chrom] - 1_000)
+            ends = starts + lengths
+            order = np.lexsort((ends, starts))
+            starts, ends, cell_idx = starts[order], ends[order], cell_idx[order]
+            dup = rng.integers(1, 4, starts.size)
+            # Peak-matrix counts: fragments with either end inside a peak (Cell Ranger counts cut sites).
+            pk = peak_arr[chrom]
+            for site in (starts, ends - 1):
+                j = np.searchsorted(pk[:, 0], site, side="right") - 1
+                ok = (j >= 0) & (site < pk[np.maximum(j, 0), 1])
+                np.add.at(atac, (cell_idx[ok], peak_offset[chrom] + j[ok]), 1)
+            bcs = np.asarray(barcodes)[cell_idx]
+            lines = [f"{chrom}\t{s}\t{e}\t{b}\t{d}\n" for s, e, b, d in zip(starts.tolist(), ends.tolist(), bcs.tolist(), dup.tolist())]
+            fh.writelines(lines)
+    pysam.tabix_index(str(frag_path), preset="bed", force=True, keep_original=False)
+    with (mdir / "atac_peaks.bed").open("w") as fh:
+        for c, s, e, _ in peaks:
+            fh.write(f"{c}\t{s}\t{e}\n")
+    _write_10x_h5(mdir / "filtered_feature_bc_matrix.h5", barcodes, book.genes, peaks, rna, atac)
+    _write_truth_cells(out, book, barcodes, types, peaks, elem_index)
+    return mdir
+
+
+def _write_truth_cells(out: Path, book: Rulebook, barcodes, types, peaks, elem_index) -> None:
+    truth = out / "truth"
+    ct = book.cell_types
+    _write_tsv(truth / "cells.tsv", ["barcode", "cell_type"], [(b, ct[t]) for b, t in zip(barcodes, types)])
+    _write_tsv(truth / "peaks.tsv", ["chrom", "start", "end", "element_id"], peaks)
+    # TF -> target: the TF's motif sits in a causal element (primary or partner) of the gene.
+    edges: dict[tuple[str, str], float] = {}
+    for e in book.elements:
+        if e.gene >= 0 and e.weight > 0 and e.kind in ("promoter", "enhancer"):
+            for tf, share in ((e.tf, 1.0), (e.partner, 0.5)):
+                if tf >= 0:
+                    key = (book.tfs[tf], book.genes[e.gene].gene_id)
+                    edges[key] = edges.get(key, 0.0) + share * e.weight
+    _write_tsv(truth / "tf_targets.tsv", ["tf", "gene_id", "weight"], [(t, g, f"{w:.4f}") for (t, g), w in sorted(edges.items())])
+    # Perturbations from the generative model itself: TF activity forced to 0 (KO) or 1 (KI).
+    base = book.expression(book.element_activity(book.activity))
+    rows = []
+    for ti, tf in enumerate(book.tfs):
+        for mode, level in (("KO", 0.0), ("KI", 1.0)):
+            act = book.activity.copy()
+            act[:, ti] = level
+            pert = book.expression(book.element_activity(act))
+            lfc = np.log2((pert + 0.1) / (base + 0.1))
+            for c in range(len(ct)):
+                for gi, g in enumerate(book.genes):
+                    if abs(lfc[c, gi]) > 1e-6:
+                        rows.append((ct[c], tf, mode, g.gene_id, f"{lfc[c, gi]:.5f}"))
+    _write_tsv(truth / "perturbations.tsv", ["cell_type", "tf", "mode", "gene_id", "log2fc"], rows)
