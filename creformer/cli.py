@@ -45,6 +45,26 @@ def cmd_prepare_elementary(args: argparse.Namespace) -> None:
           f"{man['bytes'] / 2**20:.1f} MiB")
 
 
+def cmd_prepare_regulatory(args: argparse.Namespace) -> None:
+    from creformer.engine.cells import RegulatoryOptions, prepare_regulatory
+
+    from .ray_utils import ensure_ray
+
+    cfg = _config(args)
+    opts = RegulatoryOptions(genes=args.genes, n_hvg=args.n_hvg, min_counts=args.min_counts, cells=args.cells or "",
+                             keep_genes_without_peaks=not args.skip_genes_without_peaks,
+                             allow_missing_sequence=args.allow_missing_sequence, peak_m=cfg.model.peak_m)
+    if cfg.data.executor == "ray":
+        ensure_ray(cfg.ray)
+    result = prepare_regulatory(args.multiome, args.genome, args.annotation, args.out, fragments=args.fragments,
+                                options=opts, executor=cfg.data.executor, overwrite=args.overwrite)
+    man = json.loads(result.manifest_path.read_text())
+    state = "reused (inputs unchanged)" if result.reused else f"built {result.built} shard(s), resumed {result.resumed}"
+    c = man["counts"]
+    print(f"{result.manifest_path}: {state}; {man['records']:,} samples ({c['cells']:,} cells x {c['genes']:,} genes), "
+          f"{man['bytes'] / max(1, man['records']):.0f} bytes/sample; {c['cell_peak_pairs']:,} non-empty cell x peak pairs")
+
+
 def cmd_model_info(args: argparse.Namespace) -> None:
     from creformer.trainer.model import parameter_counts
 
@@ -80,6 +100,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: data.shards)")
     p.add_argument("--overwrite", action="store_true", help="replace a shard set built from other inputs")
     p.set_defaults(func=cmd_prepare_elementary)
+    p = add("regulatory", "10x Multiome (Cell Ranger ARC folder/h5 or .h5mu) -> cell x gene Arrow shards", prep)
+    p.add_argument("--multiome", required=True, help="Cell Ranger ARC output folder, filtered_feature_bc_matrix.h5 or .h5mu")
+    p.add_argument("--fragments", help="atac_fragments.tsv.gz (default: next to the matrix / named in the h5mu)")
+    p.add_argument("--genome", required=True, help="genome FASTA")
+    p.add_argument("--annotation", required=True, help="GTF/GFF3, BED of gene bounds, or TSS table")
+    p.add_argument("--out", required=True)
+    p.add_argument("--genes", default="expressed", help="'expressed', 'hvg' or a file of gene ids/names")
+    p.add_argument("--n-hvg", type=int, default=2000)
+    p.add_argument("--min-counts", type=int, default=1, help="skip cells with fewer RNA counts (counted)")
+    p.add_argument("--cells", help="file of barcodes to keep")
+    p.add_argument("--skip-genes-without-peaks", action="store_true", help="drop genes with no peak in their window (counted)")
+    p.add_argument("--allow-missing-sequence", action="store_true", help="continue when the genome lacks some peaks")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_prepare_regulatory)
+
     p = add("model-info", "parameter count of each model part (no memory: meta device)")
     p.set_defaults(func=cmd_model_info)
     return parser

@@ -38,7 +38,7 @@ from .io.fragments import iter_fragments
 from .io.multiome import Multiome, read_multiome
 from .shards import (BuildResult, HashingWriter, ShardTask, _damaged_shards, atomic_write_json, build_shard_set,
                      content_hash, fingerprint, sha256_file, write_shard_file)
-from .tokenize import K, SIG_OFFSET, dna_tokens, signal_tokens_2d, tokenizer_spec
+from .tokenize import DNA_N, K, SIG_OFFSET, dna_tokens, signal_tokens_2d, tokenizer_spec
 
 PEAK_TOKENS = 1024
 PEAK_SPAN = PEAK_TOKENS + K - 1
@@ -186,12 +186,11 @@ def build_signal(path: Path, mo: Multiome, keep_cells: np.ndarray, library: np.n
     tmp = [out / f".tmp-{os.getpid()}-block-{b:06d}.parquet" for b in range(n_blocks)]
     writers = [pq.ParquetWriter(t, schema, compression="zstd") for t in tmp]
     # Peak windows by file chromosome: sorted starts, and how deep windows overlap.
-    kept_peaks = peaks["kept"]
     by_chrom: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for c in set(mo.peak_chrom[kept_peaks]):
-        sel = kept_peaks[mo.peak_chrom[kept_peaks] == c]
+    for c in set(mo.peak_chrom):
+        sel = np.flatnonzero(mo.peak_chrom == c)
         order = sel[np.argsort(peaks["wstart"][sel], kind="stable")]
-        by_chrom[canonical(c)] = (peaks["wstart"][order], peaks["new_id"][order])
+        by_chrom[canonical(c)] = (peaks["wstart"][order], order)
     counts = {"insertions_in_peaks": 0, "cell_peak_pairs": 0, "nonzero_tokens": 0}
 
     def flush(triples: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
@@ -334,13 +333,10 @@ def prepare_regulatory(
         msg = (f"{missing.size} of {len(mo.peak_chrom)} peaks lack sequence in {genome_path} (chromosome absent or window "
                f"past its end), affecting the TSS windows of {miss_genes} gene(s)")
         if not opts.allow_missing_sequence:
-            raise InputError(msg + "; pass --allow-missing-sequence to continue without them, or use a genome that covers them")
-        print(f"warning: {msg}; continuing without them (--allow-missing-sequence)")
+            raise InputError(msg + "; pass --allow-missing-sequence to keep them with unknown-base [N] DNA tokens "
+                             "(their ATAC signal is kept), or use a genome that covers them")
+        print(f"warning: {msg}; keeping them with [N] DNA tokens (--allow-missing-sequence), flagged has_sequence=false")
     counts["peaks_missing_sequence"] = int(missing.size)
-    kept = np.flatnonzero(pw["has_sequence"])
-    new_id = np.full(len(mo.peak_chrom), -1, np.int64)
-    new_id[kept] = np.arange(kept.size)
-    pw["kept"], pw["new_id"] = kept, new_id
 
     # --- cells: library sizes from the fragments (pass 1), then filters, all counted
     library, frag_other, bc_other = fragment_library(mo.fragments, mo.barcodes)
@@ -372,13 +368,13 @@ def prepare_regulatory(
     if not with_tss:
         raise InputError(f"none of the {len(sel)} selected genes of {mo.source} has a TSS in {annotation} "
                          "(matched by gene id, then name); check that the annotation is for the same genome")
-    kp_chrom = np.array([canonical(c) for c in mo.peak_chrom[kept]], dtype=object)
+    peak_chrom = np.array([canonical(c) for c in mo.peak_chrom], dtype=object)
     genes_rows, flat, ranks, offsets = [], [], [], [0]
     no_peaks = 0
     for g in with_tss:
         t = gene_tss[g]
         t_can = GeneTSS(t.gene_id, t.name, canonical(t.chrom), t.tss, t.strand)
-        pids, rk = gene_peaks(t_can, kp_chrom, mo.peak_start[kept], mo.peak_end[kept], opts.window_bp, opts.peak_m)
+        pids, rk = gene_peaks(t_can, peak_chrom, mo.peak_start, mo.peak_end, opts.window_bp, opts.peak_m)
         if pids.size == 0:
             no_peaks += 1
             if not opts.keep_genes_without_peaks:
@@ -398,13 +394,16 @@ def prepare_regulatory(
     work = out / "work"
     work.mkdir(exist_ok=True)
     tables: dict[str, Any] = {}
-    dna = np.stack([dna_tokens(genome.fetch(pw["genome_chrom"][i], int(pw["wstart"][i]), int(pw["wstart"][i]) + PEAK_SPAN))
-                    for i in kept]) if kept.size else np.zeros((0, PEAK_TOKENS), np.uint16)
+    n_peaks = len(mo.peak_chrom)
+    dna = np.full((n_peaks, PEAK_TOKENS), DNA_N, np.uint16)  # unknown bases where the genome lacks the peak
+    for i in np.flatnonzero(pw["has_sequence"]):
+        dna[i] = dna_tokens(genome.fetch(pw["genome_chrom"][i], int(pw["wstart"][i]), int(pw["wstart"][i]) + PEAK_SPAN))
     tables["peaks"] = _write_table(out / "tables" / "peaks.parquet", pa.table({
-        "peak_id": pa.array(np.arange(kept.size, dtype=np.int32)),
-        "chrom": pa.array(list(mo.peak_chrom[kept]), pa.string()),
-        "start": pa.array(mo.peak_start[kept]), "end": pa.array(mo.peak_end[kept]),
-        "window_start": pa.array(pw["wstart"][kept]),
+        "peak_id": pa.array(np.arange(n_peaks, dtype=np.int32)),
+        "chrom": pa.array(list(mo.peak_chrom), pa.string()),
+        "start": pa.array(mo.peak_start), "end": pa.array(mo.peak_end),
+        "window_start": pa.array(pw["wstart"]),
+        "has_sequence": pa.array(pw["has_sequence"]),
         "dna": pa.FixedSizeListArray.from_arrays(pa.array(dna.ravel()), PEAK_TOKENS),
     }))
     tables["genes"] = _write_table(out / "tables" / "genes.parquet", pa.table({

@@ -137,3 +137,117 @@ def elementary_dataset(
     reader = _ReadCrops(str(man.root), man.data["tokenizer"]["assays"], length, seed, epoch, verify, keys,
                         crops_per_window)
     return ray.data.from_items(items, override_num_blocks=len(items)).flat_map(reader)
+
+
+# ---------------------------------------------------------------------------------------------
+# Regulatory samples: stream sample shards, join peaks + sparse ATAC signal per cell block
+# ---------------------------------------------------------------------------------------------
+
+def _load_signal(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A signal block as sorted (cell, peak) keys with flat positions/tokens and their offsets."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path)
+    if t.num_rows == 0:
+        z = np.zeros(0, np.int64)
+        return z, z, np.zeros(1, np.int64), np.zeros(0, np.uint16), np.zeros(0, np.uint8)
+    keys = t.column("cell").to_numpy().astype(np.int64) * (1 << 32) + t.column("peak").to_numpy()
+    pos = t.column("pos").combine_chunks()
+    tok = t.column("tok").combine_chunks()
+    offsets = pos.offsets.to_numpy().astype(np.int64)
+    order = np.argsort(keys, kind="stable")
+    return keys[order], order, offsets, pos.values.to_numpy(), tok.values.to_numpy()
+
+
+def join_samples(samples: dict[str, np.ndarray], peak_dna: np.ndarray | None, signal, peak_m: int) -> dict[str, np.ndarray]:
+    """Dense model inputs for a batch of samples (the streaming join, also usable directly).
+
+    Returns peak_ids / tss_rank / mask [B, peak_m], atac [B, peak_m, 1024] (uint8 signal ids: the
+    zero level for real peaks without insertions, [PAD] for padding), dna [B, peak_m, 1024] when
+    ``peak_dna`` is given, expression [B], cell_id and gene_id [B].
+    """
+    from .tokenize import SIG_OFFSET, SIG_PAD
+
+    keys, order, offsets, pos, tok = signal
+    b = len(samples["cell_id"])
+    ids = np.full((b, peak_m), -1, np.int32)
+    rank = np.zeros((b, peak_m), np.int16)
+    for i, (p, r) in enumerate(zip(samples["peak_ids"], samples["tss_rank"])):
+        ids[i, : len(p)] = p
+        rank[i, : len(r)] = r
+    mask = ids >= 0
+    width = 1024
+    atac = np.full((b, peak_m, width), SIG_PAD, np.uint8)
+    atac[mask] = SIG_OFFSET
+    if keys.size:
+        want = samples["cell_id"].astype(np.int64)[:, None] * (1 << 32) + np.maximum(ids, 0)
+        at = np.clip(np.searchsorted(keys, want), 0, keys.size - 1)
+        found = mask & (keys[at] == want)
+        for bi, pi in zip(*np.nonzero(found)):
+            row = order[at[bi, pi]]
+            a, e = offsets[row], offsets[row + 1]
+            atac[bi, pi, pos[a:e]] = tok[a:e]
+    out = {"cell_id": samples["cell_id"].astype(np.int32), "gene_id": samples["gene_id"].astype(np.int32),
+           "expression": samples["expression"].astype(np.float32), "peak_ids": ids, "tss_rank": rank, "mask": mask,
+           "atac": atac}
+    if peak_dna is not None:
+        dna = peak_dna[np.maximum(ids, 0)].astype(np.int32)
+        dna[~mask] = 0
+        out["dna"] = dna
+    return out
+
+
+class _JoinShard:
+    """Ray Data actor: one sample shard in, joined batches out (peaks loaded once per actor)."""
+
+    def __init__(self, root: str, peak_m: int, with_dna: bool, batch_size: int, verify: bool):
+        import pyarrow.parquet as pq
+
+        self.root, self.peak_m, self.batch_size, self.verify = Path(root), peak_m, batch_size, verify
+        self.dna = None
+        if with_dna:
+            col = pq.read_table(self.root / "tables" / "peaks.parquet", columns=["dna"]).column("dna").combine_chunks()
+            self.dna = col.values.to_numpy().reshape(-1, 1024)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        import pyarrow.parquet as pq
+
+        for entry_json, signal_json in zip(batch["entry"], batch["signal"]):
+            entry, sig_entry = json.loads(entry_json), json.loads(signal_json)
+            path = self.root / "shards" / entry["file"]
+            sig_path = self.root / sig_entry["file"]
+            if self.verify:
+                verify_shard_file(path, entry)
+                verify_shard_file(sig_path, sig_entry)
+            signal = _load_signal(sig_path)
+            for rb in pq.ParquetFile(path).iter_batches(batch_size=self.batch_size):
+                cols = {n: rb.column(n) for n in rb.schema.names}
+                samples = {"cell_id": cols["cell_id"].to_numpy(), "gene_id": cols["gene_id"].to_numpy(),
+                           "expression": cols["expression"].to_numpy(),
+                           "peak_ids": _split_list(cols["peak_ids"]), "tss_rank": _split_list(cols["tss_rank"])}
+                yield join_samples(samples, self.dna, signal, self.peak_m)
+
+
+def _split_list(arr) -> list[np.ndarray]:
+    offsets = arr.offsets.to_numpy()
+    values = arr.values.to_numpy()
+    return [values[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+
+
+def regulatory_dataset(manifest: str | Path | Manifest, *, batch_size: int = 32, with_dna: bool = True,
+                       verify: bool = True, concurrency: int = 1):
+    """A streaming ``ray.data.Dataset`` of joined Regulatory samples (one row per cell × gene):
+    dna [150, 1024], atac [150, 1024], tss_rank [150], mask [150], peak_ids [150], expression,
+    cell_id, gene_id. Sample shards and their cell block's signal are checksummed when opened."""
+    import ray.data
+
+    man = manifest if isinstance(manifest, Manifest) else Manifest(manifest)
+    if man.kind != "regulatory":
+        raise ShardError(f"{man.path} is a {man.kind} shard set, not regulatory")
+    signal = {Path(s["file"]).name: s for s in man.data["tables"]["signal"]}
+    items = [{"entry": json.dumps(e), "signal": json.dumps(signal[f"block-{i:06d}.parquet"])} for i, e in enumerate(man.shards)]
+    peak_m = man.data["options"]["peak_m"]
+    return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        _JoinShard, batch_size=1, concurrency=concurrency,
+        fn_constructor_kwargs={"root": str(man.root), "peak_m": peak_m, "with_dna": with_dna,
+                               "batch_size": batch_size, "verify": verify})

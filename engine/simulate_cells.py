@@ -20,7 +20,9 @@ import pysam
 
 from .simulate import Rulebook, _write_tsv, gap_of
 
-FRAGMENTS_PER_CELL = {"tiny": 300, "small": 800, "large": 300}  # few per peak: scATAC is sparse
+# In-peak fragments per cell per peak: real multiome cells have ~0.2-0.4, so most cell x peak pairs
+# are empty; the large preset (benchmarks, 100 k cells) is sparser still to keep its file small.
+FRAGMENTS_PER_PEAK = {"tiny": 0.3, "small": 0.3, "large": 0.05}
 
 
 def _barcodes(n: int, rng: np.random.Generator) -> list[str]:
@@ -54,15 +56,18 @@ def peak_set(book: Rulebook, rng: np.random.Generator) -> list[tuple[str, int, i
     return peaks
 
 
-def _write_10x_h5(path: Path, barcodes: list[str], genes, peaks, rna, atac) -> None:
-    """Cell Ranger ARC ``filtered_feature_bc_matrix.h5``: features x barcodes, CSC by barcode."""
+def write_10x_h5(path: Path, barcodes: list[str], genes: list[tuple[str, str, str]], peaks: list[tuple[str, int, int]],
+                 rna: np.ndarray, atac: np.ndarray) -> None:
+    """Cell Ranger ARC ``filtered_feature_bc_matrix.h5``: features x barcodes, CSC by barcode.
+    ``genes``: (gene_id, name, interval); ``peaks``: (chrom, start, end); counts are cells x features."""
     from scipy import sparse
 
-    mat = sparse.vstack([sparse.csr_matrix(rna.T), sparse.csr_matrix(atac.T)]).tocsc()
-    feat_ids = [g.gene_id for g in genes] + [f"{c}:{s}-{e}" for c, s, e, _ in peaks]
-    names = [g.name for g in genes] + [f"{c}:{s}-{e}" for c, s, e, _ in peaks]
+    mat = sparse.vstack([sparse.csr_matrix(np.asarray(rna).T), sparse.csr_matrix(np.asarray(atac).T)]).tocsc()
+    peak_names = [f"{c}:{s}-{e}" for c, s, e in peaks]
+    feat_ids = [g[0] for g in genes] + peak_names
+    names = [g[1] for g in genes] + peak_names
     types = ["Gene Expression"] * len(genes) + ["Peaks"] * len(peaks)
-    intervals = [f"{g.chrom}:{min(g.body)}-{max(g.body)}" for g in genes] + [f"{c}:{s}-{e}" for c, s, e, _ in peaks]
+    intervals = [g[2] for g in genes] + peak_names
     with h5py.File(path, "w") as f:
         m = f.create_group("matrix")
         m.create_dataset("barcodes", data=np.array(barcodes, dtype="S"))
@@ -92,10 +97,9 @@ def simulate_cells(out: Path, book: Rulebook, preset: str, seed: int, n_cells: i
     rna = rng.poisson(expr * depth[:, None]).astype(np.int32)
     peaks = peak_set(book, rng)
     elem_index = {e.element_id: j for j, e in enumerate(book.elements)}
-    frags_mean = FRAGMENTS_PER_CELL.get(preset, 1500)
-    lib = np.maximum(50, rng.lognormal(np.log(frags_mean), 0.4, n)).astype(np.int64)
-    in_peaks = rng.binomial(lib, 0.45)
-    background = lib - in_peaks
+    in_peak_mean = FRAGMENTS_PER_PEAK.get(preset, 0.3) * len(peaks)
+    in_peaks = np.maximum(5, rng.lognormal(np.log(in_peak_mean), 0.4, n)).astype(np.int64)
+    background = rng.binomial(2 * in_peaks, 0.5)  # FRiP ~ 0.5
     # Fragments per (cell, element): multinomial on openness (closed elements keep a tiny floor).
     weight = openness + 0.01
     weight[:, [j for j, e in enumerate(book.elements) if e.kind == "decoy"]] = 0.002
@@ -140,7 +144,8 @@ def simulate_cells(out: Path, book: Rulebook, preset: str, seed: int, n_cells: i
     with (mdir / "atac_peaks.bed").open("w") as fh:
         for c, s, e, _ in peaks:
             fh.write(f"{c}\t{s}\t{e}\n")
-    _write_10x_h5(mdir / "filtered_feature_bc_matrix.h5", barcodes, book.genes, peaks, rna, atac)
+    genes = [(g.gene_id, g.name, f"{g.chrom}:{min(g.body)}-{max(g.body)}") for g in book.genes]
+    write_10x_h5(mdir / "filtered_feature_bc_matrix.h5", barcodes, genes, [p[:3] for p in peaks], rna, atac)
     _write_truth_cells(out, book, barcodes, types, peaks, elem_index)
     return mdir
 

@@ -57,6 +57,12 @@ def _find_bad_line(path: Path, skip: int) -> tuple[int, str]:
     return -1, ""
 
 
+def _raise_malformed(path: Path, skip: int, err: Exception) -> None:
+    bad, text = _find_bad_line(path, skip)
+    where = f"line {bad}: {text!r}" if bad > 0 else f"{err}; the file may be truncated"
+    raise InputError(f"{path}: malformed fragments ({where}); expected 'chrom<TAB>start<TAB>end<TAB>barcode<TAB>count'") from err
+
+
 def iter_fragments(path: str | Path, block_bytes: int = 16 << 20) -> Iterator[FragmentBatch]:
     """Batches of fragments, one chromosome per batch, in file order; checks sortedness."""
     path = Path(path)
@@ -71,7 +77,7 @@ def iter_fragments(path: str | Path, block_bytes: int = 16 << 20) -> Iterator[Fr
                                                                "barcode": pa.string(), "count": pa.int64()}),
         )
     except (pa.ArrowInvalid, OSError, EOFError) as err:
-        raise InputError(f"cannot read fragments {path}: {err}") from err
+        _raise_malformed(path, skip, err)
     line = skip + 1
     seen: set[str] = set()
     last_chrom, last_start = None, -1
@@ -81,9 +87,7 @@ def iter_fragments(path: str | Path, block_bytes: int = 16 << 20) -> Iterator[Fr
         except StopIteration:
             break
         except (pa.ArrowInvalid, OSError, EOFError) as err:
-            bad, text = _find_bad_line(path, skip)
-            where = f"line {bad}: {text!r}" if bad > 0 else str(err)
-            raise InputError(f"{path}: malformed fragments ({where}); expected 'chrom<TAB>start<TAB>end<TAB>barcode<TAB>count'") from err
+            _raise_malformed(path, skip, err)
         chrom = batch.column(0).to_numpy(zero_copy_only=False)
         start = batch.column(1).to_numpy()
         end = batch.column(2).to_numpy()

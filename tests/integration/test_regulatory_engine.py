@@ -1,0 +1,226 @@
+"""Regulatory data engine end to end on a hand-made multiome, the tiny simulated atlas and the
+real muon PBMC set; the streaming join against tensors computed directly from the files."""
+
+import gzip
+import json
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from creformer.engine.cells import PEAK_SPAN, RegulatoryOptions, prepare_regulatory
+from creformer.engine.dataset import _load_signal, join_samples, regulatory_dataset
+from creformer.engine.errors import InputError
+from creformer.engine.io.fasta import Genome
+from creformer.engine.shards import Manifest
+from creformer.engine.simulate_cells import write_10x_h5
+from creformer.engine.tokenize import SIG_OFFSET, SIG_PAD, SignalStats, default_cutpoints, dna_tokens
+
+from ..unit.test_tokenize import reference_signal
+
+BARCODES = ["AAACAAAC-1", "CCCGCCCG-1", "GGGTGGGT-1"]
+FRAGMENTS = [  # sorted by position; the last barcode is not in the matrix
+    ("chr1", 4600, 4700, "AAACAAAC-1"), ("chr1", 5000, 5100, "AAACAAAC-1"), ("chr1", 9100, 9250, "CCCGCCCG-1"),
+    ("chr1", 15010, 15020, "GGGTGGGT-1"), ("chr1", 17000, 17100, "TTTTTTTT-1"),
+]
+
+
+def make_hand_multiome(root, *, fragments=FRAGMENTS, peaks=(("chr1", 4800, 5200), ("chr1", 9000, 9400), ("chr1", 15000, 15300)),
+                       rna=((5, 0, 1), (0, 3, 0), (2, 2, 0)), gtf_chrom="chr1", barcodes=BARCODES):
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    seq = "".join("ACGT"[i] for i in rng.integers(0, 4, 20_000))
+    (root / "genome.fa").write_text(">chr1\n" + "\n".join(seq[i:i + 60] for i in range(0, len(seq), 60)) + "\n")
+    gtf = [(gtf_chrom, 5001, 8000, "+", "GA", "A"), (gtf_chrom, 9000, 12000, "-", "GB", "B")]
+    (root / "genes.gtf").write_text("".join(
+        f'{c}\tt\tgene\t{s}\t{e}\t.\t{st}\t.\tgene_id "{gid}"; gene_name "{name}";\n' for c, s, e, st, gid, name in gtf))
+    mdir = root / "multiome"
+    mdir.mkdir(exist_ok=True)
+    genes = [("GA", "A", "chr1:5000-8000"), ("GB", "B", "chr1:9000-12000"), ("GC", "C", "chr1:1-2")]  # GC: no TSS
+    write_10x_h5(mdir / "filtered_feature_bc_matrix.h5", barcodes, genes, list(peaks), np.array(rna),
+                 np.ones((len(barcodes), len(peaks)), int))
+    with gzip.open(mdir / "atac_fragments.tsv.gz", "wt") as fh:
+        fh.write("# id=hand\n# pipeline=none\n")
+        for c, s, e, b in fragments:
+            fh.write(f"{c}\t{s}\t{e}\t{b}\t1\n")
+    return root
+
+
+def direct_atac(fragments_rows, barcodes, peak_windows, cuts):
+    """Per (cell, peak) tokens computed directly: insertions at both ends x 1e4 / fragments of the cell."""
+    lib = {b: sum(1 for r in fragments_rows if r[3] == b) for b in barcodes}
+    out = {}
+    for ci, b in enumerate(barcodes):
+        for pi, (chrom, ws) in enumerate(peak_windows):
+            dense = np.zeros(PEAK_SPAN, np.float32)
+            for c, s, e, bc in fragments_rows:
+                if bc == b and c == chrom:
+                    for site in (s, e - 1):
+                        if ws <= site < ws + PEAK_SPAN:
+                            dense[site - ws] += np.float32(1e4 / lib[b])
+            out[ci, pi] = reference_signal(dense, cuts, SignalStats())
+    return out
+
+
+def test_hand_made_multiome_coverage_and_expression(tmp_path):
+    root = make_hand_multiome(tmp_path / "hand")
+    res = prepare_regulatory(root / "multiome", root / "genome.fa", root / "genes.gtf", tmp_path / "out",
+                             options=RegulatoryOptions(min_cells_per_gene=1), executor="local")
+    man = Manifest(res.manifest_path)
+    c = man.data["counts"]
+    assert c["cells"] == 3 and c["genes"] == 2 and c["genes_without_tss"] == 1
+    assert c["fragments_barcode_not_in_matrix"] == 1 and c["barcodes_in_fragments_not_in_matrix"] == 1
+    peaks = pq.read_table(tmp_path / "out" / "tables" / "peaks.parquet").to_pydict()
+    assert peaks["window_start"] == [4488, 8688, 14638]  # centre - 512
+    genome = Genome(root / "genome.fa")
+    assert peaks["dna"][0] == dna_tokens(genome.fetch("chr1", 4488, 4488 + PEAK_SPAN)).tolist()
+    cells = pq.read_table(tmp_path / "out" / "tables" / "cells.parquet").to_pydict()
+    assert cells["library_size"] == [2, 1, 1]
+    # cell 0, peak 0: four insertions (4600, 4699, 5000, 5099) of 1e4/2 each -> the top level around them
+    signal = _load_signal(tmp_path / "out" / "signal" / "block-000000.parquet")
+    samples = pq.read_table(man.shard_path(man.shards[0])).to_pydict()
+    batch = {"cell_id": np.array(samples["cell_id"]), "gene_id": np.array(samples["gene_id"]),
+             "expression": np.array(samples["expression"]), "peak_ids": [np.array(p) for p in samples["peak_ids"]],
+             "tss_rank": [np.array(r) for r in samples["tss_rank"]]}
+    joined = join_samples(batch, None, signal, 150)
+    expected = direct_atac(FRAGMENTS, BARCODES, [("chr1", w) for w in peaks["window_start"]], default_cutpoints())
+    row = next(i for i in range(len(samples["cell_id"])) if samples["cell_id"][i] == 0 and samples["gene_id"][i] == 0)
+    pids = samples["peak_ids"][row]
+    for slot, pid in enumerate(pids):
+        assert np.array_equal(joined["atac"][row, slot], expected[0, pid])
+    p0 = pids.index(0)
+    tokens = joined["atac"][row, p0]
+    assert tokens[112 - 5:113].tolist() == [SIG_OFFSET + 35] * 6 and tokens[300] == SIG_OFFSET
+    assert (joined["atac"][row, len(pids):] == SIG_PAD).all()
+    # expression: log1p(counts x 1e4 / RNA total); cell 0 has 5 + 0 + 1 counts, gene A = 5
+    assert samples["expression"][row] == pytest.approx(np.log1p(5 * 1e4 / 6), rel=1e-6)
+    # gene A (+, TSS 5000): peak 0 overlaps the TSS -> rank 0; peak 1 downstream -> +1; peak 2 -> +2
+    assert dict(zip(pids, samples["tss_rank"][row])) == {0: 0, 1: 1, 2: 2}
+
+
+def test_streaming_join_equals_direct_on_simulated_atlas(sim_tiny, tmp_path, ray_local):
+    res = prepare_regulatory(sim_tiny / "multiome", sim_tiny / "genome.fa", sim_tiny / "genes.gtf", tmp_path / "reg",
+                             options=RegulatoryOptions(rows_per_shard=1_600), executor="ray")
+    man = Manifest(res.manifest_path)
+    assert len(man.shards) == 3 and man.data["records"] == man.data["counts"]["cells"] * man.data["counts"]["genes"]
+    c = man.data["counts"]
+    n_peaks = man.data["tables"]["peaks"]["rows"]
+    assert c["cell_peak_pairs"] < 0.5 * c["cells"] * n_peaks  # most cell x peak pairs have no fragment
+    rows = regulatory_dataset(man, batch_size=64).take_all()
+    assert len(rows) == man.data["records"]
+    peaks = pq.read_table(tmp_path / "reg" / "tables" / "peaks.parquet").to_pydict()
+    barcodes = pq.read_table(tmp_path / "reg" / "tables" / "cells.parquet").column("barcode").to_pylist()
+    genome = Genome(sim_tiny / "genome.fa")
+    rng = np.random.default_rng(0)
+    picked = [rows[i] for i in rng.choice(len(rows), 6, replace=False)]
+    frag_rows = []
+    with gzip.open(sim_tiny / "multiome" / "atac_fragments.tsv.gz", "rt") as fh:
+        wanted = {barcodes[r["cell_id"]] for r in picked}
+        all_rows = [line.split("\t") for line in fh]
+    libs = {}
+    for f in all_rows:
+        libs[f[3]] = libs.get(f[3], 0) + 1
+        if f[3] in wanted:
+            frag_rows.append((f[0], int(f[1]), int(f[2]), f[3]))
+    cuts = default_cutpoints()
+    for r in picked:
+        bc = barcodes[r["cell_id"]]
+        for slot in np.flatnonzero(r["mask"])[:10]:
+            pid = int(r["peak_ids"][slot])
+            ws = peaks["window_start"][pid]
+            assert np.array_equal(r["dna"][slot], dna_tokens(genome.fetch(peaks["chrom"][pid], ws, ws + PEAK_SPAN)))
+            dense = np.zeros(PEAK_SPAN, np.float32)
+            for c_, s, e, b in frag_rows:
+                if b == bc and c_ == peaks["chrom"][pid]:
+                    for site in (s, e - 1):
+                        if ws <= site < ws + PEAK_SPAN:
+                            dense[site - ws] += np.float32(1e4 / libs[bc])
+            assert np.array_equal(r["atac"][slot], reference_signal(dense, cuts, SignalStats()))
+        assert (r["atac"][~r["mask"]] == SIG_PAD).all() and (r["dna"][~r["mask"]] == 0).all()
+
+
+def test_reuse_and_resume(tmp_path):
+    root = make_hand_multiome(tmp_path / "hand")
+    args = (root / "multiome", root / "genome.fa", root / "genes.gtf", tmp_path / "out")
+    opts = RegulatoryOptions(min_cells_per_gene=1, rows_per_shard=2)
+    first = prepare_regulatory(*args, options=opts, executor="local")
+    assert len(Manifest(first.manifest_path).shards) == 3
+    assert prepare_regulatory(*args, options=opts, executor="local").reused
+    (tmp_path / "out" / "shards" / "samples-000001.parquet").unlink()
+    again = prepare_regulatory(*args, options=opts, executor="local")
+    assert again.built == 1 and not again.reused
+    Manifest(again.manifest_path).verify()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("unsorted", "line 6: start 9100 comes after 15010"),  # 2 header lines, then the 4th fragment
+    ("malformed", "line 3: .chr1"),
+    ("no_barcodes", "none of the 3 matrix barcodes"),
+    ("no_tss", "none of the .* selected genes .* has a TSS"),
+    ("peaks_not_in_genome", r"no peak chromosome .* \(chrZ\) is in genome"),
+    ("all_cells_empty", "every cell is empty"),
+    ("truncated_h5", "not a readable HDF5"),
+])
+def test_bad_inputs(tmp_path, case, message):
+    kw = {}
+    if case == "unsorted":
+        kw["fragments"] = [FRAGMENTS[0], FRAGMENTS[1], FRAGMENTS[3], FRAGMENTS[2]]
+    elif case == "no_barcodes":
+        kw["fragments"] = [(c, s, e, b.replace("-1", "-2")) for c, s, e, b in FRAGMENTS]
+    elif case == "no_tss":
+        kw["gtf_chrom"] = "chr1"
+    elif case == "peaks_not_in_genome":
+        kw["peaks"] = (("chrZ", 4800, 5200), ("chrZ", 9000, 9400), ("chrZ", 15000, 15300))
+    elif case == "all_cells_empty":
+        kw["rna"] = ((0, 0, 0),) * 3
+    root = make_hand_multiome(tmp_path / "hand", **kw)
+    annotation = root / "genes.gtf"
+    if case == "malformed":
+        with gzip.open(root / "multiome" / "atac_fragments.tsv.gz", "wt") as fh:
+            fh.write("# h\nchr1\t4600\t4700\tAAACAAAC-1\t1\nchr1\t5000\tAAACAAAC-1\n")
+    elif case == "no_tss":
+        annotation.write_text('chr1\tt\tgene\t1\t100\t.\t+\t.\tgene_id "OTHER"; gene_name "Z";\n')
+    elif case == "truncated_h5":
+        h5 = root / "multiome" / "filtered_feature_bc_matrix.h5"
+        h5.write_bytes(h5.read_bytes()[:3000])
+    with pytest.raises(InputError, match=message):
+        prepare_regulatory(root / "multiome", root / "genome.fa", annotation, tmp_path / "out",
+                           options=RegulatoryOptions(min_cells_per_gene=1), executor="local")
+
+
+def test_name_mismatches_are_harmonized_and_policies_counted(tmp_path):
+    frags = [("1", s, e, b) for _, s, e, b in FRAGMENTS]  # Ensembl-style names in fragments and GTF
+    root = make_hand_multiome(tmp_path / "hand", fragments=frags, gtf_chrom="1", rna=((5, 0, 1), (0, 3, 0), (0, 0, 0)))
+    res = prepare_regulatory(root / "multiome", root / "genome.fa", root / "genes.gtf", tmp_path / "out",
+                             options=RegulatoryOptions(min_cells_per_gene=1, window_bp=300), executor="local")
+    c = Manifest(res.manifest_path).data["counts"]
+    assert c["cells_below_min_counts"] == 1 and c["cells"] == 2
+    assert c["cell_peak_pairs"] > 0  # fragments on "1" met peaks on "chr1"
+    assert c["genes_without_peaks"] == 1 and c["genes"] == 2  # gene B has no peak within 300 bp: kept
+    res2 = prepare_regulatory(root / "multiome", root / "genome.fa", root / "genes.gtf", tmp_path / "out2",
+                              options=RegulatoryOptions(min_cells_per_gene=1, window_bp=300, keep_genes_without_peaks=False),
+                              executor="local")
+    assert Manifest(res2.manifest_path).data["counts"]["genes"] == 1
+
+
+@pytest.mark.realdata
+def test_real_muon_pbmc_end_to_end(shared_data, tmp_path, ray_local):
+    mo = shared_data / "multiome" / "test_rna_atac.h5mu"
+    frag = shared_data / "multiome" / "test_rna_atac_fragments.tsv.gz"
+    fa = shared_data / "genome" / "chr2_1-2333275.fa.gz"
+    ann = shared_data / "annotation" / "CollapsedGeneBounds.hg38.bed.gz"
+    with pytest.raises(InputError, match="174 of 174 peaks lack sequence"):  # the real DNA covers none of them
+        prepare_regulatory(mo, fa, ann, tmp_path / "reg", fragments=frag, executor="local")
+    res = prepare_regulatory(mo, fa, ann, tmp_path / "reg", fragments=frag, executor="ray",
+                             options=RegulatoryOptions(allow_missing_sequence=True))
+    man = Manifest(res.manifest_path)
+    c = man.data["counts"]
+    assert c["cells"] == 980 and c["matrix_cells_without_fragments"] == 20  # 980 of 1,000 barcodes have fragments
+    assert c["genes_without_tss"] == 3  # TRAC, IGHD, IGHM are absent from the gene bounds
+    assert c["barcodes_in_fragments_not_in_matrix"] == 24_508 - 980
+    assert 0 < c["cell_peak_pairs"] < 0.2 * 980 * 174  # real scATAC sparsity
+    rows = regulatory_dataset(man, batch_size=256, with_dna=False).take(50)
+    assert any(r["mask"].any() and (r["atac"][r["mask"]] > SIG_OFFSET).any() for r in rows)
+    peaks = pq.read_table(tmp_path / "reg" / "tables" / "peaks.parquet")
+    assert not any(peaks.column("has_sequence").to_pylist())
