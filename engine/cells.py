@@ -149,27 +149,30 @@ def fragment_library(path: Path, barcodes: np.ndarray) -> tuple[np.ndarray, int,
 
 
 def _tokenize_pairs(cell: np.ndarray, peak: np.ndarray, offset: np.ndarray, scale: np.ndarray, cuts: np.ndarray):
-    """Insertion triples → per (cell, peak) the positions and ids of non-zero-level tokens."""
-    if cell.size == 0:
-        return np.zeros(0, np.int32), np.zeros(0, np.int32), [], []
+    """Insertion triples → per (cell, peak): non-zero-level token positions and ids, as flat arrays
+    with offsets (vectorized; no per-pair Python objects)."""
     key = cell.astype(np.int64) * (1 << 32) + peak
     pairs, inverse = np.unique(key, return_inverse=True)
     out_cell = (pairs >> 32).astype(np.int32)
     out_peak = (pairs & 0xFFFFFFFF).astype(np.int32)
-    positions, tokens = [], []
-    chunk = 4096
+    pos_parts, tok_parts, lengths = [], [], []
+    chunk = 2048
+    order = np.argsort(inverse, kind="stable")
+    inv_sorted = inverse[order]
     for a in range(0, len(pairs), chunk):
         b = min(a + chunk, len(pairs))
-        sel = (inverse >= a) & (inverse < b)
+        lo, hi = np.searchsorted(inv_sorted, [a, b])
+        sel = order[lo:hi]
         dense = np.zeros((b - a, PEAK_SPAN), np.float32)
         np.add.at(dense, (inverse[sel] - a, offset[sel]), 1.0)
         dense *= scale[out_cell[a:b]][:, None]
         toks = signal_tokens_2d(dense, [cuts] * (b - a))
-        for row in toks:
-            nz = np.flatnonzero(row != SIG_OFFSET)
-            positions.append(nz.astype(np.uint16))
-            tokens.append(row[nz])
-    return out_cell, out_peak, positions, tokens
+        nz = toks != SIG_OFFSET
+        lengths.append(nz.sum(1))
+        pos_parts.append(np.nonzero(nz)[1].astype(np.uint16))
+        tok_parts.append(toks[nz])
+    offsets = np.concatenate(([0], np.cumsum(np.concatenate(lengths)))).astype(np.int32)
+    return out_cell, out_peak, offsets, np.concatenate(pos_parts), np.concatenate(tok_parts)
 
 
 def build_signal(path: Path, mo: Multiome, keep_cells: np.ndarray, library: np.ndarray, peaks: dict[str, Any],
@@ -192,30 +195,36 @@ def build_signal(path: Path, mo: Multiome, keep_cells: np.ndarray, library: np.n
         order = sel[np.argsort(peaks["wstart"][sel], kind="stable")]
         by_chrom[canonical(c)] = (peaks["wstart"][order], order)
     counts = {"insertions_in_peaks": 0, "cell_peak_pairs": 0, "nonzero_tokens": 0}
+    window_end = np.asarray(peaks["wstart"]) + PEAK_SPAN
 
-    def flush(triples: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
-        if not triples:
+    def flush(cell: np.ndarray, peak: np.ndarray, off: np.ndarray) -> None:
+        if cell.size == 0:
             return
-        cell, peak, off = (np.concatenate(x) for x in zip(*triples))
         counts["insertions_in_peaks"] += int(cell.size)
-        oc, op, pos, tok = _tokenize_pairs(cell, peak, off, scale, cuts)
+        oc, op, offs, pos, tok = _tokenize_pairs(cell, peak, off, scale, cuts)
         counts["cell_peak_pairs"] += int(oc.size)
-        counts["nonzero_tokens"] += int(sum(len(t) for t in tok))
+        counts["nonzero_tokens"] += int(tok.size)
         block = oc // cells_per_block
         for b in np.unique(block):
             s = np.flatnonzero(block == b)
+            lens = offs[s + 1] - offs[s]
+            sub = np.concatenate(([0], np.cumsum(lens))).astype(np.int32)
+            take = np.repeat(offs[s] - sub[:-1], lens) + np.arange(sub[-1])  # the rows' token ranges, flattened
             writers[b].write_table(pa.table({
                 "cell": pa.array(oc[s]), "peak": pa.array(op[s]),
-                "pos": pa.array([pos[i] for i in s], pa.list_(pa.uint16())),
-                "tok": pa.array([tok[i] for i in s], pa.list_(pa.uint8())),
+                "pos": pa.ListArray.from_arrays(pa.array(sub), pa.array(pos[take])),
+                "tok": pa.ListArray.from_arrays(pa.array(sub), pa.array(tok[take])),
             }, schema=schema))
 
-    triples: list = []
+    # Pending insertions; a peak window is complete once the stream's starts pass its end (the
+    # file is sorted by start and every cut site lies at or after its fragment's start), so memory
+    # holds only the windows the stream is inside, whatever the number of cells.
+    pending: list[np.ndarray] = [np.zeros(0, np.int64)] * 3
     current = None
     for batch in tqdm(iter_fragments(path), desc="ATAC signal", unit="batch", leave=False):
         if batch.chrom != current:
-            flush(triples)
-            triples, current = [], batch.chrom
+            flush(*pending)
+            pending, current = [np.zeros(0, np.int64)] * 3, batch.chrom
         win = by_chrom.get(canonical(batch.chrom))
         if win is None:
             continue
@@ -223,6 +232,7 @@ def build_signal(path: Path, mo: Multiome, keep_cells: np.ndarray, library: np.n
         cell = np.where(idx >= 0, cell_index[np.maximum(idx, 0)], -1)
         keep = cell >= 0
         ws, pid = win
+        new = [list(x) for x in pending]
         for site in (batch.start[keep], batch.end[keep] - 1):  # Tn5 cuts at both fragment ends
             c = cell[keep]
             j = np.searchsorted(ws, site, side="right") - 1
@@ -231,9 +241,15 @@ def build_signal(path: Path, mo: Multiome, keep_cells: np.ndarray, library: np.n
                 hit = (j >= 0) & (site < ws[np.maximum(j, 0)] + PEAK_SPAN)
                 if not hit.any():
                     break
-                triples.append((c[hit], pid[j[hit]], (site[hit] - ws[j[hit]]).astype(np.int64)))
+                new[0].append(c[hit])
+                new[1].append(pid[j[hit]])
+                new[2].append((site[hit] - ws[j[hit]]).astype(np.int64))
                 j = np.where(hit, j - 1, -1)
-    flush(triples)
+        cell_all, peak_all, off_all = (np.concatenate(x) for x in new)
+        done = window_end[peak_all] <= batch.start[-1]
+        flush(cell_all[done], peak_all[done], off_all[done])
+        pending = [cell_all[~done], peak_all[~done], off_all[~done]]
+    flush(*pending)
     for w in writers:
         w.close()
     for b, t in enumerate(tmp):
