@@ -62,7 +62,10 @@ def write_10x_h5(path: Path, barcodes: list[str], genes: list[tuple[str, str, st
     ``genes``: (gene_id, name, interval); ``peaks``: (chrom, start, end); counts are cells x features."""
     from scipy import sparse
 
-    mat = sparse.vstack([sparse.csr_matrix(np.asarray(rna).T), sparse.csr_matrix(np.asarray(atac).T)]).tocsc()
+    def as_sparse(m):
+        return sparse.csr_matrix(m) if sparse.issparse(m) else sparse.csr_matrix(np.asarray(m))
+
+    mat = sparse.vstack([as_sparse(rna).T, as_sparse(atac).T]).tocsc()
     peak_names = [f"{c}:{s}-{e}" for c, s, e in peaks]
     feat_ids = [g[0] for g in genes] + peak_names
     names = [g[1] for g in genes] + peak_names
@@ -84,42 +87,51 @@ def write_10x_h5(path: Path, barcodes: list[str], genes: list[tuple[str, str, st
         ft.create_dataset("_all_tag_keys", data=np.array(["genome", "interval"], dtype="S"))
 
 
-def simulate_cells(out: Path, book: Rulebook, preset: str, seed: int, n_cells: int | None = None) -> Path:
+def simulate_cells(out: Path, book: Rulebook, preset: str, seed: int, n_cells: int | None = None, chunk: int = 4096) -> Path:
+    from scipy import sparse
+
     rng = np.random.default_rng(seed + 3)
     n = n_cells or book.preset.n_cells
     mdir = out / "multiome"
     mdir.mkdir(parents=True, exist_ok=True)
     types, act = cell_states(book, n, rng)
     barcodes = _barcodes(n, rng)
-    openness = book.element_activity(act)  # (cells, elements)
-    expr = book.expression(openness)  # (cells, genes), counts-per-10k scale
-    depth = rng.lognormal(0.0, 0.3, n)
-    rna = rng.poisson(expr * depth[:, None]).astype(np.int32)
     peaks = peak_set(book, rng)
     elem_index = {e.element_id: j for j, e in enumerate(book.elements)}
+    chroms = list(book.chroms)
+    chrom_len = np.array([book.chroms[c] for c in chroms])
     in_peak_mean = FRAGMENTS_PER_PEAK.get(preset, 0.3) * len(peaks)
     in_peaks = np.maximum(5, rng.lognormal(np.log(in_peak_mean), 0.4, n)).astype(np.int64)
     background = rng.binomial(2 * in_peaks, 0.5)  # FRiP ~ 0.5
-    # Fragments per (cell, element): multinomial on openness (closed elements keep a tiny floor).
-    weight = openness + 0.01
-    weight[:, [j for j, e in enumerate(book.elements) if e.kind == "decoy"]] = 0.002
-    counts = np.stack([rng.multinomial(in_peaks[c], weight[c] / weight[c].sum()) for c in range(n)])
-    chroms = list(book.chroms)
-    chrom_len = np.array([book.chroms[c] for c in chroms])
     bg_counts = np.stack([rng.multinomial(background[c], chrom_len / chrom_len.sum()) for c in range(n)])
+    decoys = [j for j, e in enumerate(book.elements) if e.kind == "decoy"]
+    # Cells in chunks (the large preset has 100 k): RNA counts and fragments per (cell, element), sparse.
+    rna_parts, frag_parts = [], []
+    for c0 in range(0, n, chunk):
+        c1 = min(n, c0 + chunk)
+        openness = book.element_activity(act[c0:c1])  # (chunk, elements)
+        expr = book.expression(openness)  # counts-per-10k scale
+        depth = rng.lognormal(0.0, 0.3, c1 - c0)
+        rna_parts.append(sparse.csr_matrix(rng.poisson(expr * depth[:, None]).astype(np.int32)))
+        weight = openness + 0.01  # closed elements keep a tiny floor; decoys stay (almost) closed
+        weight[:, decoys] = 0.002
+        weight /= weight.sum(1, keepdims=True)
+        frag_parts.append(sparse.csr_matrix(np.stack([rng.multinomial(in_peaks[c0 + i], weight[i]) for i in range(c1 - c0)])))
+    rna = sparse.vstack(rna_parts).tocsr()
+    per_elem = sparse.vstack(frag_parts).tocsc()
     elem_chrom = np.array([chroms.index(e.chrom) for e in book.elements])
     elem_center = np.array([e.center for e in book.elements])
     frag_path = mdir / "atac_fragments.tsv"
     peak_arr = {c: np.array([(s, e) for ch, s, e, _ in peaks if ch == c], dtype=np.int64).reshape(-1, 2) for c in chroms}
-    atac = np.zeros((n, len(peaks)), dtype=np.int32)
     peak_offset = {c: sum(1 for p in peaks if chroms.index(p[0]) < chroms.index(c)) for c in chroms}
+    atac_cells, atac_peaks = [], []
+    bcs_all = np.asarray(barcodes)
     with frag_path.open("w") as fh:
         for ci, chrom in enumerate(chroms):
             # in-element fragments of this chromosome for all cells, then background
-            cols = np.flatnonzero(elem_chrom == ci)
-            per = counts[:, cols]
-            cell_idx = np.repeat(np.repeat(np.arange(n), len(cols)), per.ravel())
-            centers = np.repeat(np.tile(elem_center[cols], n), per.ravel())
+            sub = per_elem[:, np.flatnonzero(elem_chrom == ci)].tocoo()
+            cell_idx = np.repeat(sub.row.astype(np.int64), sub.data)
+            centers = np.repeat(elem_center[np.flatnonzero(elem_chrom == ci)][sub.col], sub.data)
             starts = centers + rng.normal(0, 80, centers.size).astype(np.int64)
             bg_cells = np.repeat(np.arange(n, dtype=np.int64), bg_counts[:, ci])
             bg_starts = rng.integers(1_000, gap_of(book.chroms[chrom])[0] - 1_000, bg_cells.size)  # no reads in the N gap
@@ -136,14 +148,18 @@ def simulate_cells(out: Path, book: Rulebook, preset: str, seed: int, n_cells: i
             for site in (starts, ends - 1):
                 j = np.searchsorted(pk[:, 0], site, side="right") - 1
                 ok = (j >= 0) & (site < pk[np.maximum(j, 0), 1])
-                np.add.at(atac, (cell_idx[ok], peak_offset[chrom] + j[ok]), 1)
-            bcs = np.asarray(barcodes)[cell_idx]
-            lines = [f"{chrom}\t{s}\t{e}\t{b}\t{d}\n" for s, e, b, d in zip(starts.tolist(), ends.tolist(), bcs.tolist(), dup.tolist())]
-            fh.writelines(lines)
+                atac_cells.append(cell_idx[ok])
+                atac_peaks.append(peak_offset[chrom] + j[ok])
+            for a in range(0, starts.size, 1 << 20):
+                sl = slice(a, a + (1 << 20))
+                fh.writelines(f"{chrom}\t{s}\t{e}\t{b}\t{d}\n" for s, e, b, d in
+                              zip(starts[sl].tolist(), ends[sl].tolist(), bcs_all[cell_idx[sl]].tolist(), dup[sl].tolist()))
     pysam.tabix_index(str(frag_path), preset="bed", force=True, keep_original=False)
     with (mdir / "atac_peaks.bed").open("w") as fh:
         for c, s, e, _ in peaks:
             fh.write(f"{c}\t{s}\t{e}\n")
+    ac, ap = np.concatenate(atac_cells), np.concatenate(atac_peaks)
+    atac = sparse.coo_matrix((np.ones(ac.size, np.int32), (ac, ap)), shape=(n, len(peaks))).tocsr()
     genes = [(g.gene_id, g.name, f"{g.chrom}:{min(g.body)}-{max(g.body)}") for g in book.genes]
     write_10x_h5(mdir / "filtered_feature_bc_matrix.h5", barcodes, genes, [p[:3] for p in peaks], rna, atac)
     _write_truth_cells(out, book, barcodes, types, peaks, elem_index)
