@@ -1,0 +1,74 @@
+"""Embedding cache: equal outputs, zero-signal sharing, LRU cap, disk store, invalidation."""
+
+import numpy as np
+import torch
+
+from creformer.config import load_config
+from creformer.engine.tokenize import DNA_OFFSET, DNA_VOCAB, SIG_OFFSET, SIG_PAD
+from creformer.trainer.model import build_models
+from creformer.trainer.model.cache import EmbeddingCache
+
+
+def setup(seed=0, n_peaks=12, b=3, p=5):
+    torch.manual_seed(seed)
+    cfg = load_config("tiny").model
+    el, reg = build_models(cfg)
+    reg.eval()
+    rng = np.random.default_rng(seed)
+    peak_dna = rng.integers(DNA_OFFSET, DNA_VOCAB, (n_peaks, 1024)).astype(np.uint16)
+    ids = torch.from_numpy(rng.integers(0, n_peaks, (b, p)).astype(np.int64))
+    mask = torch.ones(b, p, dtype=torch.bool)
+    mask[2, 3:] = False
+    atac = torch.full((b, p, 1024), SIG_OFFSET, dtype=torch.long)
+    atac[0, 1, 100:106] = SIG_OFFSET + 9  # one cell x peak with insertions; the rest zero signal
+    atac[~mask] = SIG_PAD
+    rank = torch.arange(p).repeat(b, 1) - 1
+    return el, reg, peak_dna, ids, atac, mask, rank
+
+
+def uncached(reg, peak_dna, ids, atac, mask, rank):
+    dna = torch.from_numpy(peak_dna[ids.numpy()].astype(np.int64))
+    sig = torch.zeros(*ids.shape, 7, 1024, dtype=torch.long)
+    sig[:, :, 0] = atac
+    return reg(dna, sig, rank, mask)
+
+
+def test_cached_equals_uncached_and_zero_signal_is_shared():
+    el, reg, peak_dna, ids, atac, mask, rank = setup()
+    cache = EmbeddingCache(el, peak_dna)
+    with_cache = reg.forward_bins(cache.peak_bins(ids, atac, mask), rank, mask)
+    assert torch.allclose(with_cache, uncached(reg, peak_dna, ids, atac, mask, rank), atol=1e-5)
+    real_ids = {int(i) for i in ids[mask]}
+    assert cache.stats()["entries"] == len(real_ids) + 1  # one zero-signal entry per peak + the one with insertions
+    misses = cache.stats()["misses"]
+    assert misses == int(mask.sum())  # first batch: every real slot missed (duplicates computed once)
+    again = reg.forward_bins(cache.peak_bins(ids, atac, mask), rank, mask)
+    assert torch.equal(again, with_cache)
+    assert cache.stats()["misses"] == misses and cache.stats()["hits"] == int(mask.sum())
+
+
+def test_lru_cap_and_disk_store(tmp_path):
+    el, reg, peak_dna, ids, atac, mask, rank = setup()
+    small = EmbeddingCache(el, peak_dna, capacity=2)
+    bins = small.peak_bins(ids, atac, mask)
+    assert small.stats()["entries"] == 2
+    disk = EmbeddingCache(el, peak_dna, disk_dir=tmp_path)
+    assert torch.allclose(disk.peak_bins(ids, atac, mask), bins, atol=1e-6)
+    disk.flush()
+    fresh = EmbeddingCache(el, peak_dna, disk_dir=tmp_path)  # another worker / a later run
+    assert torch.allclose(fresh.peak_bins(ids, atac, mask), bins, atol=1e-6)
+    assert fresh.stats()["misses"] == 0 and fresh.stats()["disk_hits"] > 0
+
+
+def test_weight_change_invalidates():
+    el, reg, peak_dna, ids, atac, mask, rank = setup()
+    cache = EmbeddingCache(el, peak_dna)
+    before = cache.peak_bins(ids, atac, mask)
+    with torch.no_grad():
+        el.dna_emb.weight.add_(0.5)
+    stale = cache.peak_bins(ids, atac, mask)
+    assert torch.equal(stale, before)  # without refresh the cache cannot know
+    cache.refresh()
+    after = cache.peak_bins(ids, atac, mask)
+    assert not torch.allclose(after, before)
+    assert torch.allclose(reg.forward_bins(after, rank, mask), uncached(reg, peak_dna, ids, atac, mask, rank), atol=1e-5)

@@ -1,0 +1,163 @@
+"""The frozen-Elementary embedding cache (DESIGN §5).
+
+The frozen Elementary output of a peak depends only on (peak DNA, the cell's signal tokens over
+it). In single cells most (cell, peak) pairs carry no insertion, so their signal is the same
+all-zero-level sequence: one entry per peak serves every such cell. Keys are
+``(weights hash, peak_id, signal hash)``; the weights hash changes whenever the Elementary
+weights do, which invalidates every older entry. An in-memory LRU (capped in entries) sits in
+front of an optional on-disk Arrow store that workers and later runs share.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from creformer.engine.tokenize import SIG_OFFSET
+
+from .elementary import Elementary
+
+ZERO_SIGNAL = b"zero"
+
+
+def weights_hash(module: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def signal_key(tokens: np.ndarray) -> bytes:
+    """A short digest of one peak's signal tokens; all-zero-level signal shares ``ZERO_SIGNAL``."""
+    if not (tokens != SIG_OFFSET).any():
+        return ZERO_SIGNAL
+    return hashlib.blake2b(np.ascontiguousarray(tokens).tobytes(), digest_size=12).digest()
+
+
+class EmbeddingCache:
+    """Peak bins (8, d) of the frozen Elementary, cached by (weights, peak, signal)."""
+
+    def __init__(self, elementary: Elementary, peak_dna: np.ndarray, *, capacity: int = 200_000,
+                 disk_dir: str | Path | None = None, n_tracks: int = 7, atac_track: int = 0):
+        self.elementary = elementary
+        self.peak_dna = peak_dna  # (n_peaks, 1024) DNA tokens of every peak
+        self.capacity = capacity
+        self.n_tracks, self.atac_track = n_tracks, atac_track
+        self.disk_dir = Path(disk_dir) if disk_dir else None
+        self.hits = self.misses = self.disk_hits = 0
+        self._lru: OrderedDict[tuple[int, bytes], torch.Tensor] = OrderedDict()
+        self._disk: dict[tuple[int, bytes], tuple[pa.Table, int]] = {}
+        self._pending: list[tuple[int, bytes, np.ndarray]] = []
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Recompute the weights hash; if the weights changed, every cached entry is dropped."""
+        new = weights_hash(self.elementary)
+        if getattr(self, "weights", None) != new:
+            self.weights = new
+            self._lru.clear()
+            self._disk.clear()
+            self._pending.clear()
+            self._load_disk()
+
+    # -- disk store ---------------------------------------------------------------------------
+    def _store(self) -> Path | None:
+        return None if self.disk_dir is None else self.disk_dir / self.weights
+
+    def _load_disk(self) -> None:
+        store = self._store()
+        if store is None or not store.exists():
+            return
+        for path in sorted(store.glob("part-*.arrow")):
+            table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+            for row, (pid, key) in enumerate(zip(table.column("peak_id").to_pylist(), table.column("signal").to_pylist())):
+                self._disk[(pid, key)] = (table, row)
+
+    def flush(self) -> None:
+        """Write entries computed since the last flush to the shared on-disk store (atomically)."""
+        store = self._store()
+        if store is None or not self._pending:
+            return
+        store.mkdir(parents=True, exist_ok=True)
+        pids, keys, vals = zip(*self._pending)
+        flat = np.stack(vals).astype(np.float32)
+        table = pa.table({"peak_id": pa.array(pids, pa.int32()), "signal": pa.array(keys, pa.binary()),
+                          "bins": pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat[0].size)})
+        final = store / f"part-{os.getpid()}-{len(list(store.glob('part-*.arrow'))):06d}.arrow"
+        tmp = final.with_name(".tmp-" + final.name)
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        os.replace(tmp, final)
+        self._pending.clear()
+
+    # -- lookups ------------------------------------------------------------------------------
+    def _get(self, key: tuple[int, bytes]) -> torch.Tensor | None:
+        if key in self._lru:
+            self._lru.move_to_end(key)
+            return self._lru[key]
+        if key in self._disk:
+            table, row = self._disk[key]
+            vec = np.asarray(table.column("bins")[row].values.to_numpy(zero_copy_only=False), np.float32)
+            value = torch.from_numpy(vec.reshape(-1, self.elementary.cfg.d_model).copy())
+            self._put(key, value, persist=False)
+            self.disk_hits += 1
+            return value
+        return None
+
+    def _put(self, key: tuple[int, bytes], value: torch.Tensor, persist: bool = True) -> None:
+        self._lru[key] = value
+        self._lru.move_to_end(key)
+        while len(self._lru) > self.capacity:
+            self._lru.popitem(last=False)
+        if persist and self.disk_dir is not None:
+            self._pending.append((key[0], key[1], value.numpy()))
+
+    @torch.no_grad()
+    def peak_bins(self, peak_ids: torch.Tensor, atac: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, P, 8, d) Elementary bins for real peaks (zeros for padding), computing only misses.
+
+        ``atac`` (B, P, 1024) are the cells' scATAC signal tokens; the other tracks are [PAD]."""
+        b, p = mask.shape
+        d = self.elementary.cfg.d_model
+        n_bins = self.peak_dna.shape[1] // self.elementary.cfg.bin_size
+        out = torch.zeros(b, p, n_bins, d)
+        ids = peak_ids.cpu().numpy()
+        sig = atac.cpu().numpy()
+        real = np.argwhere(mask.cpu().numpy())
+        missing: dict[tuple[int, bytes], list[tuple[int, int]]] = {}
+        for bi, pi in real:
+            key = (int(ids[bi, pi]), signal_key(sig[bi, pi]))
+            hit = self._get(key)
+            if hit is None:
+                missing.setdefault(key, []).append((bi, pi))
+            else:
+                out[bi, pi] = hit
+                self.hits += 1
+        if missing:
+            self.misses += sum(len(v) for v in missing.values())
+            keys = list(missing)
+            first = [missing[k][0] for k in keys]
+            dna = torch.from_numpy(self.peak_dna[[k[0] for k in keys]].astype(np.int64))
+            tracks = torch.zeros(len(keys), self.n_tracks, dna.shape[1], dtype=torch.long)
+            tracks[:, self.atac_track] = torch.from_numpy(np.stack([sig[bi, pi] for bi, pi in first]).astype(np.int64))
+            was = self.elementary.training
+            self.elementary.eval()
+            emb = torch.cat([self.elementary.embed(dna[i:i + 256], tracks[i:i + 256]) for i in range(0, len(keys), 256)])
+            self.elementary.train(was)
+            for k, value, slots in zip(keys, emb, (missing[k] for k in keys)):
+                self._put(k, value)
+                for bi, pi in slots:
+                    out[bi, pi] = value
+        return out
+
+    def stats(self) -> dict[str, float]:
+        total = self.hits + self.misses
+        return {"hits": self.hits, "misses": self.misses, "disk_hits": self.disk_hits,
+                "hit_rate": self.hits / total if total else 0.0, "entries": len(self._lru)}
