@@ -43,6 +43,7 @@ from .tokenize import DNA_N, K, SIG_OFFSET, dna_tokens, signal_tokens_2d, tokeni
 PEAK_TOKENS = 1024
 PEAK_SPAN = PEAK_TOKENS + K - 1
 ATAC_ASSAY = "ATAC"
+FRAGMENT_BLOCK_BYTES = 16 << 20  # bytes of fragments text parsed per streaming batch
 
 
 @dataclass
@@ -221,7 +222,7 @@ def build_signal(path: Path, mo: Multiome, keep_cells: np.ndarray, library: np.n
     # holds only the windows the stream is inside, whatever the number of cells.
     pending: list[np.ndarray] = [np.zeros(0, np.int64)] * 3
     current = None
-    for batch in tqdm(iter_fragments(path), desc="ATAC signal", unit="batch", leave=False):
+    for batch in tqdm(iter_fragments(path, FRAGMENT_BLOCK_BYTES), desc="ATAC signal", unit="batch", leave=False):
         if batch.chrom != current:
             flush(*pending)
             pending, current = [np.zeros(0, np.int64)] * 3, batch.chrom
@@ -232,7 +233,7 @@ def build_signal(path: Path, mo: Multiome, keep_cells: np.ndarray, library: np.n
         cell = np.where(idx >= 0, cell_index[np.maximum(idx, 0)], -1)
         keep = cell >= 0
         ws, pid = win
-        new = [list(x) for x in pending]
+        new = [[x] for x in pending]
         for site in (batch.start[keep], batch.end[keep] - 1):  # Tn5 cuts at both fragment ends
             c = cell[keep]
             j = np.searchsorted(ws, site, side="right") - 1
