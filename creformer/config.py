@@ -31,6 +31,10 @@ class DataConfig:
     genome: str = ""  # FASTA (plain, gzip or bgzip)
     samples: str = ""  # samples.tsv: sample, assay, path
     shards: str = "runs/shards/elementary"  # output folder of `prepare elementary`
+    multiome: str = ""  # Cell Ranger ARC folder / .h5 / .h5mu for `prepare regulatory`
+    fragments: str = ""  # fragments file when not next to the matrix
+    annotation: str = ""  # GTF/GFF3/BED gene bounds/TSS table
+    regulatory_shards: str = "runs/shards/regulatory"  # output folder of `prepare regulatory`
     assays: list[str] = field(default_factory=lambda: list(DEFAULT_ASSAYS))
     window_bp: int = 32768  # tokens per window; a window reads window_bp + 5 bases
     windows_per_sample: int = 50000
@@ -81,6 +85,9 @@ class TrainConfig:
     storage_path: str = "runs/train"
     name: str = "elementary"
     seed: int = 0
+    log_every: int = 10
+    fail_at_step: int = 0  # fault injection for tests: raise once at this step (0: never)
+    elementary_weights: str = ""  # exported Elementary safetensors for train_regulatory
 
 
 @dataclass
@@ -88,6 +95,7 @@ class RayConfig:
     address: str = ""  # empty: RAY_ADDRESS if set, else a local Ray on node_ip
     node_ip: str = "127.0.0.2"  # loopback, not 127.0.0.1 (Ray rewrites that to the host's address)
     gloo_socket_ifname: str = "lo"
+    ds_accelerator: str = "cpu"  # DeepSpeed accelerator of the workers ("cuda" on GPU clusters)
     num_cpus: int = 0  # 0: let Ray detect
 
 
@@ -266,6 +274,14 @@ def load_config(source: str | Path = "tiny", overrides: list[str] | tuple[str, .
     for item in overrides:
         key, value = _parse_override(item)
         _apply(cfg, _nest(key, value), "", f"override {item!r}", {})
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Rebuild a typed Config from ``Config.to_dict()`` output (e.g. inside Ray workers)."""
+    cfg = Config()
+    _apply(cfg, values, "", "config dict", {})
     validate(cfg)
     return cfg
 

@@ -9,7 +9,7 @@ from .config import RayConfig
 
 def runtime_env(cfg: RayConfig) -> dict:
     # gloo picks the interface by hostname otherwise, which may resolve off loopback.
-    return {"env_vars": {"GLOO_SOCKET_IFNAME": cfg.gloo_socket_ifname}}
+    return {"env_vars": {"GLOO_SOCKET_IFNAME": cfg.gloo_socket_ifname, "DS_ACCELERATOR": cfg.ds_accelerator}}
 
 
 def ensure_ray(cfg: RayConfig) -> None:
@@ -27,5 +27,7 @@ def ensure_ray(cfg: RayConfig) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
+        # One logical CPU beyond the cores: training workers hold one each, and Ray Data's read
+        # tasks must still be schedulable beside them or the stream stalls.
         ray.init(_node_ip_address=cfg.node_ip, include_dashboard=False,
-                 num_cpus=cfg.num_cpus or None, **kwargs)
+                 num_cpus=cfg.num_cpus or (os.cpu_count() or 1) + 1, **kwargs)

@@ -13,13 +13,16 @@ from .layers import Encoder
 
 
 class Regulatory(nn.Module):
-    def __init__(self, cfg: ModelConfig, elementary: Elementary):
+    def __init__(self, cfg: ModelConfig, elementary: Elementary | None = None):
+        """``elementary=None`` builds the trainable part only (distributed training keeps the frozen
+        Elementary outside the sharded engine, behind the embedding cache)."""
         super().__init__()
         d = cfg.d_model
         self.cfg = cfg
         self.elementary = elementary
-        for p in self.elementary.parameters():
-            p.requires_grad_(False)
+        if elementary is not None:
+            for p in elementary.parameters():
+                p.requires_grad_(False)
         self.pool_query = nn.Parameter(torch.randn(d) * 0.02)
         self.rank_emb = nn.Embedding(2 * cfg.peak_m + 1, d)  # signed TSS rank in [-peak_m, peak_m]
         self.t3 = Encoder(cfg.n3, d, cfg.n_heads, cfg.ffn, cfg.dropout, cfg.activation_checkpointing)
@@ -27,12 +30,15 @@ class Regulatory(nn.Module):
 
     def train(self, mode: bool = True) -> "Regulatory":
         super().train(mode)
-        self.elementary.eval()  # frozen: no dropout, whatever the mode of the rest
+        if self.elementary is not None:
+            self.elementary.eval()  # frozen: no dropout, whatever the mode of the rest
         return self
 
     @torch.no_grad()
     def peak_bins(self, dna: torch.Tensor, sig: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Frozen Elementary bins (B, P, 8, d) for real peaks (padded peaks stay zero)."""
+        if self.elementary is None:
+            raise RuntimeError("this Regulatory model was built without its Elementary; feed peak bins to forward_bins")
         b, p, length = dna.shape
         out = torch.zeros(b, p, length // self.cfg.bin_size, self.cfg.d_model, device=dna.device)
         if mask.any():
@@ -71,3 +77,13 @@ class Regulatory(nn.Module):
         x = self._inputs(bins, rank, mask)
         att = self.t3.layers[0].attention_weights(x, key_padding=~mask).mean(1)  # (B, P, P)
         return (att * mask[:, :, None]).sum(1) * mask
+
+
+class RegulatoryHead(Regulatory):
+    """The trainable part alone, called on precomputed peak bins: what the ZeRO-3 engine wraps."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg, None)
+
+    def forward(self, bins: torch.Tensor, rank: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return self.forward_bins(bins, rank, mask)

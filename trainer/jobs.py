@@ -1,0 +1,163 @@
+"""Console scripts ``train_elementary`` and ``train_regulatory`` (also `ray job submit` entrypoints).
+
+Each job: validates inputs before any worker starts, prepares shards when needed (same manifest
+rules as `creformer prepare`), connects to Ray (RAY_ADDRESS / ray.address, else a local loopback
+Ray), trains with Ray Train + DeepSpeed ZeRO-3, then exports consolidated fp32 weights as
+safetensors with the resolved config, plus metrics.jsonl and a loss-curve PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from creformer.config import Config, ConfigError, load_config, save_config
+from creformer.engine.errors import InputError, ShardError
+from creformer.engine.shards import Manifest
+from creformer.ray_utils import ensure_ray
+
+from .checkpoint import export_weights, latest_checkpoint, plot_losses
+from .loop import train_loop_per_worker
+
+
+def _parse(prog: str, argv: list[str] | None) -> Config:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__)
+    ap.add_argument("--config", default="tiny", help="preset (tiny, small, paper) or YAML path")
+    ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=50")
+    args = ap.parse_args(argv)
+    return load_config(args.config, args.overrides)
+
+
+def _run_dir(cfg: Config) -> Path:
+    return Path(cfg.train.storage_path).resolve() / cfg.train.name
+
+
+def ensure_elementary_shards(cfg: Config) -> Path:
+    manifest = Path(cfg.data.shards) / "manifest.json"
+    if manifest.exists():
+        Manifest(manifest)  # schema check
+        return manifest
+    if not (cfg.data.samples and cfg.data.genome):
+        raise ShardError(f"no elementary shards at {cfg.data.shards} and no data.samples / data.genome to build them; "
+                         "run `creformer prepare elementary` or set those keys")
+    from creformer.engine.windows import prepare_elementary
+
+    d = cfg.data
+    return prepare_elementary(d.samples, d.genome, d.shards, assays=d.assays, window_bp=d.window_bp,
+                              windows_per_sample=d.windows_per_sample, max_n_fraction=d.max_n_fraction,
+                              shard_size_mb=d.shard_size_mb, seed=d.seed, executor=d.executor).manifest_path
+
+
+def ensure_regulatory_shards(cfg: Config) -> Path:
+    manifest = Path(cfg.data.regulatory_shards) / "manifest.json"
+    if manifest.exists():
+        Manifest(manifest)
+        return manifest
+    if not (cfg.data.multiome and cfg.data.genome and cfg.data.annotation):
+        raise ShardError(f"no regulatory shards at {cfg.data.regulatory_shards} and no data.multiome / data.genome / "
+                         "data.annotation to build them; run `creformer prepare regulatory` or set those keys")
+    from creformer.engine.cells import RegulatoryOptions, prepare_regulatory
+
+    return prepare_regulatory(cfg.data.multiome, cfg.data.genome, cfg.data.annotation, cfg.data.regulatory_shards,
+                              fragments=cfg.data.fragments or None, options=RegulatoryOptions(peak_m=cfg.model.peak_m),
+                              executor=cfg.data.executor).manifest_path
+
+
+def check_elementary_weights(cfg: Config, path: str) -> None:
+    """Fail before any worker starts when the weights are missing or do not fit the model config."""
+    from safetensors import safe_open
+
+    from .model import Elementary
+
+    if not path or not Path(path).exists():
+        raise ConfigError(f"train.elementary_weights={path!r} does not exist; run train_elementary first "
+                          "(it writes <storage_path>/<name>/export/model.safetensors)")
+    import torch
+
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in Elementary(cfg.model).state_dict().items()}
+    with safe_open(path, "pt") as f:
+        got = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    if got != expected:
+        diff = sorted(set(got) ^ set(expected)) or [k for k in expected if got.get(k) != expected[k]]
+        raise ConfigError(f"{path} does not match the model config (d_model={cfg.model.d_model}, n1={cfg.model.n1}, "
+                          f"n2={cfg.model.n2}): first mismatches {diff[:3]}; use the config it was trained with")
+
+
+def run_training(cfg: Config, stage: str, dataset, context: dict[str, Any]) -> Path:
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    run_dir = _run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    resume = latest_checkpoint(run_dir)
+    if resume is not None:
+        print(f"[{stage}] found checkpoint {resume}; resuming")
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.to_dict(), "stage": stage, "context": {**context, "run_dir": str(run_dir)}},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu),
+        run_config=ray.train.RunConfig(storage_path=str(run_dir.parent), name=run_dir.name,
+                                       failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+        datasets={"train": dataset},
+        resume_from_checkpoint=ray.train.Checkpoint(str(resume)) if resume is not None else None,
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"[{stage}] training finished without a checkpoint; see {run_dir}")
+    export = export_weights(Path(result.checkpoint.path), run_dir / "export", cfg, stage)
+    plot_losses(run_dir / "metrics.jsonl", run_dir / "loss_curve.png", stage)
+    print(f"[{stage}] done: weights {export}, metrics {run_dir / 'metrics.jsonl'}, curve {run_dir / 'loss_curve.png'}")
+    return export
+
+
+def train_elementary(argv: list[str] | None = None) -> Path:
+    cfg = _parse("train_elementary", argv)
+    ensure_ray(cfg.ray)
+    manifest = ensure_elementary_shards(cfg)
+    from creformer.engine.dataset import elementary_dataset
+
+    per_window = max(1, cfg.data.window_bp // cfg.data.crop_length)
+    ds = elementary_dataset(manifest, cfg.data.crop_length, seed=cfg.data.seed, crops_per_window=per_window)
+    return run_training(cfg, "elementary", ds, {})
+
+
+def train_regulatory(argv: list[str] | None = None) -> Path:
+    cfg = _parse("train_regulatory", argv)
+    weights = cfg.train.elementary_weights
+    check_elementary_weights(cfg, weights)
+    ensure_ray(cfg.ray)
+    manifest = ensure_regulatory_shards(cfg)
+    man = Manifest(manifest)
+    if man.data["options"]["peak_m"] != cfg.model.peak_m:
+        raise ConfigError(f"{manifest} holds up to {man.data['options']['peak_m']} peaks per gene but model.peak_m="
+                          f"{cfg.model.peak_m}; rebuild the shards or set model.peak_m")
+    from creformer.engine.dataset import regulatory_dataset
+
+    ds = regulatory_dataset(manifest, batch_size=cfg.train.micro_batch, with_dna=False)
+    context = {"elementary_weights": str(Path(weights).resolve()), "regulatory_root": str(man.root.resolve()),
+               "cache_dir": str((_run_dir(cfg) / "embedding_cache").resolve())}
+    return run_training(cfg, "regulatory", ds, context)
+
+
+def _main(fn) -> int:
+    try:
+        fn(sys.argv[1:])
+    except (ConfigError, InputError, ShardError) as err:
+        print(f"{fn.__name__}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main_elementary() -> int:
+    return _main(train_elementary)
+
+
+def main_regulatory() -> int:
+    return _main(train_regulatory)
+

@@ -1,0 +1,174 @@
+"""The Ray Train worker loop: DeepSpeed ZeRO-3, streamed data, checkpoints that resume (DESIGN §6).
+
+One loop serves both stages; ``Stage`` objects supply the model and the per-batch loss. On CPU:
+fp32 and gloo (Ray Train's process group; DeepSpeed reuses it); on GPU: bf16 and nccl.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from creformer.config import Config, TrainConfig, config_from_dict
+
+STATE_FILE = "trainer_state.json"
+
+
+def deepspeed_config(train: TrainConfig, use_gpu: bool) -> dict[str, Any]:
+    """The DeepSpeed config generated from the typed config (nothing hand-written elsewhere)."""
+    return {
+        "train_micro_batch_size_per_gpu": train.micro_batch,
+        "gradient_accumulation_steps": train.grad_accum,
+        "gradient_clipping": train.clip_grad,
+        "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": False},
+        "bf16": {"enabled": bool(use_gpu)},
+        "fp16": {"enabled": False},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def lr_factor(step: int, train: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to 10 % at max_steps."""
+    if step < train.warmup_steps:
+        return (step + 1) / max(1, train.warmup_steps)
+    progress = min(1.0, (step - train.warmup_steps) / max(1, train.max_steps - train.warmup_steps))
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class ElementaryStage:
+    name = "elementary"
+
+    def __init__(self, cfg: Config, context: dict[str, Any]):
+        from .model import Elementary
+
+        self.cfg = cfg
+        self.model = Elementary(cfg.model)
+
+    def loss(self, engine, batch: dict[str, torch.Tensor], step: int, rank: int) -> tuple[torch.Tensor, dict[str, float]]:
+        from .masking import mask_batch
+
+        g = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + step * 101 + rank)
+        mb = mask_batch(batch["dna"], batch["sig"], batch["present"], bin_size=self.cfg.model.bin_size, generator=g)
+        out = engine(mb)
+        parts = {k: float(v.detach()) for k, v in out.items() if k != "loss"}
+        return out["loss"], parts
+
+    def tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["dna"].numel())
+
+
+class RegulatoryStage:
+    name = "regulatory"
+
+    def __init__(self, cfg: Config, context: dict[str, Any]):
+        import pyarrow.parquet as pq
+        from safetensors.torch import load_file
+
+        from .model import Elementary
+        from .model.cache import EmbeddingCache
+        from .model.regulatory import RegulatoryHead
+
+        self.cfg = cfg
+        elementary = Elementary(cfg.model)
+        elementary.load_state_dict(load_file(context["elementary_weights"]))
+        elementary.eval()
+        for p in elementary.parameters():
+            p.requires_grad_(False)
+        col = pq.read_table(Path(context["regulatory_root"]) / "tables" / "peaks.parquet", columns=["dna"]).column("dna")
+        peak_dna = col.combine_chunks().values.to_numpy().reshape(-1, cfg.model.peak_bp)
+        # The frozen Elementary stays outside the ZeRO-3 engine (whole on every worker), behind the cache.
+        self.cache = EmbeddingCache(elementary, peak_dna, disk_dir=context.get("cache_dir"))
+        self.model = RegulatoryHead(cfg.model)
+
+    def loss(self, engine, batch: dict[str, torch.Tensor], step: int, rank: int) -> tuple[torch.Tensor, dict[str, float]]:
+        bins = self.cache.peak_bins(batch["peak_ids"].long(), batch["atac"].long(), batch["mask"])
+        pred = engine(bins, batch["tss_rank"], batch["mask"])
+        loss = torch.nn.functional.mse_loss(pred, batch["expression"].float())
+        stats = self.cache.stats()
+        return loss, {"loss_mse": float(loss), "cache_hit_rate": stats["hit_rate"]}
+
+    def tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["mask"].sum()) * self.cfg.model.peak_bp
+
+
+STAGES = {"elementary": ElementaryStage, "regulatory": RegulatoryStage}
+
+
+def _save(engine, step: int, rank: int, metrics: dict[str, float]):
+    """Every rank saves its ZeRO-3 partition; Ray merges the ranks' folders into one checkpoint."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        engine.save_checkpoint(tmp, tag=f"step{step:08d}")
+        if rank == 0:
+            Path(tmp, STATE_FILE).write_text(json.dumps({"step": step, "tag": f"step{step:08d}"}))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import deepspeed
+    import ray.train
+
+    cfg = config_from_dict(config["cfg"])
+    context = config["context"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(cfg.train.seed)
+    np.random.seed(cfg.train.seed + rank)
+    stage = STAGES[config["stage"]](cfg, context)
+    params = [p for p in stage.model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.train))
+    engine, _, _, _ = deepspeed.initialize(model=stage.model, optimizer=opt, lr_scheduler=sched,
+                                           config=deepspeed_config(cfg.train, cfg.train.use_gpu))
+    step = 0
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = json.loads(Path(d, STATE_FILE).read_text())
+            engine.load_checkpoint(d, tag=state["tag"])
+            step = state["step"]
+        if rank == 0:
+            print(f"[{stage.name}] resumed from step {step}", flush=True)
+    run_dir = Path(context["run_dir"])
+    fault_marker = run_dir / "fault_injected"
+    shard = ray.train.get_dataset_shard("train")
+    log = (run_dir / "metrics.jsonl").open("a") if rank == 0 else None
+    t_last, tokens = time.perf_counter(), 0
+    done = step >= cfg.train.max_steps
+    while not done:
+        for batch in shard.iter_torch_batches(batch_size=cfg.train.micro_batch, drop_last=True):
+            if cfg.train.fail_at_step == step + 1 and not fault_marker.exists():
+                fault_marker.write_text(f"fault injected at step {step + 1} on rank {rank}\n")
+                raise RuntimeError(f"injected fault at step {step + 1} (train.fail_at_step)")
+            loss, parts = stage.loss(engine, batch, step, rank)
+            engine.backward(loss)
+            engine.step()
+            step += 1
+            tokens += stage.tokens(batch)
+            metrics = {"step": step, "loss": float(loss), "lr": sched.get_last_lr()[0], **parts}
+            if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
+                now = time.perf_counter()
+                metrics["tokens_per_s"] = tokens * world / max(1e-9, now - t_last)
+                t_last, tokens = now, 0
+                if log is not None:
+                    log.write(json.dumps(metrics) + "\n")
+                    log.flush()
+                    print(f"[{stage.name}] step {step}/{cfg.train.max_steps} loss {metrics['loss']:.4f} "
+                          f"lr {metrics['lr']:.2e} {metrics['tokens_per_s']:.0f} tok/s", flush=True)
+            if step % cfg.train.checkpoint_every == 0 or step == cfg.train.max_steps:
+                _save(engine, step, rank, metrics)
+            if step >= cfg.train.max_steps:
+                done = True
+                break
+    if log is not None:
+        log.close()
