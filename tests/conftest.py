@@ -38,7 +38,7 @@ def ray_local():
     from creformer.config import RayConfig
     from creformer.ray_utils import ensure_ray
 
-    ensure_ray(RayConfig(node_ip="127.0.0.2", num_cpus=2))
+    ensure_ray(RayConfig(node_ip="127.0.0.2"))  # cores + 1 logical CPUs (see ensure_ray)
     yield ray
     ray.shutdown()
 

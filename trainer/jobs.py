@@ -94,9 +94,10 @@ def run_training(cfg: Config, stage: str, dataset, context: dict[str, Any]) -> P
     run_dir = _run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
+    # Ray Train restores the latest checkpoint of a run with the same storage path and name.
     resume = latest_checkpoint(run_dir)
     if resume is not None:
-        print(f"[{stage}] found checkpoint {resume}; resuming")
+        print(f"[{stage}] {run_dir} has checkpoint {resume.name}; the run resumes from it")
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "stage": stage, "context": {**context, "run_dir": str(run_dir)}},
@@ -105,7 +106,6 @@ def run_training(cfg: Config, stage: str, dataset, context: dict[str, Any]) -> P
                                        failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
         datasets={"train": dataset},
-        resume_from_checkpoint=ray.train.Checkpoint(str(resume)) if resume is not None else None,
     )
     result = trainer.fit()
     if result.checkpoint is None:
