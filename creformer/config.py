@@ -86,6 +86,7 @@ class TrainConfig:
     name: str = "elementary"
     seed: int = 0
     log_every: int = 10
+    placement_strategy: str = "PACK"  # Ray placement of the workers: PACK, SPREAD, STRICT_SPREAD (one per node)
     fail_at_step: int = 0  # fault injection for tests: raise once at this step (0: never)
     elementary_weights: str = ""  # exported Elementary safetensors for train_regulatory
 
@@ -252,6 +253,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.crop_length={cfg.data.crop_length} exceeds data.window_bp={cfg.data.window_bp}")
     if not 0.0 <= cfg.data.max_n_fraction <= 1.0:
         raise ConfigError(f"data.max_n_fraction={cfg.data.max_n_fraction} must lie in [0, 1]")
+    if cfg.train.placement_strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
+        raise ConfigError(f"train.placement_strategy={cfg.train.placement_strategy!r} must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD")
     if cfg.data.executor not in ("ray", "local"):
         raise ConfigError(f"data.executor={cfg.data.executor!r} must be 'ray' or 'local'")
     if cfg.model.d_model % cfg.model.n_heads:

@@ -23,7 +23,10 @@ def ensure_ray(cfg: RayConfig) -> None:
     if ray.is_initialized():
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS", "")
-    kwargs = {"runtime_env": runtime_env(cfg), "log_to_driver": True, "logging_level": "warning"}
+    # Under `ray job submit` the job's runtime_env is already in this process's environment, and
+    # Ray refuses to merge a second definition of the same variables: set only what is missing.
+    env = {k: v for k, v in runtime_env(cfg)["env_vars"].items() if os.environ.get(k) != v}
+    kwargs = {"runtime_env": {"env_vars": env} if env else None, "log_to_driver": True, "logging_level": "warning"}
     if address:
         ray.init(address=address, **kwargs)
     else:

@@ -101,7 +101,8 @@ def run_training(cfg: Config, stage: str, dataset, context: dict[str, Any]) -> P
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "stage": stage, "context": {**context, "run_dir": str(run_dir)}},
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu),
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+                                               placement_strategy=cfg.train.placement_strategy),
         run_config=ray.train.RunConfig(storage_path=str(run_dir.parent), name=run_dir.name,
                                        failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),

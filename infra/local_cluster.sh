@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# A local Ray cluster on loopback addresses only (127.0.0.1 is rewritten by Ray to the host's
+# network address, so nodes use 127.0.0.2, 127.0.0.3, ...; the dashboard/job API listens on 127.0.0.1).
+#
+#   infra/local_cluster.sh start [PORT] [DASHBOARD_PORT] [CLIENT_PORT]   head on 127.0.0.2
+#   infra/local_cluster.sh add-node [PORT] [IP]            a second node (default 127.0.0.3) joining the head
+#   infra/local_cluster.sh submit [DASHBOARD_PORT] -- CMD  `ray job submit` of CMD with this repo as working dir
+#   infra/local_cluster.sh stop                           stops this cluster's processes only
+#
+# The venv's bin goes first on PATH so job entrypoints (train_elementary, ...) run the project's python.
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+venv="${CREFORMER_VENV:-$here/.venv}"
+export PATH="$venv/bin:$PATH"
+export GLOO_SOCKET_IFNAME="${GLOO_SOCKET_IFNAME:-lo}"
+export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
+export RAY_ENABLE_UV_RUN_RUNTIME_ENV=0
+# Ray 2.5x+ clusters require a token; head and clients both read it from ~/.ray/auth_token.
+export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
+[ "$RAY_AUTH_MODE" = token ] && ray get-auth-token --generate >/dev/null
+cmd="${1:-}"; shift || true
+case "$cmd" in
+  start)
+    port="${1:-6390}"; dash="${2:-8265}"; client="${3:-10001}"
+    ray start --head --node-ip-address=127.0.0.2 --port="$port" --dashboard-host=127.0.0.1 \
+      --dashboard-port="$dash" --ray-client-server-port="$client" \
+      --num-cpus="${RAY_NUM_CPUS:-$(( $(nproc) + 1 ))}" --disable-usage-stats
+    readlink -f /tmp/ray/session_latest > "${CREFORMER_SESSION_FILE:-/tmp/creformer_ray_session}"
+    echo "head at 127.0.0.2:$port; jobs: RAY_API_SERVER_ADDRESS=http://127.0.0.1:$dash"
+    ;;
+  add-node)
+    port="${1:-6390}"; ip="${2:-127.0.0.3}"
+    ray start --address="127.0.0.2:$port" --node-ip-address="$ip" --num-cpus="${RAY_NUM_CPUS:-2}" --disable-usage-stats
+    ;;
+  submit)
+    dash="${1:-8265}"; shift || true
+    [ "${1:-}" = "--" ] && shift
+    RAY_API_SERVER_ADDRESS="http://127.0.0.1:$dash" ray job submit --working-dir "$here" \
+      --runtime-env-json '{"env_vars": {"GLOO_SOCKET_IFNAME": "lo", "DS_ACCELERATOR": "cpu"}}' -- "$@"
+    ;;
+  stop)
+    # Only this cluster's processes (found by its session folder), so other Ray instances live on.
+    file="${CREFORMER_SESSION_FILE:-/tmp/creformer_ray_session}"
+    session="$(basename "$(cat "$file" 2>/dev/null)" 2>/dev/null || true)"
+    case "$session" in
+      session_*) pkill -f "/tmp/ray/$session" || true; pkill -f "$session/" || true ;;
+      *) echo "no session recorded in $file (was the head started by this script?); nothing stopped" >&2; exit 1 ;;
+    esac
+    ;;
+  *)
+    sed -n '2,12p' "$0"; exit 2
+    ;;
+esac
