@@ -43,7 +43,10 @@ case "$cmd" in
     file="${CREFORMER_SESSION_FILE:-/tmp/creformer_ray_session}"
     session="$(basename "$(cat "$file" 2>/dev/null)" 2>/dev/null || true)"
     case "$session" in
-      session_*) pkill -f "/tmp/ray/$session" || true; pkill -f "$session/" || true ;;
+      session_*)
+        pkill -TERM -f "/tmp/ray/$session" || true
+        for _ in 1 2 3 4 5; do pgrep -f "/tmp/ray/$session" >/dev/null || break; sleep 1; done
+        pkill -KILL -f "/tmp/ray/$session" || true ;;
       *) echo "no session recorded in $file (was the head started by this script?); nothing stopped" >&2; exit 1 ;;
     esac
     ;;
