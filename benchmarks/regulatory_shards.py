@@ -60,6 +60,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="runs/bench/regulatory")
     ap.add_argument("--preset", default="large", choices=["tiny", "small", "large"])
+    ap.add_argument("--cells", type=int, default=0, help="cells of the 4x run (0: all); the 1x run uses a quarter")
     args = ap.parse_args()
     work = Path(args.work)
     sim = work / f"sim_{args.preset}"
@@ -77,9 +78,12 @@ def main() -> None:
 
     with h5py.File(sim / "multiome" / "filtered_feature_bc_matrix.h5") as f:
         barcodes = [b.decode() for b in f["matrix/barcodes"][()]]
-    quarter = work / "cells_quarter.txt"
-    quarter.write_text("\n".join(barcodes[: len(barcodes) // 4]) + "\n")
-    for tag, cells_file in (("1x", quarter), ("4x", None)):
+    n4 = args.cells or len(barcodes)
+    quarter, full = work / "cells_quarter.txt", work / "cells_full.txt"
+    quarter.write_text("\n".join(barcodes[: n4 // 4]) + "\n")
+    full.write_text("\n".join(barcodes[:n4]) + "\n")
+    res["cells_in_atlas"] = len(barcodes)
+    for tag, cells_file in (("1x", quarter), ("4x", full if args.cells else None)):
         out = work / f"reg_{tag}"
         shutil.rmtree(out, ignore_errors=True)
         secs, rss = prepare_in_child(sim, out, cells_file)

@@ -32,5 +32,5 @@ def ensure_ray(cfg: RayConfig) -> None:
     else:
         # One logical CPU beyond the cores: training workers hold one each, and Ray Data's read
         # tasks must still be schedulable beside them or the stream stalls.
-        ray.init(_node_ip_address=cfg.node_ip, include_dashboard=False,
+        ray.init(address="local", _node_ip_address=cfg.node_ip, include_dashboard=False,  # never a stray `ray start` head
                  num_cpus=cfg.num_cpus or (os.cpu_count() or 1) + 1, **kwargs)
