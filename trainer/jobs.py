@@ -9,7 +9,6 @@ safetensors with the resolved config, plus metrics.jsonl and a loss-curve PNG.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any

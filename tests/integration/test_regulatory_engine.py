@@ -2,8 +2,6 @@
 real muon PBMC set; the streaming join against tensors computed directly from the files."""
 
 import gzip
-import json
-import shutil
 
 import numpy as np
 import pyarrow.parquet as pq

@@ -4,7 +4,6 @@ ZeRO-3): losses fall, exports load, reruns resume, injected faults recover, bad 
 import json
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from creformer.config import ConfigError, load_config
