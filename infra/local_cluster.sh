@@ -35,8 +35,20 @@ case "$cmd" in
   submit)
     dash="${1:-8265}"; shift || true
     [ "${1:-}" = "--" ] && shift
-    RAY_API_SERVER_ADDRESS="http://127.0.0.1:$dash" ray job submit --working-dir "$here" \
-      --runtime-env-json '{"env_vars": {"GLOO_SOCKET_IFNAME": "lo", "DS_ACCELERATOR": "cpu"}}' -- "$@"
+    log="$(mktemp)"
+    # A head that has just started may not have its job agent yet ("No available agent"): retry that only.
+    for attempt in 1 2 3 4 5 6 7 8 9 10; do
+      set +e
+      RAY_API_SERVER_ADDRESS="http://127.0.0.1:$dash" ray job submit --working-dir "$here" \
+        --runtime-env-json '{"env_vars": {"GLOO_SOCKET_IFNAME": "lo", "DS_ACCELERATOR": "cpu"}}' -- "$@" 2>&1 | tee "$log"
+      rc=${PIPESTATUS[0]}
+      set -e
+      if [ "$rc" -ne 0 ] && grep -q "No available agent" "$log"; then
+        echo "job agent not ready (attempt $attempt); retrying in 5 s" >&2; sleep 5; continue
+      fi
+      rm -f "$log"; exit "$rc"
+    done
+    rm -f "$log"; exit 1
     ;;
   stop)
     # Only this cluster's processes (found by its session folder), so other Ray instances live on.
