@@ -36,7 +36,7 @@ from .io.chroms import canonical
 from .io.fasta import Genome
 from .io.fragments import iter_fragments
 from .io.multiome import Multiome, read_multiome
-from .shards import (BuildResult, HashingWriter, ShardTask, _damaged_shards, atomic_write_json, build_shard_set,
+from .shards import (BuildResult, HashingWriter, ShardTask, damaged_shards, atomic_write_json, build_shard_set,
                      content_hash, fingerprint, sha256_file, write_shard_file)
 from .tokenize import DNA_N, K, SIG_OFFSET, dna_tokens, signal_tokens_2d, tokenizer_spec
 
@@ -333,7 +333,7 @@ def prepare_regulatory(
     manifest_path = out / "manifest.json"
     if manifest_path.exists():
         old = json.loads(manifest_path.read_text())
-        if old.get("input_hash") == input_hash and not _damaged_shards(out, old):
+        if old.get("input_hash") == input_hash and not damaged_shards(out, old):
             return BuildResult(manifest_path, reused=True, built=0, resumed=0)
     counts: dict[str, Any] = {}
 

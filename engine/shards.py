@@ -112,7 +112,7 @@ def write_shard_file(final: Path, write: Callable[[HashingWriter], dict[str, Any
     return result
 
 
-def _damaged_shards(out: Path, manifest: dict[str, Any]) -> list[str]:
+def damaged_shards(out: Path, manifest: dict[str, Any]) -> list[str]:
     """Shards of a finished set that are missing or have the wrong size (a cheap check on reuse)."""
     bad = []
     for entry in manifest.get("shards", []):
@@ -198,7 +198,7 @@ def build_shard_set(
     if manifest_path.exists():
         old = json.loads(manifest_path.read_text())
         if old.get("input_hash") == input_hash and old.get("kind") == kind:
-            broken = _damaged_shards(out, old)
+            broken = damaged_shards(out, old)
             if not broken:
                 return BuildResult(manifest_path, reused=True, built=0, resumed=0)
             # Same inputs but shards gone or truncated: drop those and resume below.

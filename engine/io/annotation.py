@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import gzip
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
 from .fasta import _require_file
+from .files import open_text
 
 
 @dataclass(frozen=True)
@@ -23,12 +23,6 @@ class GeneTSS:
 _GTF_ATTR = re.compile(r'(\S+)\s+"([^"]*)"')
 
 
-def _open_text(path: Path):
-    with path.open("rb") as fh:
-        gz = fh.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rt") if gz else path.open()
-
-
 def read_annotation(path: str | Path) -> list[GeneTSS]:
     """Genes from a GTF/GFF3 (``gene`` rows), a BED6+ of gene bounds (name col 4, strand col 6,
     optional Ensembl id col 7) or a TSS table with header ``gene_id name chrom tss strand``."""
@@ -36,7 +30,7 @@ def read_annotation(path: str | Path) -> list[GeneTSS]:
     _require_file(path, "gene annotation")
     genes: list[GeneTSS] = []
     try:
-        with _open_text(path) as fh:
+        with open_text(path) as fh:
             for lineno, line in enumerate(fh, 1):
                 if not line.strip() or line.startswith("##") or line.startswith("#!"):
                     continue
@@ -81,7 +75,7 @@ def _parse_row(f: list[str], path: Path, lineno: int):
 def _read_tss_table(path: Path, head: list[str]) -> list[GeneTSS]:
     col = {k: head.index(k) for k in head}
     out = []
-    with _open_text(path) as fh:
+    with open_text(path) as fh:
         next(fh)
         for lineno, line in enumerate(fh, 2):
             f = line.rstrip("\n").split("\t")

@@ -6,7 +6,6 @@ Sortedness (by chromosome blocks, then start) is checked as the stream goes; err
 
 from __future__ import annotations
 
-import gzip
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import pyarrow.csv as pacsv
 
 from ..errors import InputError
 from .fasta import _require_file
+from .files import open_text
 
 COLUMNS = ["chrom", "start", "end", "barcode", "count"]
 
@@ -32,7 +32,7 @@ class FragmentBatch:
 
 def _header_lines(path: Path) -> int:
     n = 0
-    with gzip.open(path, "rt") if _is_gzip(path) else path.open() as fh:
+    with open_text(path) as fh:
         for line in fh:
             if not line.startswith("#"):
                 break
@@ -40,14 +40,8 @@ def _header_lines(path: Path) -> int:
     return n
 
 
-def _is_gzip(path: Path) -> bool:
-    with path.open("rb") as fh:
-        return fh.read(2) == b"\x1f\x8b"
-
-
 def _find_bad_line(path: Path, skip: int) -> tuple[int, str]:
-    opener = gzip.open(path, "rt") if _is_gzip(path) else path.open()
-    with opener as fh:
+    with open_text(path) as fh:
         for lineno, line in enumerate(fh, 1):
             if lineno <= skip:
                 continue

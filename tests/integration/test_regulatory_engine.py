@@ -45,20 +45,22 @@ def make_hand_multiome(root, *, fragments=FRAGMENTS, peaks=(("chr1", 4800, 5200)
     return root
 
 
+def direct_tokens(fragments_rows, barcode, library, chrom, ws, cuts):
+    """One cell x peak window computed directly: insertions at both fragment ends x 1e4 / library."""
+    dense = np.zeros(PEAK_SPAN, np.float32)
+    for c, s, e, bc in fragments_rows:
+        if bc == barcode and c == chrom:
+            for site in (s, e - 1):
+                if ws <= site < ws + PEAK_SPAN:
+                    dense[site - ws] += np.float32(1e4 / library)
+    return reference_signal(dense, cuts, SignalStats())
+
+
 def direct_atac(fragments_rows, barcodes, peak_windows, cuts):
-    """Per (cell, peak) tokens computed directly: insertions at both ends x 1e4 / fragments of the cell."""
+    """Per (cell, peak) tokens of every cell and window; library = the cell's fragment count."""
     lib = {b: sum(1 for r in fragments_rows if r[3] == b) for b in barcodes}
-    out = {}
-    for ci, b in enumerate(barcodes):
-        for pi, (chrom, ws) in enumerate(peak_windows):
-            dense = np.zeros(PEAK_SPAN, np.float32)
-            for c, s, e, bc in fragments_rows:
-                if bc == b and c == chrom:
-                    for site in (s, e - 1):
-                        if ws <= site < ws + PEAK_SPAN:
-                            dense[site - ws] += np.float32(1e4 / lib[b])
-            out[ci, pi] = reference_signal(dense, cuts, SignalStats())
-    return out
+    return {(ci, pi): direct_tokens(fragments_rows, b, lib[b], chrom, ws, cuts)
+            for ci, b in enumerate(barcodes) for pi, (chrom, ws) in enumerate(peak_windows)}
 
 
 def test_hand_made_multiome_coverage_and_expression(tmp_path):
@@ -128,13 +130,8 @@ def test_streaming_join_equals_direct_on_simulated_atlas(sim_tiny, tmp_path, ray
             pid = int(r["peak_ids"][slot])
             ws = peaks["window_start"][pid]
             assert np.array_equal(r["dna"][slot], dna_tokens(genome.fetch(peaks["chrom"][pid], ws, ws + PEAK_SPAN)))
-            dense = np.zeros(PEAK_SPAN, np.float32)
-            for c_, s, e, b in frag_rows:
-                if b == bc and c_ == peaks["chrom"][pid]:
-                    for site in (s, e - 1):
-                        if ws <= site < ws + PEAK_SPAN:
-                            dense[site - ws] += np.float32(1e4 / libs[bc])
-            assert np.array_equal(r["atac"][slot], reference_signal(dense, cuts, SignalStats()))
+            expected = direct_tokens(frag_rows, bc, libs[bc], peaks["chrom"][pid], ws, cuts)
+            assert np.array_equal(r["atac"][slot], expected)
         assert (r["atac"][~r["mask"]] == SIG_PAD).all() and (r["dna"][~r["mask"]] == 0).all()
 
 
