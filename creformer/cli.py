@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .config import ConfigError, load_config
 
@@ -76,6 +77,26 @@ def cmd_model_info(args: argparse.Namespace) -> None:
         print(f"  {part:<28} {n:>15,}")
 
 
+def cmd_validate(args: argparse.Namespace) -> None:
+    from creformer.analysis.validate import scorecard
+
+    card = scorecard(Path(args.atlas), Path(args.truth))
+    for name, entry in card.items():
+        if name.startswith("_"):
+            continue
+        base = ", ".join(f"{k} {entry[k]:.3f}" for k in ("gene_activity", "motif_only", "correlation", "distance", "abc") if k in entry)
+        print(f"{name:<26} model {entry['model']:.3f} | {base} | target {entry['target']:.3f} {'met' if entry['met'] else 'NOT met'}")
+    print(f"written {Path(args.atlas) / 'scorecard.json'}")
+
+
+def cmd_crispri(args: argparse.Namespace) -> None:
+    import json
+
+    from creformer.analysis.enhancers import score_crispri
+
+    print(json.dumps(score_crispri(args.table), indent=1))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="creformer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -113,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-missing-sequence", action="store_true", help="continue when the genome lacks some peaks")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_prepare_regulatory)
+
+    p = sub.add_parser("validate", help="score atlas_grn outputs against the simulator's truth -> scorecard.json")
+    p.add_argument("--atlas", required=True, help="atlas_grn output folder (analysis.out)")
+    p.add_argument("--truth", required=True, help="the simulator's truth folder (simulate --out DIR -> DIR/truth)")
+    p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("crispri", help="distance and ABC-like baselines on an EPCrisprBenchmark CRISPRi table")
+    p.add_argument("table", help="EPCrisprBenchmark_*.tsv(.gz)")
+    p.set_defaults(func=cmd_crispri)
 
     p = add("model-info", "parameter count of each model part (no memory: meta device)")
     p.set_defaults(func=cmd_model_info)

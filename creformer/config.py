@@ -102,8 +102,32 @@ class RayConfig:
 
 @dataclass
 class AnalysisConfig:
+    out: str = "runs/atlas"  # atlas_grn outputs (partitions, tables, h5ad, tracks, report)
+    regulatory_weights: str = ""  # exported Regulatory safetensors (default: <storage_path>/regulatory/export)
+    motifs: str = ""  # MEME motif file (JASPAR export, or the simulator's motifs.meme)
+    groups: str = ""  # TSV with barcode + group_column; empty: the cells' own labels
+    group_column: str = "cell_type"
+    truth: str = ""  # simulator truth folder: when set, atlas_grn also writes scorecard.json
+    crispri: str = ""  # EPCrisprBenchmark table to score (baselines always, the model where it covers)
+    cells_per_group: int = 16  # analysed cells per group (0: all)
     min_cells_per_group: int = 20
     top_k_tfs: int = 3
+    genes: list[str] = field(default_factory=list)  # restrict to these genes (names or ids; empty: all)
+    tfs: list[str] = field(default_factory=list)  # restrict to these TFs (empty: every motif with a gene)
+    multi_tf: list[str] = field(default_factory=list)  # combined perturbations, e.g. ["TF01+TF02"]
+    motif_threshold: float = 0.85  # PWM hit: fraction of the way from min to max log-odds score
+    high_attention_peaks: int = 5  # peaks per window tested for motif enrichment
+    max_edge_p: float = 0.05
+    tss_region_bp: int = 50000  # peaks summed into gene activity / the attention feature
+    ki_quantile: float = 0.9  # knock-in level: this quantile of the atlas's non-zero ATAC levels
+    source_group: str = ""  # transition source / disease group (default: first group)
+    target_group: str = ""  # transition target / reference group (default: second group)
+    workers: int = 2  # Ray Data actors running the model
+    threads_per_worker: int = 1
+    batch_size: int = 64
+    cells_per_partition: int = 16  # small partitions balance the workers and make resumes cheap
+    cache: bool = True  # the frozen-Elementary embedding cache
+    seed: int = 0
 
 
 @dataclass
@@ -264,6 +288,16 @@ def validate(cfg: Config) -> None:
     for name in ("window_bp", "windows_per_sample", "shard_size_mb"):
         if getattr(cfg.data, name) <= 0:
             raise ConfigError(f"data.{name} must be positive")
+    a = cfg.analysis
+    for name in ("workers", "threads_per_worker", "batch_size", "cells_per_partition", "high_attention_peaks", "top_k_tfs"):
+        if getattr(a, name) <= 0:
+            raise ConfigError(f"analysis.{name}={getattr(a, name)} must be positive")
+    if not 0.0 < a.motif_threshold <= 1.0:
+        raise ConfigError(f"analysis.motif_threshold={a.motif_threshold} must lie in (0, 1]")
+    if not 0.0 < a.ki_quantile < 1.0:
+        raise ConfigError(f"analysis.ki_quantile={a.ki_quantile} must lie in (0, 1)")
+    if a.cells_per_group < 0 or a.min_cells_per_group < 2:
+        raise ConfigError("analysis.cells_per_group must be >= 0 (0: all) and analysis.min_cells_per_group >= 2")
 
 
 def load_config(source: str | Path = "tiny", overrides: list[str] | tuple[str, ...] = ()) -> Config:

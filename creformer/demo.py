@@ -2,8 +2,8 @@
 
 simulate (small preset: genome, bulk tracks, 2,000-cell multiome) → `prepare elementary` and
 `prepare regulatory` through Ray Data on a loopback local Ray → train_elementary → train_regulatory
-(Ray Train + DeepSpeed ZeRO-3 on 2 CPU workers) → report. The zero-shot analyses (atlas_grn) are a
-later issue; the report lists them as not yet implemented rather than pretending.
+(Ray Train + DeepSpeed ZeRO-3 on 2 CPU workers) → atlas_grn (the zero-shot analyses as a Ray batch
+job, scored against the simulator's truth) → report.html + scorecard.json.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import os
 import time
 from pathlib import Path
 
@@ -19,9 +20,7 @@ import numpy as np
 from .config import load_config
 from .ray_utils import ensure_ray
 
-PENDING = [
-    ("atlas_grn", "zero-shot analyses and scorecard (issue: Zero-shot analyses and atlas_grn)"),
-]
+CRISPRI = "crispri/EPCrisprBenchmark_combined_data.training_K562.GRCh38.tsv.gz"
 
 
 def _plot_levels(manifest_path: Path, out: Path) -> Path:
@@ -62,19 +61,32 @@ def _plot_levels(manifest_path: Path, out: Path) -> Path:
     return path
 
 
+def _scorecard_html(card: dict | None) -> str:
+    if not card:
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td><b>{v['model']:.3f}</b></td><td>"
+        + ", ".join(f"{b} {v[b]:.3f}" for b in ("gene_activity", "motif_only", "correlation", "distance", "abc") if b in v)
+        + f"</td><td>{v['target']:.3f}</td><td>{'met' if v['met'] else '<b>not met</b>'}</td></tr>"
+        for k, v in card.items() if not k.startswith("_"))
+    return ("<h2>Zero-shot scorecard (atlas_grn vs the simulator's truth)</h2><table><tr><th>metric</th><th>model</th>"
+            f"<th>baselines</th><th>target</th><th></th></tr>{rows}</table>"
+            "<p>Full analyses, figures and tables: <a href='atlas/report.html'>atlas/report.html</a>; "
+            "<code>scorecard.json</code> beside this page.</p>")
+
+
 def write_report(out: Path, stages: list[tuple[str, str, float]], manifest_path: Path, plot: Path, stream: dict,
-                 curves: list[Path] | None = None) -> Path:
+                 curves: list[Path] | None = None, card: dict | None = None) -> Path:
     man = json.loads(manifest_path.read_text())
     rows = "".join(f"<tr><td>{html.escape(n)}</td><td>done</td><td>{s:.1f} s</td><td>{html.escape(d)}</td></tr>"
                    for n, d, s in stages)
-    rows += "".join(f"<tr><td>{html.escape(n)}</td><td><b>not yet implemented</b></td><td></td><td>{html.escape(d)}</td></tr>"
-                    for n, d in PENDING)
     counts = html.escape(json.dumps(man["counts"], indent=1))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>creformer demo</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}td,th{{border:1px solid #ccc;padding:4px 8px}}
 table{{border-collapse:collapse}}pre{{background:#f6f6f6;padding:8px;font-size:12px}}</style></head><body>
 <h1>creformer demo report</h1>
 <h2>Stages</h2><table><tr><th>stage</th><th>status</th><th>time</th><th>what</th></tr>{rows}</table>
+{_scorecard_html(card)}
 <h2>Elementary shards</h2>
 <p>{man['records']} windows of {man['record']['window_bp']:,} tokens in {len(man['shards'])} shard(s),
 {man['bytes'] / 2**20:.1f} MiB, manifest <code>{html.escape(str(manifest_path))}</code>.</p>
@@ -88,7 +100,10 @@ table{{border-collapse:collapse}}pre{{background:#f6f6f6;padding:8px;font-size:1
     return path
 
 
-def run(out: Path, config: str = "small", overrides: tuple[str, ...] = ()) -> Path:
+def run(out: Path, config: str = "demo", overrides: tuple[str, ...] = (), data_dir: Path | None = None,
+        steps: tuple[int, int] = (200, 300)) -> Path:
+    """The whole path; ``steps`` = (Elementary, Regulatory) training steps, sized so the small atlas
+    finishes within ~15 minutes on 2 CPU cores."""
     from creformer.engine.dataset import elementary_dataset
     from creformer.engine.simulate import simulate
     from creformer.engine.windows import prepare_elementary
@@ -129,27 +144,38 @@ def run(out: Path, config: str = "small", overrides: tuple[str, ...] = ()) -> Pa
     common = ["--config", config, f"train.storage_path={out / 'train'}", *overrides]
     t = time.perf_counter()
     # Step budgets sized so the whole demo stays within ~15 minutes on 2 CPU cores.
-    el = train_elementary([*common, f"data.shards={d.shards}", "train.name=elementary", "train.max_steps=120",
-                           "train.checkpoint_every=60", "train.log_every=10"])
+    el = train_elementary([*common, f"data.shards={d.shards}", "train.name=elementary", f"train.max_steps={steps[0]}",
+                           f"train.checkpoint_every={max(1, steps[0] // 2)}", "train.log_every=10"])
     stages.append(("train_elementary", f"Ray Train + DeepSpeed ZeRO-3, {cfg.train.num_workers} workers -> {el}", time.perf_counter() - t))
     t = time.perf_counter()
     rg = train_regulatory([*common, f"data.regulatory_shards={reg.manifest_path.parent}", "train.name=regulatory",
-                           f"train.elementary_weights={el}", "train.max_steps=60", "train.checkpoint_every=30",
-                           "train.log_every=10", "train.lr=1e-3"])
+                           f"train.elementary_weights={el}", f"train.max_steps={steps[1]}", f"train.checkpoint_every={max(1, steps[1] // 3)}",
+                           "train.log_every=10", "train.lr=1e-3", "train.warmup_steps=20"])
     stages.append(("train_regulatory", f"frozen Elementary behind the embedding cache -> {rg}", time.perf_counter() - t))
+    from creformer.analysis.atlas import atlas_grn
+
+    t = time.perf_counter()
+    crispri = (data_dir or Path(os.environ.get("CREFORMER_DATA", "../shared/data"))) / CRISPRI
+    atlas = atlas_grn([*common, f"data.regulatory_shards={reg.manifest_path.parent}", f"train.elementary_weights={el}",
+                       f"analysis.regulatory_weights={rg}", f"analysis.out={out / 'atlas'}", f"analysis.motifs={sim / 'motifs.meme'}",
+                       f"analysis.groups={sim / 'truth' / 'cells.tsv'}", f"analysis.truth={sim / 'truth'}",
+                       *([f"analysis.crispri={crispri}"] if crispri.exists() else [])])
+    card = json.loads((out / "atlas" / "scorecard.json").read_text())
+    (out / "scorecard.json").write_text(json.dumps(card, indent=1))
+    stages.append(("atlas_grn", f"zero-shot analyses over the atlas (Ray Data actors) -> {atlas}", time.perf_counter() - t))
     curves = [p for p in (out / "train" / "elementary" / "loss_curve.png", out / "train" / "regulatory" / "loss_curve.png") if p.exists()]
     plot = _plot_levels(res.manifest_path, out)
-    report = write_report(out, stages, res.manifest_path, plot, stream, curves)
+    report = write_report(out, stages, res.manifest_path, plot, stream, curves, card)
     print(f"\ndemo outputs under {out}:\n  simulated data  {sim}\n  shards          {res.manifest_path.parent.parent}\n"
-          f"  training runs   {out / 'train'}\n  report          {report}")
-    print("not yet implemented: " + ", ".join(n for n, _ in PENDING))
+          f"  training runs   {out / 'train'}\n  analyses        {out / 'atlas'}\n  scorecard       {out / 'scorecard.json'}\n"
+          f"  report          {report}")
     return report
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="runs/demo")
-    ap.add_argument("--config", default="small")
+    ap.add_argument("--config", default="demo")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     run(Path(args.out), args.config, tuple(args.overrides))

@@ -49,3 +49,9 @@ def shared_data() -> Path:
     if not (root / "README.md").exists():
         pytest.skip(f"real data not found at {root}: set CREFORMER_DATA to the shared data folder to run this test")
     return root
+
+
+@pytest.fixture(scope="session")
+def shared_data_or_none() -> Path | None:
+    root = Path(os.environ.get("CREFORMER_DATA", REPO.parent / "shared" / "data"))
+    return root if (root / "README.md").exists() else None

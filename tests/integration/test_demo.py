@@ -1,11 +1,22 @@
+import json
 import re
 
 
-def test_demo_runs_on_tiny_and_report_references_existing_plots(tmp_path, ray_local):
+def test_demo_runs_end_to_end_on_tiny(tmp_path, ray_local, shared_data_or_none):
+    """The demo's whole path on the tiny preset (few steps): report + scorecard, every plot present."""
     from creformer.demo import run
 
-    report = run(tmp_path / "demo", config="tiny", overrides=("data.shard_size_mb=2",))
+    out = tmp_path / "demo"
+    report = run(out, config="tiny", overrides=("data.shard_size_mb=2", "analysis.cells_per_group=8",
+                                                "analysis.min_cells_per_group=8"), data_dir=shared_data_or_none, steps=(10, 10))
     page = report.read_text()
     images = re.findall(r'<img src="([^"]+)"', page)
     assert images and all((report.parent / img).exists() for img in images)
-    assert "prepare elementary" in page and "not yet implemented" in page
+    assert "atlas_grn" in page and "not yet implemented" not in page
+    card = json.loads((out / "scorecard.json").read_text())
+    assert {"master_tf_top3_precision", "grn_auprc", "enhancer_gene_auprc", "ko_direction_accuracy"} <= set(card)
+    atlas_page = (out / "atlas" / "report.html").read_text()
+    assert all((out / "atlas" / img).exists() for img in re.findall(r"<img src='([^']+)'", atlas_page))
+    if shared_data_or_none is not None:  # the real CRISPRi table is scored (baselines) in the same run
+        crispri = json.loads((out / "atlas" / "crispri.json").read_text())
+        assert crispri["baselines"]["_counts"]["pairs"] == 10356

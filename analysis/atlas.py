@@ -1,0 +1,316 @@
+"""`atlas_grn`: the zero-shot analyses as a Ray batch job over the atlas (DESIGN §7).
+
+1. Checks every input before Ray starts (tables, groups, TFs, motifs, model artifacts vs shards).
+2. Ray Data streams partitions (one sample shard × a block of the analysed cells) through actors
+   that hold the frozen Elementary (behind the embedding cache) and the Regulatory head: per
+   (cell, gene) the predicted expression, the attention scores and ATAC mass of its peaks, and the
+   predictions under every TF knockout / knock-in. Each partition is written atomically as
+   parquet with a fingerprint; a rerun skips finished partitions (resumable), and more workers
+   run more partitions at once.
+3. The driver joins the partitions and runs the analyses (attention tracks, features + h5ad,
+   master TFs, GRN, enhancer–gene, perturbation effects, transitions, therapeutic targets), then
+   writes the report, and the scorecard when a simulator truth folder is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from creformer.config import Config, ConfigError, load_config
+from creformer.engine.errors import InputError, ShardError
+from creformer.engine.shards import content_hash
+
+from . import inputs
+
+SCORE_SCHEMA = {"cell_id": pl.Int32, "gene_id": pl.Int32, "expression": pl.Float32, "pred": pl.Float32,
+                "peak_ids": pl.List(pl.Int32), "attention": pl.List(pl.Float32), "atac": pl.List(pl.Float32)}
+PERTURB_SCHEMA = {"cell_id": pl.Int32, "gene_id": pl.Int32, "condition": pl.Utf8, "mode": pl.Utf8, "pred": pl.Float32}
+
+
+def _atomic_parquet(df: pl.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    df.write_parquet(tmp)
+    os.replace(tmp, path)
+
+
+class AtlasWorker:
+    """Ray Data actor: loads the models once, then scores whole partitions."""
+
+    def __init__(self, work: str):
+        import torch
+
+        from creformer.trainer.model.cache import EmbeddingCache
+
+        self.work = Path(work)
+        plan = json.loads((self.work / "plan.json").read_text())
+        self.plan = plan
+        torch.set_num_threads(plan["threads"])
+        cfg = load_config(plan["config"])
+        self.tables = inputs.load_tables(plan["manifest"])
+        self.models = inputs.load_models(plan["elementary_weights"], plan["regulatory_weights"], cfg, self.tables)
+        self.values = inputs.level_values(self.tables.atac_cuts)
+        self.bound = np.load(self.work / "bound.npy")
+        self.cache = EmbeddingCache(self.models.elementary, self.tables.peak_dna, n_tracks=self.models.cfg.n_tracks,
+                                    capacity=200_000 if plan["cache"] else 0,
+                                    disk_dir=plan["cache_dir"] if plan["cache"] else None)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        stats = [run_partition(self, json.loads(item)) for item in batch["item"]]
+        return {k: np.array([s[k] for s in stats]) for k in stats[0]}
+
+
+def run_partition(w: AtlasWorker, part: dict[str, Any]) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+    import torch
+
+    from creformer.engine.dataset import _load_signal, _split_list, join_samples
+    from creformer.engine.shards import verify_shard_file
+
+    from .attention import score_batch
+    from .perturb import bound_peaks, perturbed_predictions
+
+    t0 = time.perf_counter()
+    out = Path(w.plan["out"])
+    root = w.tables.root
+    shard, signal_entry = part["shard"], part["signal"]
+    verify_shard_file(root / "shards" / shard["file"], shard)
+    verify_shard_file(root / signal_entry["file"], signal_entry)
+    filters = [("cell_id", "in", part["cells"])] + ([("gene_id", "in", w.plan["genes"])] if w.plan["genes"] else [])
+    table = pq.read_table(root / "shards" / shard["file"], filters=filters)
+    table = table.sort_by([("cell_id", "ascending"), ("gene_id", "ascending")])
+    signal = _load_signal(root / signal_entry["file"])
+    conds = [(c["name"], c["mode"], bound_peaks(w.bound, tuple(c["motifs"]))) for c in w.plan["conditions"]]
+    scores, perturbed = [], []
+    hits0, miss0 = w.cache.hits, w.cache.misses
+    bs = w.plan["batch_size"]
+    with torch.no_grad():
+        for rb in table.to_batches(max_chunksize=bs):
+            cols = {n: rb.column(n) for n in rb.schema.names}
+            samples = {"cell_id": cols["cell_id"].to_numpy(), "gene_id": cols["gene_id"].to_numpy(),
+                       "expression": cols["expression"].to_numpy(), "peak_ids": _split_list(cols["peak_ids"]),
+                       "tss_rank": _split_list(cols["tss_rank"])}
+            joined = join_samples(samples, None, signal, w.tables.peak_m)
+            res = score_batch(w.models.head, w.cache, joined, w.values)
+            p = res["width"]
+            n_real = joined["mask"].sum(1)
+            scores.append(pl.DataFrame({
+                "cell_id": joined["cell_id"], "gene_id": joined["gene_id"], "expression": joined["expression"],
+                "pred": res["pred"],
+                "peak_ids": [r[:k].tolist() for r, k in zip(joined["peak_ids"][:, :p], n_real)],
+                "attention": [r[:k].tolist() for r, k in zip(res["attention"], n_real)],
+                "atac": [r[:k].tolist() for r, k in zip(res["atac"], n_real)]}, schema=SCORE_SCHEMA))
+            ids, mask = joined["peak_ids"][:, :p], joined["mask"][:, :p]
+            for name, mode, peaks in conds:
+                touched = mask & peaks[np.maximum(ids, 0)]
+                rows, pred = perturbed_predictions(w.models.head, w.cache, res["bins"], ids, mask, res["rank"], touched,
+                                                   mode, w.plan["ki_level"], joined["atac"].shape[-1])
+                if rows.size:
+                    perturbed.append(pl.DataFrame({"cell_id": joined["cell_id"][rows], "gene_id": joined["gene_id"][rows],
+                                                   "condition": name, "mode": mode, "pred": pred}, schema=PERTURB_SCHEMA))
+    w.cache.flush()
+    idx = part["index"]
+    sc = pl.concat(scores) if scores else pl.DataFrame(schema=SCORE_SCHEMA)
+    pt = pl.concat(perturbed) if perturbed else pl.DataFrame(schema=PERTURB_SCHEMA)
+    _atomic_parquet(sc, out / "partitions" / "scores" / f"part-{idx:05d}.parquet")
+    _atomic_parquet(pt, out / "partitions" / "perturb" / f"part-{idx:05d}.parquet")
+    secs = time.perf_counter() - t0
+    done = {"fingerprint": w.plan["fingerprint"], "samples": sc.height, "perturbed": pt.height, "seconds": secs,
+            "cache_hits": w.cache.hits - hits0, "cache_misses": w.cache.misses - miss0}
+    marker = out / "partitions" / "done" / f"part-{idx:05d}.json"
+    marker.write_text(json.dumps(done))  # written last: the partition counts as finished only now
+    return {"index": idx, **{k: v for k, v in done.items() if k != "fingerprint"}}
+
+
+@dataclass
+class Prepared:
+    cfg: Config
+    out: Path
+    tables: inputs.AtlasTables
+    groups: pl.DataFrame  # every grouped cell
+    chosen: pl.DataFrame  # the analysed cells (cell_id, barcode, group)
+    tfs: list[inputs.TF]
+    motifs: list
+    bound: np.ndarray  # (n_peaks, n_motifs) motif sites present
+    conditions: list
+    ki_level: int
+    elementary_weights: str
+    regulatory_weights: str
+    genes: list[int]  # analysed gene ids (empty: all)
+
+
+def _default_weights(cfg: Config, stage: str) -> str:
+    return str(Path(cfg.train.storage_path) / stage / "export" / "model.safetensors")
+
+
+def prepare(cfg: Config) -> Prepared:
+    """Every check and every small precomputation, before Ray does any work."""
+    from .motif_scan import decode_dna, scan
+    from .perturb import conditions, knock_in_level
+
+    a = cfg.analysis
+    tables = inputs.load_tables(cfg.data.regulatory_shards)
+    groups = inputs.cell_groups(tables, a.groups, a.group_column, a.min_cells_per_group)
+    chosen = inputs.sample_cells(groups, a.cells_per_group, a.seed)
+    genes = inputs.resolve_genes(tables.genes, a.genes, tables.root)
+    motifs = inputs.load_motifs(a.motifs)
+    tfs = inputs.resolve_tfs(motifs, tables.genes, a.tfs)
+    if not tfs:
+        raise InputError(f"no motif name in {a.motifs} matches a gene name of the atlas: nothing to call TFs")
+    el = cfg.train.elementary_weights or _default_weights(cfg, "elementary")
+    rg = a.regulatory_weights or _default_weights(cfg, "regulatory")
+    inputs.load_models(el, rg, cfg, tables)  # fails here, not in a worker, when artifacts do not fit
+    hits = scan(decode_dna(tables.peak_dna), motifs, a.motif_threshold)
+    conds = conditions(tfs, a.multi_tf)
+    import pyarrow.parquet as pq
+
+    sig0 = tables.manifest.data["tables"]["signal"][0]["file"]
+    tok = pq.read_table(tables.root / sig0, columns=["tok"]).column("tok").combine_chunks().values.to_numpy()
+    return Prepared(cfg, Path(a.out), tables, groups, chosen, tfs, motifs, hits.bound, conds,
+                    knock_in_level(tok, a.ki_quantile), el, rg, genes)
+
+
+def partitions(p: Prepared) -> list[dict[str, Any]]:
+    """One item per (sample shard, block of analysed cells); cells of a shard are a contiguous range."""
+    man = p.tables.manifest
+    plan_path = man.root / "plan.json"
+    ranges = [t["payload"]["cells"] for t in json.loads(plan_path.read_text())["tasks"]] if plan_path.exists() else None
+    signal = {Path(s["file"]).name: s for s in man.data["tables"]["signal"]}
+    chosen = np.sort(p.chosen["cell_id"].to_numpy())
+    items = []
+    for i, entry in enumerate(man.shards):
+        lo, hi = ranges[i] if ranges else (chosen.min(), chosen.max() + 1)
+        cells = chosen[(chosen >= lo) & (chosen < hi)]
+        for j in range(0, cells.size, p.cfg.analysis.cells_per_partition):
+            items.append({"index": len(items), "shard": entry, "signal": signal[f"block-{i:06d}.parquet"],
+                          "cells": cells[j:j + p.cfg.analysis.cells_per_partition].tolist()})
+    return items
+
+
+def run_partitions(p: Prepared, config_path: Path) -> dict[str, Any]:
+    """Score every partition with Ray Data actors; finished partitions with a matching fingerprint are kept."""
+    import ray
+    import ray.data
+    from tqdm import tqdm
+
+    a = p.cfg.analysis
+    out = p.out
+    for sub in ("scores", "perturb", "done"):
+        (out / "partitions" / sub).mkdir(parents=True, exist_ok=True)
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    np.save(work / "bound.npy", p.bound)
+    items = partitions(p)
+    fingerprint = content_hash({"manifest": p.tables.manifest.data["input_hash"],
+                                "weights": [inputs.file_id(p.elementary_weights), inputs.file_id(p.regulatory_weights)],
+                                "conditions": [c.__dict__ for c in p.conditions], "ki": p.ki_level,
+                                "bound": content_hash(p.bound.tolist()), "genes": p.genes, "items": [it["cells"] for it in items]})
+    plan = {"config": str(config_path.resolve()), "manifest": str(p.tables.manifest.path.resolve()),
+            "elementary_weights": str(Path(p.elementary_weights).resolve()),
+            "regulatory_weights": str(Path(p.regulatory_weights).resolve()), "out": str(out.resolve()),
+            "cache": a.cache, "cache_dir": str((out / "embedding_cache").resolve()), "threads": a.threads_per_worker,
+            "batch_size": a.batch_size, "genes": p.genes, "ki_level": p.ki_level, "fingerprint": fingerprint,
+            "conditions": [{"name": c.name, "mode": c.mode, "motifs": list(c.motifs)} for c in p.conditions]}
+    (work / "plan.json").write_text(json.dumps(plan, indent=1))
+    todo = []
+    for it in items:
+        marker = out / "partitions" / "done" / f"part-{it['index']:05d}.json"
+        if marker.exists() and json.loads(marker.read_text()).get("fingerprint") == fingerprint:
+            continue
+        marker.unlink(missing_ok=True)
+        todo.append(it)
+    # partitions of an older, different run (more items then) must not leak into this one
+    for sub in ("scores", "perturb", "done"):
+        for f in (out / "partitions" / sub).glob("part-*"):
+            if int(f.name[5:10]) >= len(items):
+                f.unlink()
+    stats = {"partitions": len(items), "reused": len(items) - len(todo), "samples": 0, "seconds": 0.0,
+             "cache_hits": 0, "cache_misses": 0}
+    t0 = time.perf_counter()
+    if todo:
+        # our own tqdm bar counts partitions; Ray's per-operator bars would print a log line every 10 s off a TTY
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        ds = ray.data.from_items([{"item": json.dumps(it)} for it in todo], override_num_blocks=len(todo)).map_batches(
+            AtlasWorker, batch_size=1, concurrency=min(a.workers, len(todo)), num_cpus=a.threads_per_worker,
+            fn_constructor_kwargs={"work": str(work.resolve())})
+        with tqdm(total=len(todo), desc="atlas_grn partitions", unit="part", file=sys.stdout) as bar:
+            for row in ds.iter_rows():
+                stats["samples"] += int(row["samples"])
+                stats["cache_hits"] += int(row["cache_hits"])
+                stats["cache_misses"] += int(row["cache_misses"])
+                bar.update(1)
+    stats["seconds"] = time.perf_counter() - t0
+    stats["pairs_per_s"] = stats["samples"] / stats["seconds"] if stats["samples"] else 0.0
+    return stats
+
+
+def load_partitions(out: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    scores = pl.read_parquet(sorted((out / "partitions" / "scores").glob("part-*.parquet")))
+    pert_files = sorted((out / "partitions" / "perturb").glob("part-*.parquet"))
+    pert = pl.read_parquet(pert_files) if pert_files else pl.DataFrame(schema=PERTURB_SCHEMA)
+    return scores.sort("cell_id", "gene_id"), pert
+
+
+def absolute_paths(cfg: Config) -> Config:
+    """Every file the job reads or writes as an absolute path, fixed before any Ray work."""
+    def fix(value: str) -> str:
+        return str(Path(value).resolve()) if value else value
+
+    cfg.data.regulatory_shards = fix(cfg.data.regulatory_shards)
+    cfg.train.storage_path = fix(cfg.train.storage_path)
+    cfg.train.elementary_weights = fix(cfg.train.elementary_weights)
+    a = cfg.analysis
+    for name in ("out", "regulatory_weights", "motifs", "groups", "truth", "crispri"):
+        setattr(a, name, fix(getattr(a, name)))
+    return cfg
+
+
+def atlas_grn(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(prog="atlas_grn", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="tiny", help="preset (tiny, small, paper) or YAML path")
+    ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. analysis.groups=cells.tsv analysis.truth=sim/truth")
+    args = ap.parse_args(argv)
+    cfg = absolute_paths(load_config(args.config, args.overrides))
+    t0 = time.perf_counter()
+    p = prepare(cfg)
+    p.out.mkdir(parents=True, exist_ok=True)
+    from creformer.config import save_config
+    from creformer.ray_utils import ensure_ray
+
+    config_path = p.out / "config.yaml"
+    save_config(cfg, config_path)
+    print(f"[atlas_grn] {p.chosen.height} cells in {p.chosen['group'].n_unique()} groups x {p.tables.genes.height} genes, "
+          f"{len(p.tfs)} TFs, {len(p.conditions)} perturbations (knock-in level {p.ki_level})", flush=True)
+    ensure_ray(cfg.ray)
+    stats = run_partitions(p, config_path)
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        # Under `ray job submit`, Ray may delete the job's working_dir copy once the actors that
+        # shared its runtime env exit; the driver goes on from its (absolute) output folder.
+        os.chdir(p.out)
+    print(f"[atlas_grn] {stats['samples']:,} cell x gene pairs scored in {stats['seconds']:.1f} s "
+          f"({stats['reused']}/{stats['partitions']} partitions reused)", flush=True)
+    from .run import run_analyses
+
+    report = run_analyses(p, stats, time.perf_counter() - t0)
+    print(f"[atlas_grn] report {report}", flush=True)
+    return report
+
+
+def main() -> int:
+    try:
+        atlas_grn(sys.argv[1:])
+    except (ConfigError, InputError, ShardError) as err:
+        print(f"atlas_grn: error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,90 @@
+"""Attention scores (DESIGN §7) per (cell, gene, peak), their cell-group means, and genome tracks.
+
+score_j = Σ_i A_ij over real queries i of the first Regulatory layer's head-averaged softmax
+attention: it sums to the number of real peaks, so 1.0 is "average attention".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+
+@torch.no_grad()
+def score_batch(head, cache, batch: dict[str, np.ndarray], values: np.ndarray) -> dict[str, np.ndarray]:
+    """Predicted expression, attention scores and ATAC mass for a joined batch (engine.dataset.join_samples).
+
+    Only the peak columns some sample uses are computed (genes have far fewer than peak_m peaks);
+    the head zero-pads to peak_m itself."""
+    mask_np = batch["mask"]
+    p = max(1, int(mask_np.sum(1).max()))
+    ids = torch.from_numpy(batch["peak_ids"][:, :p].astype(np.int64))
+    atac = torch.from_numpy(batch["atac"][:, :p].astype(np.int64))
+    mask = torch.from_numpy(mask_np[:, :p])
+    rank = torch.from_numpy(batch["tss_rank"][:, :p].astype(np.int64))
+    bins = cache.peak_bins(ids, atac, mask)
+    pred = head.forward_bins(bins, rank, mask)
+    att = head.attention_scores(bins, rank, mask)
+    mass = values[batch["atac"][:, :p]].mean(-1) * mask_np[:, :p]
+    return {"pred": pred.numpy().astype(np.float32), "attention": att.numpy().astype(np.float32),
+            "atac": mass.astype(np.float32), "bins": bins, "rank": rank, "mask": mask, "width": p}
+
+
+def explode(records: pl.DataFrame) -> pl.DataFrame:
+    """Per-sample lists → one row per (cell, gene, peak) with its attention and ATAC mass."""
+    return records.select("cell_id", "gene_id", "peak_ids", "attention", "atac").explode(
+        ["peak_ids", "attention", "atac"]).rename({"peak_ids": "peak_id"}).drop_nulls("peak_id")
+
+
+def group_attention(long: pl.DataFrame, cells: pl.DataFrame) -> pl.DataFrame:
+    """Mean attention and ATAC mass per (group, gene, peak) over the group's cells."""
+    return (long.join(cells.select("cell_id", "group"), on="cell_id")
+            .group_by("group", "gene_id", "peak_id")
+            .agg(pl.col("attention").mean(), pl.col("atac").mean(), pl.len().alias("n_cells"))
+            .sort("group", "gene_id", "peak_id"))
+
+
+def peak_tracks(group_att: pl.DataFrame, peaks: pl.DataFrame) -> pl.DataFrame:
+    """Per group and peak the highest gene-wise mean attention (a peak serves several genes)."""
+    return (group_att.group_by("group", "peak_id").agg(pl.col("attention").max())
+            .join(peaks.select("peak_id", "chrom", "start", "end"), on="peak_id")
+            .sort("group", "chrom", "start"))
+
+
+def _intervals(df: pl.DataFrame) -> list[tuple[str, int, int, float]]:
+    """Sorted, non-overlapping intervals (a peak overlapping the previous one is clipped)."""
+    out: list[tuple[str, int, int, float]] = []
+    for chrom, start, end, value in df.sort("chrom", "start").select("chrom", "start", "end", "attention").iter_rows():
+        if out and out[-1][0] == chrom and start < out[-1][2]:
+            start = out[-1][2]
+        if end > start:
+            out.append((chrom, int(start), int(end), float(value)))
+    return out
+
+
+def write_tracks(tracks: pl.DataFrame, out_dir: Path, chrom_sizes: dict[str, int] | None = None) -> list[Path]:
+    """One bedGraph and one bigWig per group, for genome browsers."""
+    import pyBigWig
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for (group,), df in sorted(tracks.group_by("group"), key=lambda kv: str(kv[0])):
+        rows = _intervals(df)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(group))
+        bg = out_dir / f"attention.{safe}.bedGraph"
+        bg.write_text(f'track type=bedGraph name="attention {group}"\n'
+                      + "".join(f"{c}\t{s}\t{e}\t{v:.5f}\n" for c, s, e, v in rows))
+        sizes = dict(chrom_sizes or {})
+        for c, _, e, _ in rows:
+            sizes[c] = max(sizes.get(c, 0), e)
+        chroms = list(dict.fromkeys(c for c, *_ in rows))
+        bw_path = out_dir / f"attention.{safe}.bw"
+        bw = pyBigWig.open(str(bw_path), "w")
+        bw.addHeader([(c, int(sizes[c])) for c in chroms])
+        bw.addEntries([r[0] for r in rows], [r[1] for r in rows], ends=[r[2] for r in rows], values=[r[3] for r in rows])
+        bw.close()
+        written += [bg, bw_path]
+    return written

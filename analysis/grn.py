@@ -1,0 +1,120 @@
+"""GRN from attention (DESIGN §7): per cell group and target gene, the high-attention peaks of the
+TSS window are tested for motif enrichment against the window's other peaks → TF→target edges.
+
+Enrichment is a one-sided hypergeometric test: of the window's N peaks, K carry the motif; of the
+n high-attention peaks, k do; p = P(X ≥ k). Edge score = −log10 p. Baselines scored the same way
+downstream: motif-only (motif-bearing peaks in the window, no model) and expression correlation
+(Pearson r of TF and target expression across the analysed cells).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from .inputs import TF
+
+EDGE_SCHEMA = {"tf": pl.Utf8, "target": pl.Utf8, "gene_id": pl.Int64, "group": pl.Utf8, "score": pl.Float64,
+               "pvalue": pl.Float64, "n_peaks": pl.Int64, "peaks": pl.List(pl.Int64)}
+
+
+def enrichment_pvalues(hits: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """hits (N peaks, M motifs) bool, high (N,) bool → (p (M,), k (M,)): P(X ≥ k) under the
+    hypergeometric null of drawing the n high peaks from the window."""
+    from scipy.stats import hypergeom
+
+    n_total, n_high = hits.shape[0], int(high.sum())
+    k_motif = hits.sum(0)
+    k_high = hits[high].sum(0)
+    p = hypergeom.sf(k_high - 1, n_total, k_motif, n_high)
+    return np.where(k_high > 0, p, 1.0), k_high
+
+
+def grn_edges(group_att: pl.DataFrame, bound: np.ndarray, tfs: list[TF], gene_names: dict[int, str], *,
+              high_k: int = 5, max_p: float = 0.05) -> pl.DataFrame:
+    """Edges (tf, target, gene_id, group, score, pvalue, n_peaks, peaks) with p ≤ max_p."""
+    motif_idx = np.array([t.motif for t in tfs])
+    rows = []
+    for (group, gene_id), df in group_att.group_by("group", "gene_id"):
+        pids = df["peak_id"].to_numpy()
+        if pids.size < 2:
+            continue
+        att = df["attention"].to_numpy()
+        k = min(high_k, pids.size - 1)
+        high = np.zeros(pids.size, bool)
+        high[np.argsort(-att, kind="stable")[:k]] = True
+        hits = bound[pids][:, motif_idx]
+        p, kh = enrichment_pvalues(hits, high)
+        for j in np.flatnonzero((kh > 0) & (p <= max_p)):
+            peaks = pids[high & hits[:, j]].tolist()
+            rows.append((tfs[j].name, gene_names[int(gene_id)], int(gene_id), str(group), float(-np.log10(max(p[j], 1e-300))),
+                         float(p[j]), int(kh[j]), peaks))
+    return pl.DataFrame(rows, schema=EDGE_SCHEMA, orient="row").sort("group", "tf", "score", descending=[False, False, True])
+
+
+def motif_only_scores(windows: dict[int, np.ndarray], bound: np.ndarray, tfs: list[TF]) -> np.ndarray:
+    """(genes in ``windows`` order, TFs): number of window peaks carrying the TF's motif."""
+    motif_idx = np.array([t.motif for t in tfs])
+    return np.stack([bound[p][:, motif_idx].sum(0) if p.size else np.zeros(len(tfs)) for p in windows.values()]).astype(np.float64)
+
+
+def correlation_scores(expression: np.ndarray, gene_order: np.ndarray, tfs: list[TF]) -> np.ndarray:
+    """(genes, TFs) Pearson r between each TF gene's and each gene's expression across cells; 0 for a
+    TF whose gene is not in the atlas or is constant."""
+    x = expression - expression.mean(0)
+    sd = np.sqrt((x**2).sum(0))
+    col = {int(g): i for i, g in enumerate(gene_order.tolist())}
+    out = np.zeros((len(gene_order), len(tfs)))
+    for j, t in enumerate(tfs):
+        if t.gene_id is None or t.gene_id not in col or sd[col[t.gene_id]] == 0:
+            continue
+        tf = x[:, col[t.gene_id]]
+        out[:, j] = (x.T @ tf) / np.where(sd > 0, sd, np.inf) / sd[col[t.gene_id]]
+    return out
+
+
+def score_table(edges: pl.DataFrame, windows: dict[int, np.ndarray], bound: np.ndarray, tfs: list[TF],
+                gene_names: dict[int, str], expression: np.ndarray, gene_order: np.ndarray) -> pl.DataFrame:
+    """Every (tf, target) pair with the model's score (best group; 0 without an edge) and both baselines."""
+    best = {(t, g): s for t, g, s in edges.group_by("tf", "gene_id").agg(pl.col("score").max()).iter_rows()}
+    motif = motif_only_scores(windows, bound, tfs)
+    corr_all = correlation_scores(expression, gene_order, tfs)
+    row_of = {int(g): i for i, g in enumerate(gene_order.tolist())}
+    rows = []
+    for gi, gid in enumerate(windows):
+        for j, t in enumerate(tfs):
+            corr = corr_all[row_of[gid], j] if gid in row_of else 0.0
+            rows.append((t.name, gene_names[gid], gid, best.get((t.name, gid), 0.0), float(motif[gi, j]), float(corr)))
+    return pl.DataFrame(rows, schema={"tf": pl.Utf8, "target": pl.Utf8, "gene_id": pl.Int64, "model": pl.Float64,
+                                      "motif_only": pl.Float64, "correlation": pl.Float64}, orient="row")
+
+
+def scenicplus_layout(edges: pl.DataFrame, group_att: pl.DataFrame, peaks: pl.DataFrame) -> pl.DataFrame:
+    """eRegulon-style metadata: one row per (TF, region, gene) with region-to-gene importance
+    (attention) and TF-to-gene importance (edge score), eRegulons named TF_+_(n g) per group."""
+    region = peaks.select("peak_id", pl.format("{}:{}-{}", "chrom", "start", "end").alias("Region"))
+    long = edges.explode("peaks").rename({"peaks": "peak_id"})
+    long = long.join(group_att.select("group", "gene_id", "peak_id", "attention"), on=["group", "gene_id", "peak_id"], how="left")
+    sizes = edges.group_by("group", "tf").agg(pl.col("target").n_unique().alias("n_genes"))
+    return (long.join(region, on="peak_id").join(sizes, on=["group", "tf"])
+            .select(pl.format("{}_+_({}g)", "tf", "n_genes").alias("eRegulon_name"), pl.col("tf").alias("TF"),
+                    "Region", pl.col("target").alias("Gene"), pl.col("attention").alias("importance_R2G"),
+                    pl.col("score").alias("importance_TF2G"), pl.lit(False).alias("is_extended"), "group"))
+
+
+def celloracle_layout(edges: pl.DataFrame) -> pl.DataFrame:
+    """CellOracle Links-style table per cluster: source, target, coef_mean, coef_abs, p, -logp."""
+    return edges.select(pl.col("tf").alias("source"), pl.col("target"), pl.col("score").alias("coef_mean"),
+                        pl.col("score").abs().alias("coef_abs"), pl.col("pvalue").alias("p"),
+                        (-pl.col("pvalue").log10()).alias("-logp"), pl.col("group").alias("cluster"))
+
+
+def write_grn(edges: pl.DataFrame, group_att: pl.DataFrame, peaks: pl.DataFrame, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "edges.parquet", out / "scenicplus_eregulons.tsv", out / "celloracle_links.tsv"]
+    edges.write_parquet(paths[0])
+    scenicplus_layout(edges, group_att, peaks).write_csv(paths[1], separator="\t")
+    celloracle_layout(edges).write_csv(paths[2], separator="\t")
+    return paths

@@ -1,0 +1,132 @@
+"""In-silico TF knockout / knock-in (DESIGN §7) on the model's inputs.
+
+A TF's motif-bound peaks (PWM hits in the peak sequence) get their scATAC tokens set to the zero
+level (knockout) or to a given open level at every position (knock-in); several TFs
+perturb the union of their peaks. The TF's own expression is not a model input (the model reads
+DNA + ATAC only), so nothing else changes. The effect is the predicted log2 fold change: the model
+predicts log1p(counts per 10 k), so log2((x'+1)/(x+1)) = (pred' − pred) / ln 2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from creformer.engine.tokenize import N_LEVELS, SIG_OFFSET
+
+from .inputs import TF
+
+LN2 = float(np.log(2.0))
+
+
+@dataclass(frozen=True)
+class Condition:
+    name: str  # "TF01" or "TF01+TF02"
+    mode: str  # "KO" or "KI"
+    motifs: tuple[int, ...]
+
+
+def conditions(tfs: list[TF], multi: list[str], modes: tuple[str, ...] = ("KO", "KI")) -> list[Condition]:
+    """One KO and one KI per TF, plus each multi-TF combination ("TF01+TF02") in both modes."""
+    by_name = {t.name.upper(): t for t in tfs}
+    out = [Condition(t.name, m, (t.motif,)) for t in tfs for m in modes]
+    for combo in multi:
+        names = [n.strip() for n in combo.split("+") if n.strip()]
+        unknown = [n for n in names if n.upper() not in by_name]
+        if unknown or len(names) < 2:
+            raise ValueError(f"multi-TF perturbation {combo!r}: {'unknown TF(s) ' + str(unknown) if unknown else 'needs 2+ TFs'}")
+        out += [Condition("+".join(by_name[n.upper()].name for n in names), m,
+                          tuple(by_name[n.upper()].motif for n in names)) for m in modes]
+    return out
+
+
+def bound_peaks(bound: np.ndarray, motifs: tuple[int, ...]) -> np.ndarray:
+    """(n_peaks,) True where any of the motifs has a site."""
+    return bound[:, list(motifs)].any(1)
+
+
+def perturb_atac(atac: np.ndarray, peak_ids: np.ndarray, mask: np.ndarray, peaks: np.ndarray, mode: str,
+                 ki_level: int = 24) -> tuple[np.ndarray, np.ndarray]:
+    """Perturbed copy of atac tokens (B, P, L) and the (B, P) mask of peaks it touched.
+
+    KO: touched peaks → the zero level; KI: every position of a touched peak → level ``ki_level``
+    (1..35), a uniformly open peak. Setting (rather than raising to at least) the level makes the
+    perturbed signal the same in every cell, so one cached embedding per peak serves them all.
+    Padding and untouched peaks are returned unchanged."""
+    if mode not in ("KO", "KI"):
+        raise ValueError(f"perturbation mode {mode!r} must be KO or KI")
+    if not 1 <= ki_level < N_LEVELS:
+        raise ValueError(f"knock-in level {ki_level} must be in 1..{N_LEVELS - 1}")
+    touched = mask & peaks[np.maximum(peak_ids, 0)]
+    out = atac.copy()
+    out[touched] = perturbed_tokens(mode, ki_level, atac.shape[-1])
+    return out, touched
+
+
+def perturbed_tokens(mode: str, ki_level: int, length: int) -> np.ndarray:
+    """The signal of every touched peak: the same in every cell (zero level, or the knock-in level)."""
+    return np.full(length, SIG_OFFSET if mode == "KO" else SIG_OFFSET + ki_level, np.uint8)
+
+
+def perturbed_predictions(head, cache, bins, ids: np.ndarray, mask: np.ndarray, rank, touched: np.ndarray,
+                          mode: str, ki_level: int, length: int):
+    """Predictions for the rows with a touched peak, reusing the unperturbed peak bins of a batch.
+
+    Exact shortcut of perturb_atac + a full embedding pass: untouched peaks keep their inputs, and a
+    touched peak's perturbed signal does not depend on the cell, so one Elementary embedding per
+    distinct touched peak (cached) replaces them all. Returns (rows, predictions)."""
+    import torch
+
+    rows = np.flatnonzero(touched.any(1))
+    if rows.size == 0:
+        return rows, np.zeros(0, np.float32)
+    uniq, inverse = np.unique(ids[rows][touched[rows]], return_inverse=True)
+    sig = np.broadcast_to(perturbed_tokens(mode, ki_level, length), (1, uniq.size, length))
+    emb = cache.peak_bins(torch.from_numpy(uniq[None].astype(np.int64)), torch.from_numpy(sig.astype(np.int64)),
+                          torch.ones(1, uniq.size, dtype=torch.bool))[0]
+    new = bins[torch.from_numpy(rows)].clone()
+    r, c = np.nonzero(touched[rows])
+    new[torch.from_numpy(r), torch.from_numpy(c)] = emb[torch.from_numpy(inverse)]
+    pred = head.forward_bins(new, rank[torch.from_numpy(rows)], torch.from_numpy(mask[rows]))
+    return rows, pred.numpy().astype(np.float32)
+
+
+def knock_in_level(tok_values: np.ndarray, quantile: float = 0.9) -> int:
+    """The level at ``quantile`` of the atlas's non-zero ATAC tokens (a strong but observed signal)."""
+    levels = tok_values[tok_values > SIG_OFFSET].astype(np.int64) - SIG_OFFSET
+    return int(np.clip(np.quantile(levels, quantile) if levels.size else N_LEVELS // 2, 1, N_LEVELS - 1))
+
+
+def group_effects(base: pl.DataFrame, perturbed: pl.DataFrame, cells: pl.DataFrame) -> pl.DataFrame:
+    """Mean predicted log2FC per (group, condition, mode, gene); samples a condition did not touch
+    count as 0 (their prediction is exactly the baseline's)."""
+    conds = perturbed.select("condition", "mode").unique()
+    grid = base.select("cell_id", "gene_id", "pred").join(conds, how="cross")
+    joined = grid.join(perturbed.rename({"pred": "pred_pert"}), on=["cell_id", "gene_id", "condition", "mode"], how="left")
+    lfc = ((pl.col("pred_pert").fill_null(pl.col("pred")) - pl.col("pred")) / LN2).alias("log2fc")
+    return (joined.with_columns(lfc).join(cells.select("cell_id", "group"), on="cell_id")
+            .group_by("group", "condition", "mode", "gene_id")
+            .agg(pl.col("log2fc").mean(), pl.col("pred_pert").is_not_null().sum().alias("n_touched"), pl.len().alias("n_cells"))
+            .sort("group", "condition", "mode", "gene_id"))
+
+
+def perturbed_states(base: pl.DataFrame, perturbed: pl.DataFrame, condition: str, mode: str,
+                     cell_ids: np.ndarray, gene_ids: np.ndarray) -> np.ndarray:
+    """(cells, genes) predicted expression of the given cells under one condition."""
+    sub = perturbed.filter((pl.col("condition") == condition) & (pl.col("mode") == mode)).select("cell_id", "gene_id", "pred")
+    full = (base.filter(pl.col("cell_id").is_in(cell_ids.tolist())).select("cell_id", "gene_id", "pred")
+            .join(sub.rename({"pred": "pp"}), on=["cell_id", "gene_id"], how="left")
+            .with_columns(pl.col("pp").fill_null(pl.col("pred"))))
+    return matrix(full, "pp", cell_ids, gene_ids)
+
+
+def matrix(df: pl.DataFrame, value: str, cell_ids: np.ndarray, gene_ids: np.ndarray) -> np.ndarray:
+    ci = {int(c): i for i, c in enumerate(cell_ids.tolist())}
+    gi = {int(g): i for i, g in enumerate(gene_ids.tolist())}
+    out = np.zeros((len(cell_ids), len(gene_ids)), np.float32)
+    for c, g, v in df.select("cell_id", "gene_id", value).iter_rows():
+        if c in ci and g in gi:
+            out[ci[c], gi[g]] = v
+    return out

@@ -1,0 +1,231 @@
+"""The atlas_grn HTML report: every figure a PNG beside the page, every claim next to its baseline."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_prediction(records: pl.DataFrame, path: Path) -> tuple[Path, float]:
+    plt = _plt()
+    x, y = records["expression"].to_numpy(), records["pred"].to_numpy()
+    r = float(np.corrcoef(x, y)[0, 1]) if x.std() > 0 and y.std() > 0 else float("nan")
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    ax.scatter(x, y, s=3, alpha=0.3)
+    lim = [min(x.min(), y.min()), max(x.max(), y.max())]
+    ax.plot(lim, lim, c="grey", lw=0.8)
+    ax.set(xlabel="measured log1p(CP10k)", ylabel="predicted", title=f"Expression, analysed cells (Pearson r {r:.2f})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path, r
+
+
+def plot_attention_loci(gatt: pl.DataFrame, records: pl.DataFrame, genes: pl.DataFrame, peaks: pl.DataFrame, path: Path,
+                        n_genes: int = 2) -> Path:
+    """Group-mean attention (bars) and ATAC mass (line) along the TSS window of the genes whose
+    predicted expression differs most between groups."""
+    plt = _plt()
+    var = (gatt.group_by("gene_id", "group").agg(pl.col("atac").sum()).group_by("gene_id").agg(pl.col("atac").std())
+           .sort("atac", descending=True, nulls_last=True))
+    chosen = var["gene_id"].head(n_genes).to_list()
+    groups = sorted(gatt["group"].unique().to_list())
+    fig, axes = plt.subplots(len(chosen), 1, figsize=(11, 3.2 * len(chosen)), squeeze=False)
+    mid = dict(zip(peaks["peak_id"].to_list(), ((peaks["start"] + peaks["end"]) // 2).to_list()))
+    for ax, gid in zip(axes[:, 0], chosen):
+        g = genes.filter(pl.col("gene_id") == gid).row(0, named=True)
+        width = 0.8 / len(groups)
+        twin = ax.twinx()
+        for k, grp in enumerate(groups):
+            df = gatt.filter((pl.col("gene_id") == gid) & (pl.col("group") == grp)).sort("peak_id")
+            pos = np.array([(mid[pp] - g["tss"]) / 1000 for pp in df["peak_id"].to_list()])
+            order = np.argsort(pos)
+            xs = np.arange(len(pos))
+            bars = ax.bar(xs + k * width, df["attention"].to_numpy()[order], width=width, label=grp)
+            twin.plot(xs + 0.4, df["atac"].to_numpy()[order], c=bars.patches[0].get_facecolor(), lw=0.8, marker=".", ms=3)
+            if k == 0:
+                ax.set_xticks(xs + 0.4, [f"{v:+.0f}" for v in pos[order]], fontsize=6, rotation=90)
+        ax.axhline(1.0, c="grey", lw=0.6, ls="--")
+        twin.set_ylabel("mean ATAC mass (lines)")
+        ax.set(title=f"{g['name']} ({g['chrom']}:{g['tss']:,} {g['strand']}): attention per peak by group",
+               xlabel="peak position relative to the TSS (kb)", ylabel="attention (1 = average)")
+        ax.legend(fontsize=7, ncol=len(groups))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_master_dotplot(masters: pl.DataFrame, path: Path) -> Path:
+    plt = _plt()
+    methods = [m for m in ("model", "gene_activity") if m in masters["method"].unique().to_list()]
+    fig, axes = plt.subplots(1, len(methods), figsize=(6.5 * len(methods), 3.8), squeeze=False)
+    for ax, m in zip(axes[0], methods):
+        t = masters.filter(pl.col("method") == m)
+        groups = sorted(t["group"].unique().to_list())
+        tfs = sorted(t["tf"].unique().to_list())
+        for gi, g in enumerate(groups):
+            sub = t.filter(pl.col("group") == g)
+            coef = dict(zip(sub["tf"].to_list(), sub["coef"].to_list()))
+            rank = dict(zip(sub["tf"].to_list(), sub["rank"].to_list()))
+            xs = np.arange(len(tfs))
+            sizes = [max(10.0, 220.0 / rank[tf]) for tf in tfs]
+            sc = ax.scatter(xs, [gi] * len(tfs), s=sizes, c=[coef[tf] for tf in tfs], cmap="RdBu_r", vmin=-3, vmax=3)
+        ax.set_xticks(np.arange(len(tfs)), tfs, rotation=90, fontsize=7)
+        ax.set_yticks(np.arange(len(groups)), groups)
+        ax.set_title(f"master TFs: {'attention features (model)' if m == 'model' else 'gene activity (baseline)'}")
+        fig.colorbar(sc, ax=ax, label="one-vs-rest coefficient")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_network(edges: pl.DataFrame, path: Path, top: int = 60) -> Path:
+    """TFs on an inner circle, targets on an outer one; edge colour = cell group, width = score."""
+    plt = _plt()
+    e = edges.sort("score", descending=True).head(top)
+    fig, ax = plt.subplots(figsize=(8, 8))
+    if e.height == 0:
+        ax.text(0.5, 0.5, "no edge passed the enrichment threshold", ha="center")
+    else:
+        tfs = sorted(e["tf"].unique().to_list())
+        tg = sorted(set(e["target"].to_list()) - set(tfs))
+        pos = {t: (0.45 * np.cos(2 * np.pi * i / len(tfs)), 0.45 * np.sin(2 * np.pi * i / len(tfs))) for i, t in enumerate(tfs)}
+        pos.update({t: (np.cos(2 * np.pi * i / max(1, len(tg))), np.sin(2 * np.pi * i / max(1, len(tg)))) for i, t in enumerate(tg)})
+        groups = sorted(e["group"].unique().to_list())
+        cmap = plt.get_cmap("tab10")
+        smax = float(e["score"].max())
+        for tf, target, grp, s in e.select("tf", "target", "group", "score").iter_rows():
+            (x0, y0), (x1, y1) = pos[tf], pos[target]
+            ax.annotate("", (x1, y1), (x0, y0), arrowprops={"arrowstyle": "-|>", "color": cmap(groups.index(grp) % 10),
+                                                            "lw": 0.5 + 2.5 * s / smax, "alpha": 0.6})
+        for t, (x, y) in pos.items():
+            ax.scatter([x], [y], s=300 if t in tfs else 80, c="gold" if t in tfs else "lightgrey", edgecolors="k", zorder=3)
+            ax.text(x, y, t, fontsize=7 if t in tfs else 6, ha="center", va="center", zorder=4)
+        for i, g in enumerate(groups):
+            ax.plot([], [], c=cmap(i % 10), label=g)
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set(title=f"GRN: top {min(top, edges.height)} attention-enriched TF→target edges", xticks=[], yticks=[])
+    ax.set_aspect("equal")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_ko_heatmap(effects: pl.DataFrame, gene_names: dict[int, str], path: Path, n_genes: int = 30) -> Path:
+    plt = _plt()
+    ko = effects.filter(pl.col("mode") == "KO")
+    groups = sorted(ko["group"].unique().to_list())
+    conds = sorted(ko["condition"].unique().to_list())
+    top = (ko.group_by("gene_id").agg(pl.col("log2fc").abs().max()).sort("log2fc", descending=True)["gene_id"].head(n_genes).to_list())
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups) + 1, 0.3 * len(conds) + 2.5), squeeze=False, sharey=True)
+    vmax = max(1e-3, float(ko.filter(pl.col("gene_id").is_in(top))["log2fc"].abs().max() or 1e-3))
+    for ax, g in zip(axes[0], groups):
+        m = np.zeros((len(conds), len(top)))
+        sub = ko.filter(pl.col("group") == g)
+        ci, gi = {c: i for i, c in enumerate(conds)}, {x: j for j, x in enumerate(top)}
+        for c, gid, v in sub.select("condition", "gene_id", "log2fc").iter_rows():
+            if gid in gi:
+                m[ci[c], gi[gid]] = v
+        im = ax.imshow(m, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
+        ax.set_xticks(np.arange(len(top)), [gene_names[x] for x in top], rotation=90, fontsize=5)
+        ax.set_yticks(np.arange(len(conds)), [f"{c} KO" for c in conds], fontsize=7)
+        ax.set_title(g)
+    fig.colorbar(im, ax=axes[0].tolist(), label="predicted log2FC")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_scorecard(card: dict, path: Path) -> Path:
+    plt = _plt()
+    metrics = [k for k in card if not k.startswith("_")]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.4), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        entry = card[m]
+        keys = ["model"] + [k for k in ("gene_activity", "motif_only", "correlation", "distance", "abc") if k in entry]
+        vals = [entry[k] for k in keys]
+        ax.bar(keys, vals, color=["tab:red"] + ["tab:grey"] * (len(keys) - 1))
+        ax.axhline(entry["target"], c="k", ls="--", lw=0.8, label=f"target {entry['target']:.2f}")
+        ax.set_title(m.replace("_", " "), fontsize=9)
+        ax.tick_params(axis="x", rotation=30, labelsize=7)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _table(df: pl.DataFrame, n: int = 15) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in df.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(f'{v:.3g}' if isinstance(v, float) else str(v))}</td>" for v in row) + "</tr>"
+                   for row in df.head(n).iter_rows())
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def write_report(out: Path, p, records, gatt, masters, edges, effects, trans, card, curves: list[Path], results: dict[str, Any]) -> Path:
+    figs = out / "figures"
+    tables = p.tables
+    gene_names = dict(zip(tables.genes["gene_id"].to_list(), tables.genes["name"].to_list()))
+    pred_png, r = plot_prediction(records, figs / "prediction.png")
+    parts = [f"<h1>atlas_grn report</h1><p>{records['cell_id'].n_unique()} cells in {p.chosen['group'].n_unique()} "
+             f"groups × {records['gene_id'].n_unique()} genes ({records.height:,} cell × gene pairs); {len(p.tfs)} TFs; "
+             f"{len(p.conditions)} perturbations at knock-in level {p.ki_level}. Model: <code>{html.escape(p.regulatory_weights)}</code>. "
+             f"Scoring: {results['stats']['seconds']:.1f} s ({results['stats']['pairs_per_s']:.1f} pairs/s, "
+             f"{results['stats']['reused']}/{results['stats']['partitions']} partitions reused); total {results['seconds']:.1f} s.</p>"]
+    if card:
+        rows = "".join(
+            f"<tr><td>{html.escape(k)}</td><td><b>{v['model']:.3f}</b></td><td>"
+            + ", ".join(f"{b} {v[b]:.3f}" for b in ("gene_activity", "motif_only", "correlation", "distance", "abc") if b in v)
+            + f"</td><td>{v['target']:.3f}</td><td>{'met' if v['met'] else '<b>not met</b>'}</td></tr>"
+            for k, v in card.items() if not k.startswith("_"))
+        parts.append(f"<h2>Scorecard (against the simulator's planted truth)</h2><table><tr><th>metric</th><th>model</th>"
+                     f"<th>baselines</th><th>target</th><th></th></tr>{rows}</table><img src='figures/{plot_scorecard(card, figs / 'scorecard.png').name}' width='100%'>"
+                     "<p>scorecard.json holds the definitions and per-group values.</p>")
+    if curves:
+        parts.append("<h2>Training</h2>" + "".join(f"<img src='figures/{c.name}' width='48%'>" for c in curves))
+    parts.append(f"<h2>Expression prediction</h2><img src='figures/{pred_png.name}' width='40%'><p>Pearson r {r:.3f} over the analysed cells.</p>")
+    parts.append(f"<h2>Attention at example loci</h2><img src='figures/{plot_attention_loci(gatt, records, tables.genes, tables.peaks, figs / 'attention_loci.png').name}' width='100%'>"
+                 "<p>Genome tracks per group: <code>tracks/attention.&lt;group&gt;.bw</code> and <code>.bedGraph</code>; "
+                 "features per cell: <code>features.h5ad</code> (X = gene activity, layer attention_feature).</p>")
+    if masters is not None:
+        top = (masters.filter(pl.col("rank") <= p.cfg.analysis.top_k_tfs).group_by("method", "group")
+               .agg(pl.col("tf").sort_by("rank").str.join(", ")).sort("method", "group"))
+        parts.append(f"<h2>Master TFs</h2><img src='figures/{plot_master_dotplot(masters, figs / 'master_tfs.png').name}' width='100%'>{_table(top, 50)}")
+    parts.append(f"<h2>GRN</h2><img src='figures/{plot_network(edges, figs / 'grn.png').name}' width='60%'>"
+                 f"<p>{edges.height} edges (p ≤ {p.cfg.analysis.max_edge_p}); grn/edges.parquet, grn/scenicplus_eregulons.tsv, "
+                 f"grn/celloracle_links.tsv.</p>{_table(edges.sort('score', descending=True).drop('peaks'))}")
+    parts.append(f"<h2>Knockouts</h2><img src='figures/{plot_ko_heatmap(effects, gene_names, figs / 'ko_heatmap.png').name}' width='100%'>")
+    tr = results["transition"]
+    parts.append(f"<h2>Cell-state transition</h2><p>Source {html.escape(tr['source'])} → target {html.escape(tr['target'])}; "
+                 f"the perturbation moving the source furthest toward the target is {html.escape(tr['best']['condition'])} "
+                 f"{tr['best']['mode']} (transition score {tr['best']['transition_score']:.3f}; 1 = reaches the target centroid).</p>"
+                 f"<img src='figures/transition.png' width='90%'>{_table(trans)}")
+    tg = results["targets"]
+    parts.append(f"<h2>Therapeutic targets</h2><p>Disease {html.escape(tg['disease'])} vs reference {html.escape(tg['reference'])}: "
+                 f"master TFs that differ <code>{html.escape(json.dumps(tg['masters']))}</code>; knockouts ranked by how far they "
+                 f"move disease cells toward the reference:</p>{_table(pl.DataFrame(tg['knockouts']))}")
+    if "crispri" in results:
+        parts.append(f"<h2>CRISPRi benchmark</h2><pre>{html.escape(json.dumps(results['crispri'], indent=1))}</pre>")
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>atlas_grn report</title><style>"
+            "body{font-family:sans-serif;max-width:1150px;margin:2em auto}td,th{border:1px solid #ccc;padding:3px 7px;font-size:13px}"
+            "table{border-collapse:collapse;margin:8px 0}</style></head><body>" + "\n".join(parts) + "</body></html>")
+    path = out / "report.html"
+    path.write_text(page)
+    return path

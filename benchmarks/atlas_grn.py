@@ -1,0 +1,94 @@
+"""atlas_grn scoring throughput (cell x gene pairs/s), ratios measured in one run.
+
+Runs the Ray Data scoring stage of atlas_grn (model + attention + every TF perturbation, written as
+partitions) three times on the same inputs, each into a fresh output folder (cold cache):
+  1 worker with the embedding cache, 2 workers with it (scaling; target >= 1.8x), and 2 workers
+  without it (the cache's speed-up).
+Inputs: a simulated atlas (tiny by default), its regulatory shards and briefly trained models are
+built under --work when missing (throughput does not depend on how well the model is trained).
+
+Usage: python benchmarks/atlas_grn.py [--preset tiny] [--cells-per-group 30] [--work runs/bench/atlas]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def build_inputs(work: Path, preset: str) -> tuple[Path, Path, Path]:
+    from creformer.engine.simulate import simulate
+    from creformer.trainer.jobs import train_elementary, train_regulatory
+
+    sim = work / "sim"
+    if not (sim / "truth" / "perturbations.tsv").exists():
+        simulate(sim, preset=preset, seed=0)
+    common = ["--config", "tiny", f"train.storage_path={work / 'train'}", "train.log_every=5"]
+    el = work / "train" / "elementary" / "export" / "model.safetensors"
+    if not el.exists():
+        train_elementary([*common, f"data.samples={sim / 'samples.tsv'}", f"data.genome={sim / 'genome.fa'}",
+                          f"data.shards={work / 'shards'}", "data.crop_length=128", "train.max_steps=5", "train.checkpoint_every=5"])
+    rg = work / "train" / "regulatory" / "export" / "model.safetensors"
+    if not rg.exists():
+        train_regulatory([*common, f"data.multiome={sim / 'multiome'}", f"data.genome={sim / 'genome.fa'}",
+                          f"data.annotation={sim / 'genes.gtf'}", f"data.regulatory_shards={work / 'reg'}", "train.name=regulatory",
+                          f"train.elementary_weights={el}", "train.max_steps=5", "train.checkpoint_every=5"])
+    return sim, el, rg
+
+
+def measure(work: Path, sim: Path, el: Path, rg: Path, name: str, workers: int, cache: bool, cells: int) -> dict:
+    from creformer.analysis.atlas import prepare, run_partitions
+    from creformer.config import load_config, save_config
+
+    out = work / "runs" / name
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = load_config("tiny", [f"data.regulatory_shards={work / 'reg'}", f"train.elementary_weights={el}",
+                               f"analysis.regulatory_weights={rg}", f"analysis.out={out}", f"analysis.motifs={sim / 'motifs.meme'}",
+                               f"analysis.groups={sim / 'truth' / 'cells.tsv'}", f"analysis.cells_per_group={cells}",
+                               "analysis.min_cells_per_group=5", "analysis.cells_per_partition=8", f"analysis.workers={workers}",
+                               f"analysis.cache={str(cache).lower()}"])
+    p = prepare(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    t = time.perf_counter()
+    stats = run_partitions(p, out / "config.yaml")
+    stats["wall_s"] = time.perf_counter() - t
+    stats["pairs_per_s"] = stats["samples"] / stats["wall_s"]
+    return stats
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--cells-per-group", type=int, default=30)
+    ap.add_argument("--work", default="runs/bench/atlas")
+    args = ap.parse_args()
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    from creformer.config import RayConfig
+    from creformer.ray_utils import ensure_ray
+
+    ensure_ray(RayConfig(num_cpus=3))
+    sim, el, rg = build_inputs(work, args.preset)
+    runs = {name: measure(work, sim, el, rg, name, w, c, args.cells_per_group)
+            for name, w, c in (("1_worker", 1, True), ("2_workers", 2, True), ("2_workers_no_cache", 2, False))}
+    result = {
+        "cpu_cores": os.cpu_count(),
+        "runs": {k: {"pairs": v["samples"], "wall_s": round(v["wall_s"], 2), "pairs_per_s": round(v["pairs_per_s"], 2),
+                     "cache_hits": v["cache_hits"], "cache_misses": v["cache_misses"]} for k, v in runs.items()},
+        "scaling_2_vs_1_workers": round(runs["2_workers"]["pairs_per_s"] / runs["1_worker"]["pairs_per_s"], 3),
+        "cache_speedup_2_workers": round(runs["2_workers"]["pairs_per_s"] / runs["2_workers_no_cache"]["pairs_per_s"], 3),
+        "target_scaling": 1.8,
+    }
+    print(json.dumps(result, indent=1))
+    (work / "result.json").write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

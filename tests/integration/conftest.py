@@ -1,0 +1,51 @@
+"""A real local Ray cluster (loopback only) shared by the tests that submit jobs to it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "infra" / "local_cluster.sh"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Cluster:
+    env: dict
+    dashboard: int
+
+    def script(self, *args, timeout: int = 900) -> subprocess.CompletedProcess:
+        return subprocess.run([str(SCRIPT), *map(str, args)], env=self.env, capture_output=True, text=True, timeout=timeout)
+
+    def submit(self, *cmd, timeout: int = 900) -> subprocess.CompletedProcess:
+        """`ray job submit --working-dir <repo> -- CMD` against this cluster's head."""
+        return self.script("submit", self.dashboard, "--", *cmd, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    """A head on 127.0.0.2 plus a second node on 127.0.0.3 (2 CPUs each), stopped at the end."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "CREFORMER_SESSION_FILE": str(tmp_path_factory.mktemp("session") / "session"), "RAY_NUM_CPUS": "2"}
+    port, dash, client = free_port(), free_port(), free_port()
+    c = Cluster(env, dash)
+    started = c.script("start", port, dash, client)
+    assert started.returncode == 0, started.stderr[-2000:]
+    try:
+        node = c.script("add-node", port, "127.0.0.3")
+        assert node.returncode == 0, node.stderr[-2000:]
+        yield c
+    finally:
+        c.script("stop")

@@ -1,0 +1,101 @@
+"""atlas_grn end to end on the tiny simulated atlas: submitted with `ray job submit` to a real local
+head, resumed per partition, scored by `creformer validate`; bad inputs fail before Ray work."""
+
+import json
+import re
+import shutil
+
+import anndata as ad
+import polars as pl
+import pyBigWig
+import pytest
+
+from creformer.analysis.atlas import atlas_grn
+from creformer.cli import main as cli_main
+from creformer.config import ConfigError
+from creformer.engine.errors import InputError
+from creformer.trainer.jobs import train_elementary, train_regulatory
+
+
+@pytest.fixture(scope="module")
+def trained(sim_tiny, tmp_path_factory, ray_local):
+    tmp = tmp_path_factory.mktemp("atlas_models")
+    common = ["--config", "tiny", f"train.storage_path={tmp / 'train'}", "train.log_every=5", "train.lr=1e-3", "train.warmup_steps=2"]
+    el = train_elementary([*common, f"data.samples={sim_tiny / 'samples.tsv'}", f"data.genome={sim_tiny / 'genome.fa'}",
+                           f"data.shards={tmp / 'shards'}", "data.crop_length=128", "train.max_steps=10", "train.checkpoint_every=10"])
+    rg = train_regulatory([*common, f"data.multiome={sim_tiny / 'multiome'}", f"data.genome={sim_tiny / 'genome.fa'}",
+                           f"data.annotation={sim_tiny / 'genes.gtf'}", f"data.regulatory_shards={tmp / 'reg'}",
+                           "train.name=regulatory", f"train.elementary_weights={el}", "train.max_steps=10",
+                           "train.checkpoint_every=10", "train.micro_batch=16"])
+    return tmp, el, rg
+
+
+def args(sim, tmp, el, rg, out, *extra):
+    return ["--config", "tiny", f"data.regulatory_shards={tmp / 'reg'}", f"train.elementary_weights={el}",
+            f"analysis.regulatory_weights={rg}", f"analysis.out={out}", f"analysis.motifs={sim / 'motifs.meme'}",
+            f"analysis.groups={sim / 'truth' / 'cells.tsv'}", f"analysis.truth={sim / 'truth'}", "analysis.cells_per_group=6",
+            "analysis.min_cells_per_group=5", "analysis.cells_per_partition=6", "analysis.multi_tf=[TF01+TF02]", *extra]
+
+
+def test_atlas_grn_job_submit_outputs_and_resume(cluster, trained, sim_tiny, tmp_path, ray_local):
+    tmp, el, rg = trained
+    out = tmp_path / "atlas"
+    job = cluster.submit("atlas_grn", *args(sim_tiny, tmp, el, rg, out))
+    log = job.stdout + job.stderr
+    assert job.returncode == 0 and "succeeded" in log, log[-3000:]
+    # the report opens and every image it references exists
+    page = (out / "report.html").read_text()
+    images = re.findall(r"<img src='([^']+)'", page)
+    assert len(images) >= 7 and all((out / img).exists() for img in images)
+    # the scorecard: one entry per metric with the model, its baselines and the target
+    card = json.loads((out / "scorecard.json").read_text())
+    expected = {"master_tf_top3_precision": ["gene_activity"], "grn_auprc": ["motif_only", "correlation"],
+                "enhancer_gene_auprc": ["distance", "abc"], "ko_direction_accuracy": ["motif_only"]}
+    for metric, baselines in expected.items():
+        entry = card[metric]
+        assert {"model", "target", *baselines} <= set(entry) and 0.0 <= entry["model"] <= 1.0
+    # the tables each analysis writes
+    adata = ad.read_h5ad(out / "features.h5ad")
+    assert adata.n_obs == 18 and {"attention_feature", "expression", "predicted"} <= set(adata.layers)
+    groups = sorted(adata.obs["group"].unique())
+    bw = pyBigWig.open(str(out / "tracks" / f"attention.{groups[0]}.bw"))
+    assert bw.header()["nBasesCovered"] > 0
+    bw.close()
+    edges = pl.read_parquet(out / "grn" / "edges.parquet")
+    assert set(edges.columns) >= {"tf", "target", "group", "score", "n_peaks", "peaks"}
+    for name in ("scenicplus_eregulons.tsv", "celloracle_links.tsv"):
+        assert (out / "grn" / name).exists()
+    eff = pl.read_parquet(out / "perturbation_effects.parquet")
+    assert {"KO", "KI"} == set(eff["mode"].unique()) and "TF01+TF02" in set(eff["condition"].unique())
+    # a rerun reuses every finished partition (in-process this time, same fingerprint)
+    atlas_grn(args(sim_tiny, tmp, el, rg, out))
+    meta = json.loads((out / "atlas.json").read_text())
+    assert meta["stats"]["reused"] == meta["stats"]["partitions"] == 3
+    # `creformer validate` rescoring the same tables gives the same scorecard
+    assert cli_main(["validate", "--atlas", str(out), "--truth", str(sim_tiny / "truth")]) == 0
+    assert json.loads((out / "scorecard.json").read_text())["grn_auprc"]["model"] == card["grn_auprc"]["model"]
+
+
+def test_atlas_grn_bad_inputs_fail_before_ray_work(trained, sim_tiny, tmp_path):
+    tmp, el, rg = trained
+    base = args(sim_tiny, tmp, el, rg, tmp_path / "bad")
+    with pytest.raises(InputError, match="fewer than analysis.min_cells_per_group=500"):
+        atlas_grn([*base, "analysis.min_cells_per_group=500"])
+    with pytest.raises(InputError, match="unknown TF name"):
+        atlas_grn([*base, "analysis.tfs=[NOPE1]"])
+    with pytest.raises(InputError, match="genes absent from the model's shards"):
+        atlas_grn([*base, "analysis.genes=[NOGENE]"])
+    bad_meme = tmp_path / "bad.meme"
+    bad_meme.write_text("MEME version 4\n\nMOTIF M1 TF01\nletter-probability matrix: alength= 4 w= 2\n0.5 0.5\n")
+    with pytest.raises(InputError, match="bad.meme, line 5"):
+        atlas_grn([*base, f"analysis.motifs={bad_meme}"])
+    with pytest.raises(ConfigError, match="does not fit the regulatory model"):
+        atlas_grn([*base, f"analysis.regulatory_weights={el}"])  # an Elementary file is not a Regulatory head
+    other = tmp_path / "export"
+    shutil.copytree(rg.parent, other)
+    (other / "config.yaml").write_text((other / "config.yaml").read_text().replace("peak_m: 150", "peak_m: 100"))
+    with pytest.raises(ConfigError, match="trained with peak_m=100"):
+        atlas_grn([*base, f"analysis.regulatory_weights={other / 'model.safetensors'}"])
+    with pytest.raises(ConfigError, match="do not exist"):
+        atlas_grn([*base, f"analysis.regulatory_weights={tmp_path / 'missing.safetensors'}"])
+    assert not (tmp_path / "bad" / "partitions").exists()  # nothing ran

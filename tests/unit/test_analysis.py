@@ -1,0 +1,243 @@
+"""Each zero-shot analysis on hand-made inputs with hand-computed answers."""
+
+import gzip
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from creformer.analysis import enhancers, features, grn, master_tf, metrics, motif_scan, perturb, transitions
+from creformer.analysis.inputs import TF, level_values, resolve_tfs
+from creformer.engine.errors import InputError
+from creformer.engine.io.motifs import Motif
+from creformer.engine.tokenize import SIG_OFFSET, SIG_PAD, default_cutpoints, dna_tokens
+
+
+# --- metrics --------------------------------------------------------------------------------
+def test_auprc_by_hand_and_against_sklearn():
+    from sklearn.metrics import average_precision_score
+
+    s, y = np.array([0.9, 0.8, 0.7, 0.6]), np.array([1, 0, 1, 0])
+    assert metrics.auprc(s, y) == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)  # P=1 at R=.5, P=2/3 at R=1
+    assert metrics.precision_at_recall(s, y, 0.7) == pytest.approx(2 / 3)
+    tied, yt = np.array([1.0, 1.0, 0.0]), np.array([1, 0, 1])
+    assert metrics.auprc(tied, yt) == pytest.approx(0.5 * 0.5 + 0.5 * 2 / 3)  # ties enter together
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        s, y = rng.random(50).round(1), rng.random(50) < 0.3
+        assert metrics.auprc(s, y) == pytest.approx(average_precision_score(y, s))
+    with pytest.raises(ValueError, match="no positive"):
+        metrics.auprc(s, np.zeros(50, bool))
+
+
+def test_top_k_precision_counts_possible_hits():
+    assert metrics.top_k_precision(["a", "b", "c"], {"a", "x"}, 3) == 0.5
+    assert metrics.top_k_precision(["a", "x", "c"], {"a", "x"}, 3) == 1.0
+
+
+# --- motif scanning ---------------------------------------------------------------------------
+def test_decode_dna_roundtrip_and_scan_both_strands():
+    rng = np.random.default_rng(1)
+    seq = "".join("ACGT"[i] for i in rng.integers(0, 4, 300))
+    seq = seq[:50] + "GGCCAAAA" + seq[58:200] + "TTTTGGCC" + seq[208:]  # site, then its reverse complement
+    tokens = dna_tokens(seq.encode())[None]
+    bases = motif_scan.decode_dna(tokens)
+    assert "".join("ACGTN"[b] for b in bases[0]) == seq
+    pwm = np.full((8, 4), 0.01)
+    for i, b in enumerate("GGCCAAAA"):
+        pwm[i, "ACGT".index(b)] = 0.97
+    hits = motif_scan.scan(bases, [Motif("M1", "TFX", pwm)], threshold=0.99)
+    assert hits.counts[0, 0] == 2 and hits.index("tfx") == 0
+
+
+def test_level_values_follow_the_cut_points():
+    cuts = default_cutpoints()
+    v = level_values(cuts)
+    assert v[SIG_PAD] == 0 and v[SIG_OFFSET] == 0
+    assert np.all(np.diff(v[SIG_OFFSET + 1:]) > 0)  # a higher level decodes to a higher value
+    assert cuts[0] < v[SIG_OFFSET + 2] < cuts[1]
+
+
+# --- attention scores -------------------------------------------------------------------------
+def test_attention_scores_are_column_sums_over_real_queries():
+    from creformer.config import load_config
+    from creformer.trainer.model.regulatory import RegulatoryHead
+
+    cfg = load_config("tiny").model
+    torch.manual_seed(0)
+    head = RegulatoryHead(cfg).eval()
+    bins = torch.randn(2, 5, 8, cfg.d_model)
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    rank = torch.tensor([[-2, -1, 0, 1, 2], [0, 1, 2, 0, 0]])
+    s = head.attention_scores(bins, rank, mask)
+    assert s.sum(1).tolist() == pytest.approx([5.0, 3.0], abs=1e-5)  # each real query's row sums to 1
+    assert s[1, 3:].abs().sum() == 0
+    x = head._inputs(bins, rank, mask)
+    a = head.t3.layers[0].attention_weights(x, key_padding=~mask).mean(1)
+    assert s[1, :3].tolist() == pytest.approx(a[1, :3, :3].sum(0).tolist(), abs=1e-6)
+
+
+# --- features ---------------------------------------------------------------------------------
+def test_attention_feature_is_cosine_to_the_top_cell_times_activity():
+    genes = pl.DataFrame({"gene_id": [0], "gene": ["G"], "name": ["G"], "chrom": ["c"], "tss": [1000], "strand": ["+"]})
+    peaks = pl.DataFrame({"peak_id": [0, 1], "chrom": ["c", "c"], "start": [900, 90_000], "end": [1100, 90_200]})
+    rec = pl.DataFrame({"cell_id": [0, 1], "gene_id": [0, 0], "expression": [1.0, 3.0], "pred": [0.0, 0.0],
+                        "peak_ids": [[0, 1], [0, 1]], "attention": [[1.0, 0.0], [1.0, 1.0]], "atac": [[2.0, 5.0], [1.0, 7.0]]})
+    m = features.gene_cell_matrices(rec, genes, peaks, region_bp=50_000)  # peak 1 (89 kb away) is outside the region
+    assert m.activity[:, 0].tolist() == [2.0, 1.0]
+    assert m.attention_feature[0, 0] == pytest.approx(math.cos(math.pi / 4) * 2.0)  # c_max = cell 1
+    assert m.attention_feature[1, 0] == pytest.approx(1.0)
+
+
+# --- master TFs -------------------------------------------------------------------------------
+def test_master_tfs_rank_the_tf_marking_each_group_first():
+    rng = np.random.default_rng(0)
+    groups = np.array(["A"] * 30 + ["B"] * 30)
+    x = rng.normal(0, 1, (60, 3))
+    x[:30, 0] += 4  # TF0 marks A
+    x[30:, 2] += 4  # TF2 marks B
+    t = master_tf.master_tfs(x, groups, ["TF0", "TF1", "TF2"])
+    assert master_tf.top_tfs(t, "A", 1) == ["TF0"] and master_tf.top_tfs(t, "B", 1) == ["TF2"]
+
+
+# --- GRN enrichment ---------------------------------------------------------------------------
+def test_enrichment_pvalue_by_hand():
+    hits = np.array([[1], [1], [0], [0]], bool)  # 4 peaks, 2 with the motif, both among the 2 high ones
+    p, k = grn.enrichment_pvalues(hits, np.array([True, True, False, False]))
+    assert k[0] == 2 and p[0] == pytest.approx(1 / 6)  # C(2,2)C(2,0)/C(4,2)
+
+
+def test_grn_edges_from_high_attention_peaks():
+    gatt = pl.DataFrame({"group": ["g"] * 6, "gene_id": [0] * 6, "peak_id": list(range(6)),
+                         "attention": [3.0, 2.0, 0.1, 0.1, 0.1, 0.1], "atac": [0.0] * 6})
+    bound = np.zeros((6, 2), bool)
+    bound[[0, 1], 0] = True  # TF A's motif in both high-attention peaks
+    bound[[4, 5], 1] = True  # TF B's motif only in low-attention peaks
+    tfs = [TF("A", 0, None), TF("B", 1, None)]
+    edges = grn.grn_edges(gatt, bound, tfs, {0: "T"}, high_k=2, max_p=0.1)
+    assert edges["tf"].to_list() == ["A"]
+    assert edges["peaks"][0].to_list() == [0, 1] and edges["score"][0] == pytest.approx(-math.log10(1 / 15))
+    assert set(grn.celloracle_layout(edges).columns) >= {"source", "target", "coef_mean", "coef_abs", "p", "-logp"}
+
+
+def test_correlation_baseline():
+    expr = np.array([[0.0, 1.0, 2.0], [1.0, 2.0, 0.0], [2.0, 3.0, 1.0]])
+    r = grn.correlation_scores(expr, np.array([10, 11, 12]), [TF("A", 0, 10)])
+    assert r[:, 0] == pytest.approx([1.0, 1.0, np.corrcoef(expr[:, 0], expr[:, 2])[0, 1]])
+
+
+# --- perturbations ----------------------------------------------------------------------------
+def test_perturbation_changes_exactly_the_bound_real_peaks():
+    rng = np.random.default_rng(0)
+    atac = rng.integers(SIG_OFFSET, SIG_OFFSET + 10, (2, 3, 16)).astype(np.uint8)
+    atac[1, 2] = SIG_PAD
+    ids = np.array([[0, 1, 2], [2, 3, -1]])
+    mask = ids >= 0
+    bound = np.array([False, False, True, False])
+    ko, touched = perturb.perturb_atac(atac, ids, mask, bound, "KO")
+    assert touched.tolist() == [[False, False, True], [True, False, False]]
+    assert (ko[touched] == SIG_OFFSET).all() and (ko[~touched] == atac[~touched]).all()
+    ki, _ = perturb.perturb_atac(atac, ids, mask, bound, "KI", ki_level=20)
+    assert (ki[touched] == SIG_OFFSET + 20).all() and (ki[~touched] == atac[~touched]).all()
+    with pytest.raises(ValueError, match="KO or KI"):
+        perturb.perturb_atac(atac, ids, mask, bound, "OE")
+
+
+def test_conditions_and_unknown_multi_tf():
+    tfs = [TF("A", 0, 1), TF("B", 1, 2)]
+    c = perturb.conditions(tfs, ["a+b"])
+    assert [(x.name, x.mode, x.motifs) for x in c[-2:]] == [("A+B", "KO", (0, 1)), ("A+B", "KI", (0, 1))]
+    with pytest.raises(ValueError, match="unknown TF"):
+        perturb.conditions(tfs, ["A+Z"])
+
+
+def test_group_effects_average_log2fc_with_untouched_as_zero():
+    base = pl.DataFrame({"cell_id": [0, 1], "gene_id": [5, 5], "pred": [1.0, 2.0]})
+    pert = pl.DataFrame({"cell_id": [0], "gene_id": [5], "condition": ["A"], "mode": ["KO"], "pred": [1.0 - math.log(2)]})
+    cells = pl.DataFrame({"cell_id": [0, 1], "group": ["g", "g"]})
+    eff = perturb.group_effects(base, pert, cells)
+    assert eff["log2fc"][0] == pytest.approx(-0.5)  # (−1 + 0) / 2
+    assert eff["n_touched"][0] == 1
+
+
+# --- transitions ------------------------------------------------------------------------------
+def test_transition_score_by_hand():
+    src, tgt, pert = np.array([[0.0, 0.0], [0.0, 2.0]]), np.array([[2.0, 1.0]]), np.array([[1.0, 1.0]])
+    assert transitions.transition_score(src, tgt, pert) == pytest.approx(0.5)
+    emb = transitions.embed(np.random.default_rng(0).normal(size=(8, 5)), np.random.default_rng(1).normal(size=(8, 5)) + 3,
+                            np.random.default_rng(2).normal(size=(8, 5)) + 1.5)
+    assert emb.pca.shape == (24, 2) and emb.umap.shape == (24, 2)
+
+
+# --- enhancer–gene and CRISPRi ---------------------------------------------------------------
+def test_crispri_reader_baselines_and_bad_table(tmp_path):
+    header = "\t".join(enhancers.CRISPRI_COLUMNS + ["Extra"])
+    rows = ["chr1\t100\t600\tG1\t1000\t10\t10\tTRUE\tx", "chr1\t5000\t5500\tG1\t50000\t10\t10\tFALSE\tx",
+            "chr1\t9000\t9500\tG2\t-2000\t1\t1\tFALSE\tx", "chr1\t9900\t9950\tG2\t30000\t40\t40\tTRUE\tx"]
+    path = tmp_path / "crispri.tsv.gz"
+    with gzip.open(path, "wt") as fh:
+        fh.write(header + "\n" + "\n".join(rows) + "\n")
+    res = enhancers.score_crispri(path)
+    assert res["baselines"]["_counts"] == {"pairs": 4, "positives": 2, "prevalence": 0.5}
+    # distance ranks 1000, 2000, 30000, 50000 → labels 1, 0, 1, 0
+    assert res["baselines"]["distance"]["auprc"] == pytest.approx(0.5 + 0.5 * 2 / 3)
+    assert res["model_coverage"]["covered_pairs"] == 0 and "only the baselines" in res["model_coverage"]["note"]
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("chrom\tstart\n")
+    with pytest.raises(InputError, match="missing columns"):
+        enhancers.read_crispri(bad)
+
+
+def test_element_scores_abc_is_normalized_per_gene():
+    genes = pl.DataFrame({"gene_id": [0], "tss": [10_000]})
+    peaks = pl.DataFrame({"peak_id": [0, 1], "chrom": ["c", "c"], "start": [9_900, 29_900], "end": [10_100, 30_100]})
+    gatt = pl.DataFrame({"group": ["a", "b", "a", "b"], "gene_id": [0] * 4, "peak_id": [0, 0, 1, 1],
+                         "attention": [1.0, 2.0, 0.5, 0.2], "atac": [1.0, 3.0, 2.0, 2.0]})
+    t = enhancers.element_scores(gatt, genes, peaks)
+    assert t["attention"].to_list() == [2.0, 0.5] and t["distance"].to_list() == [0, 20_000]
+    raw = np.array([2.0 / 5_000, 2.0 / 20_000])
+    assert t["abc"].to_list() == pytest.approx((raw / raw.sum()).tolist())
+
+
+# --- inputs ----------------------------------------------------------------------------------
+def test_resolve_tfs_and_unknown_names():
+    motifs = [Motif("M1", "TF01", np.full((4, 4), 0.25)), Motif("M2", "FOS::JUN", np.full((4, 4), 0.25)),
+              Motif("M3", "NOGENE", np.full((4, 4), 0.25))]
+    genes = pl.DataFrame({"gene_id": [7], "name": ["tf01"]})
+    tfs = resolve_tfs(motifs, genes, [])
+    assert [(t.name, t.gene_id) for t in tfs] == [("TF01", 7), ("NOGENE", None)]
+    with pytest.raises(InputError, match="unknown TF"):
+        resolve_tfs(motifs, genes, ["TF99"])
+
+
+@pytest.mark.parametrize("mode", ["KO", "KI"])
+def test_perturbation_shortcut_equals_the_full_token_path(mode):
+    """Reusing unperturbed bins + one embedding per touched peak gives the same predictions as
+    perturbing the tokens and embedding every peak again."""
+    from creformer.config import load_config
+    from creformer.trainer.model import Elementary
+    from creformer.trainer.model.cache import EmbeddingCache
+    from creformer.trainer.model.regulatory import RegulatoryHead
+
+    cfg = load_config("tiny").model
+    torch.manual_seed(0)
+    el, head = Elementary(cfg).eval(), RegulatoryHead(cfg).eval()
+    rng = np.random.default_rng(0)
+    dna = rng.integers(4, 4100, (6, 1024)).astype(np.uint16)
+    cache = EmbeddingCache(el, dna)
+    ids = np.array([[0, 1, 2, 3], [2, 4, 5, -1], [1, 3, -1, -1]])
+    mask = ids >= 0
+    atac = np.where(mask[..., None], rng.integers(SIG_OFFSET, SIG_OFFSET + 6, (3, 4, 1024)), SIG_PAD).astype(np.uint8)
+    atac[..., :900] = np.where(mask[..., None], SIG_OFFSET, SIG_PAD)  # mostly empty, as in single cells
+    rank = torch.from_numpy(np.where(mask, np.arange(4) - 1, 0))
+    bound = np.array([False, True, True, False, False, True])
+    with torch.no_grad():
+        bins = cache.peak_bins(torch.from_numpy(ids.clip(0)), torch.from_numpy(atac.astype(np.int64)), torch.from_numpy(mask))
+        new, touched = perturb.perturb_atac(atac, ids, mask, bound, mode, ki_level=20)
+        full_bins = cache.peak_bins(torch.from_numpy(ids.clip(0)), torch.from_numpy(new.astype(np.int64)), torch.from_numpy(mask))
+        full = head.forward_bins(full_bins, rank, torch.from_numpy(mask)).numpy()
+        rows, fast = perturb.perturbed_predictions(head, cache, bins, ids, mask, rank, touched, mode, 20, 1024)
+    assert rows.tolist() == [0, 1, 2]
+    assert fast == pytest.approx(full[rows], abs=1e-5)
