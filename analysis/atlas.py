@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-
-from creformer.config import Config, ConfigError, load_config
 from creformer.engine.errors import InputError, ShardError
 from creformer.engine.shards import content_hash
+
+from creformer.config import Config, ConfigError, load_config
 
 from . import inputs
 
@@ -48,7 +48,6 @@ class AtlasWorker:
 
     def __init__(self, work: str):
         import torch
-
         from creformer.trainer.model.cache import EmbeddingCache
 
         self.work = Path(work)
@@ -72,7 +71,6 @@ class AtlasWorker:
 def run_partition(w: AtlasWorker, part: dict[str, Any]) -> dict[str, Any]:
     import pyarrow.parquet as pq
     import torch
-
     from creformer.engine.dataset import _load_signal, _split_list, join_samples
     from creformer.engine.shards import verify_shard_file
 
@@ -146,6 +144,7 @@ class Prepared:
     elementary_weights: str
     regulatory_weights: str
     genes: list[int]  # analysed gene ids (empty: all)
+    model_cfg: object  # the ModelConfig the Regulatory export was trained with
 
 
 def _default_weights(cfg: Config, stage: str) -> str:
@@ -168,7 +167,7 @@ def prepare(cfg: Config) -> Prepared:
         raise InputError(f"no motif name in {a.motifs} matches a gene name of the atlas: nothing to call TFs")
     el = cfg.train.elementary_weights or _default_weights(cfg, "elementary")
     rg = a.regulatory_weights or _default_weights(cfg, "regulatory")
-    inputs.load_models(el, rg, cfg, tables)  # fails here, not in a worker, when artifacts do not fit
+    models = inputs.load_models(el, rg, cfg, tables)  # fails here, not in a worker, when artifacts do not fit
     hits = scan(decode_dna(tables.peak_dna), motifs, a.motif_threshold)
     conds = conditions(tfs, a.multi_tf)
     import pyarrow.parquet as pq
@@ -176,7 +175,7 @@ def prepare(cfg: Config) -> Prepared:
     sig0 = tables.manifest.data["tables"]["signal"][0]["file"]
     tok = pq.read_table(tables.root / sig0, columns=["tok"]).column("tok").combine_chunks().values.to_numpy()
     return Prepared(cfg, Path(a.out), tables, groups, chosen, tfs, motifs, hits.bound, conds,
-                    knock_in_level(tok, a.ki_quantile), el, rg, genes)
+                    knock_in_level(tok, a.ki_quantile), el, rg, genes, models.cfg)
 
 
 def partitions(p: Prepared) -> list[dict[str, Any]]:

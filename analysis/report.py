@@ -189,6 +189,12 @@ def write_report(out: Path, p, records, gatt, masters, edges, effects, trans, ca
              f"{len(p.conditions)} perturbations at knock-in level {p.ki_level}. Model: <code>{html.escape(p.regulatory_weights)}</code>. "
              f"Scoring: {results['stats']['seconds']:.1f} s ({results['stats']['pairs_per_s']:.1f} pairs/s, "
              f"{results['stats']['reused']}/{results['stats']['partitions']} partitions reused); total {results['seconds']:.1f} s.</p>"]
+    san = results.get("sanity", {})
+    if san.get("pairs"):
+        verdict = f"<b>Warning:</b> {html.escape(san['note'])}." if san["weak"] else "Both are visible to the Regulatory model."
+        parts.append(f"<h2>Model sanity</h2><p>Frozen Elementary bins of {san['pairs']} real (cell, peak) inputs change by "
+                     f"{100 * san['atac_relative_change']:.3f} % when their ATAC is zeroed and by {100 * san['dna_relative_change']:.3f} % "
+                     f"when the DNA is another peak's. {verdict}</p>")
     if card:
         rows = "".join(
             f"<tr><td>{html.escape(k)}</td><td><b>{v['model']:.3f}</b></td><td>"

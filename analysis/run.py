@@ -9,8 +9,20 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from creformer.trainer.model import Elementary
+from safetensors.torch import load_file
 
-from . import attention, enhancers, features, grn, master_tf, perturb, targets, transitions
+from . import (
+    attention,
+    enhancers,
+    features,
+    grn,
+    master_tf,
+    perturb,
+    targets,
+    transitions,
+)
+from .diagnostics import embedding_sensitivity
 
 
 def _groups_pair(p, names: list[str]) -> tuple[str, str]:
@@ -117,9 +129,13 @@ def run_analyses(p, stats: dict[str, Any], seconds: float) -> Path:
                           "masters": targets.differing_masters(masters.filter(pl.col("method") == "model"), src, tgt, a.top_k_tfs)
                           if masters is not None else {}}
 
+    el = Elementary(p.model_cfg)
+    el.load_state_dict(load_file(p.elementary_weights))
+    sig0 = tables.root / tables.manifest.data["tables"]["signal"][0]["file"]
+    results["sanity"] = embedding_sensitivity(el, tables.peak_dna, sig0, seed=a.seed)
     meta = {"manifest": str(tables.manifest.path.resolve()), "cells": cells.height, "groups": names,
             "genes": int(len(mats.genes)), "tfs": [t.name for t in p.tfs], "conditions": len(p.conditions),
-            "ki_level": p.ki_level, "stats": stats, "seconds": seconds,
+            "ki_level": p.ki_level, "stats": stats, "seconds": seconds, "sanity": results["sanity"],
             "elementary_weights": p.elementary_weights, "regulatory_weights": p.regulatory_weights}
     (out / "atlas.json").write_text(json.dumps(meta, indent=1, default=str))
     (out / "targets.json").write_text(json.dumps(results["targets"], indent=1, default=str))
