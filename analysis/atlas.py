@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from creformer.engine.errors import InputError, ShardError
-from creformer.engine.shards import content_hash
 
-from creformer.config import Config, ConfigError, load_config
+from creformer.config import Config, load_config
+from creformer.engine.errors import InputError
+from creformer.engine.shards import content_hash
 
 from . import inputs
 
@@ -48,6 +48,7 @@ class AtlasWorker:
 
     def __init__(self, work: str):
         import torch
+
         from creformer.trainer.model.cache import EmbeddingCache
 
         self.work = Path(work)
@@ -71,6 +72,7 @@ class AtlasWorker:
 def run_partition(w: AtlasWorker, part: dict[str, Any]) -> dict[str, Any]:
     import pyarrow.parquet as pq
     import torch
+
     from creformer.engine.dataset import _load_signal, _split_list, join_samples
     from creformer.engine.shards import verify_shard_file
 
@@ -307,9 +309,6 @@ def atlas_grn(argv: list[str] | None = None) -> Path:
 
 
 def main() -> int:
-    try:
-        atlas_grn(sys.argv[1:])
-    except (ConfigError, InputError, ShardError) as err:
-        print(f"atlas_grn: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    from creformer.cli import run_entrypoint
+
+    return run_entrypoint(atlas_grn)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from creformer.engine.tokenize import SIG_OFFSET, SIG_PAD
 
 WEAK = 0.01  # below 1 % relative change the head cannot realistically use the difference

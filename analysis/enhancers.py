@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+
 from creformer.engine.errors import InputError
 from creformer.engine.io.files import open_text
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+
+from creformer.config import Config, ConfigError, ModelConfig, load_config
 from creformer.engine.errors import InputError, ShardError
 from creformer.engine.io.motifs import Motif, read_meme
 from creformer.engine.shards import Manifest
-
-from creformer.config import Config, ConfigError, ModelConfig, load_config
 
 
 @dataclass
@@ -168,9 +168,10 @@ def load_models(elementary_weights: str, regulatory_weights: str, cfg: Config, t
     """The frozen Elementary and the trained Regulatory head, from their safetensors exports.
     The model config is the one the Regulatory export was trained with; a mismatch with the shards
     (peak count, peak length) is an error before anything runs."""
+    from safetensors.torch import load_file
+
     from creformer.trainer.model import Elementary
     from creformer.trainer.model.regulatory import RegulatoryHead
-    from safetensors.torch import load_file
 
     paths = {"elementary": Path(elementary_weights), "regulatory": Path(regulatory_weights)}
     for role, p in paths.items():

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from creformer.engine.io.motifs import Motif
 from creformer.engine.tokenize import DNA_OFFSET
 

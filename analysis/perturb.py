@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+
 from creformer.engine.tokenize import N_LEVELS, SIG_OFFSET
 
 from .inputs import TF

@@ -9,8 +9,9 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from creformer.trainer.model import Elementary
 from safetensors.torch import load_file
+
+from creformer.trainer.model import Elementary
 
 from . import (
     attention,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+
 from creformer.engine.errors import InputError
 
 from .metrics import auprc, precision_at_recall, top_k_precision

@@ -44,7 +44,6 @@ def build_inputs(work: Path, preset: str) -> tuple[Path, Path, Path]:
 
 def measure(work: Path, sim: Path, el: Path, rg: Path, name: str, workers: int, cache: bool, cells: int) -> dict:
     from creformer.analysis.atlas import prepare, run_partitions
-
     from creformer.config import load_config, save_config
 
     out = work / "runs" / name

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from .config import ConfigError, load_config
@@ -146,6 +147,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("model-info", "parameter count of each model part (no memory: meta device)")
     p.set_defaults(func=cmd_model_info)
     return parser
+
+
+def run_entrypoint(fn: Callable[[list[str]], object]) -> int:
+    """A console script over a plain function: input errors print one line and exit 2, no traceback."""
+    from creformer.engine.errors import InputError, ShardError
+
+    try:
+        fn(sys.argv[1:])
+    except (ConfigError, InputError, ShardError) as err:
+        print(f"{fn.__name__}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,12 +9,11 @@ safetensors with the resolved config, plus metrics.jsonl and a loss-curve PNG.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 from creformer.config import Config, ConfigError, load_config, save_config
-from creformer.engine.errors import InputError, ShardError
+from creformer.engine.errors import ShardError
 from creformer.engine.shards import Manifest
 from creformer.ray_utils import ensure_ray
 
@@ -145,19 +144,14 @@ def train_regulatory(argv: list[str] | None = None) -> Path:
     return run_training(cfg, "regulatory", ds, context)
 
 
-def _main(fn) -> int:
-    try:
-        fn(sys.argv[1:])
-    except (ConfigError, InputError, ShardError) as err:
-        print(f"{fn.__name__}: error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
 def main_elementary() -> int:
-    return _main(train_elementary)
+    from creformer.cli import run_entrypoint
+
+    return run_entrypoint(train_elementary)
 
 
 def main_regulatory() -> int:
-    return _main(train_regulatory)
+    from creformer.cli import run_entrypoint
+
+    return run_entrypoint(train_regulatory)
 

@@ -9,12 +9,12 @@ import anndata as ad
 import polars as pl
 import pyBigWig
 import pytest
-from creformer.analysis.atlas import atlas_grn
-from creformer.engine.errors import InputError
-from creformer.trainer.jobs import train_elementary, train_regulatory
 
+from creformer.analysis.atlas import atlas_grn
 from creformer.cli import main as cli_main
 from creformer.config import ConfigError
+from creformer.engine.errors import InputError
+from creformer.trainer.jobs import train_elementary, train_regulatory
 
 
 @pytest.fixture(scope="module")

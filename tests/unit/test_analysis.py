@@ -7,6 +7,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+
 from creformer.analysis import (
     enhancers,
     features,
@@ -70,9 +71,8 @@ def test_level_values_follow_the_cut_points():
 
 # --- attention scores -------------------------------------------------------------------------
 def test_attention_scores_are_column_sums_over_real_queries():
-    from creformer.trainer.model.regulatory import RegulatoryHead
-
     from creformer.config import load_config
+    from creformer.trainer.model.regulatory import RegulatoryHead
 
     cfg = load_config("tiny").model
     torch.manual_seed(0)
@@ -225,11 +225,10 @@ def test_resolve_tfs_and_unknown_names():
 def test_perturbation_shortcut_equals_the_full_token_path(mode):
     """Reusing unperturbed bins + one embedding per touched peak gives the same predictions as
     perturbing the tokens and embedding every peak again."""
+    from creformer.config import load_config
     from creformer.trainer.model import Elementary
     from creformer.trainer.model.cache import EmbeddingCache
     from creformer.trainer.model.regulatory import RegulatoryHead
-
-    from creformer.config import load_config
 
     cfg = load_config("tiny").model
     torch.manual_seed(0)
