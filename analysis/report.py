@@ -96,9 +96,14 @@ def plot_master_dotplot(masters: pl.DataFrame, path: Path) -> Path:
 
 
 def plot_network(edges: pl.DataFrame, path: Path, top: int = 60) -> Path:
-    """TFs on an inner circle, targets on an outer one; edge colour = cell group, width = score."""
+    """TFs on an inner circle, targets on an outer one; one arrow per (TF, target), width = best
+    score, colour = the group where it scores best (grey when every group has it)."""
     plt = _plt()
-    e = edges.sort("score", descending=True).head(top)
+    n_groups = edges["group"].n_unique()
+    e = (edges.sort("score", descending=True)
+         .group_by("tf", "target", maintain_order=True)
+         .agg(pl.col("group").first(), pl.col("score").first(), pl.col("group").n_unique().alias("n_groups"))
+         .head(top))
     fig, ax = plt.subplots(figsize=(8, 8))
     if e.height == 0:
         ax.text(0.5, 0.5, "no edge passed the enrichment threshold", ha="center")
@@ -110,17 +115,20 @@ def plot_network(edges: pl.DataFrame, path: Path, top: int = 60) -> Path:
         groups = sorted(e["group"].unique().to_list())
         cmap = plt.get_cmap("tab10")
         smax = float(e["score"].max())
-        for tf, target, grp, s in e.select("tf", "target", "group", "score").iter_rows():
+        for tf, target, grp, s, k in e.select("tf", "target", "group", "score", "n_groups").iter_rows():
             (x0, y0), (x1, y1) = pos[tf], pos[target]
-            ax.annotate("", (x1, y1), (x0, y0), arrowprops={"arrowstyle": "-|>", "color": cmap(groups.index(grp) % 10),
+            color = "grey" if k == n_groups > 1 else cmap(groups.index(grp) % 10)
+            ax.annotate("", (x1, y1), (x0, y0), arrowprops={"arrowstyle": "-|>", "color": color,
                                                             "lw": 0.5 + 2.5 * s / smax, "alpha": 0.6})
         for t, (x, y) in pos.items():
             ax.scatter([x], [y], s=300 if t in tfs else 80, c="gold" if t in tfs else "lightgrey", edgecolors="k", zorder=3)
             ax.text(x, y, t, fontsize=7 if t in tfs else 6, ha="center", va="center", zorder=4)
         for i, g in enumerate(groups):
-            ax.plot([], [], c=cmap(i % 10), label=g)
+            ax.plot([], [], c=cmap(i % 10), label=f"best in {g}")
+        ax.plot([], [], c="grey", label=f"in all {n_groups} groups")
         ax.legend(fontsize=8, loc="lower right")
-    ax.set(title=f"GRN: top {min(top, edges.height)} attention-enriched TF→target edges", xticks=[], yticks=[])
+    ax.set(title=f"GRN: top {e.height} attention-enriched TF→target pairs ({edges.height} edges over {n_groups} groups)",
+           xticks=[], yticks=[])
     ax.set_aspect("equal")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

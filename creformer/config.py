@@ -80,6 +80,7 @@ class TrainConfig:
     warmup_steps: int = 50
     max_steps: int = 200
     clip_grad: float = 1.0
+    zero_stage: int = 3  # DeepSpeed ZeRO stage; 0 is plain data parallel (the DDP baseline of benchmarks/training.py)
     checkpoint_every: int = 50
     max_failures: int = 2
     storage_path: str = "runs/train"
@@ -288,6 +289,8 @@ def validate(cfg: Config) -> None:
     for name in ("window_bp", "windows_per_sample", "shard_size_mb"):
         if getattr(cfg.data, name) <= 0:
             raise ConfigError(f"data.{name} must be positive")
+    if cfg.train.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"train.zero_stage={cfg.train.zero_stage} must be 0, 1, 2 or 3")
     a = cfg.analysis
     for name in ("workers", "threads_per_worker", "batch_size", "cells_per_partition", "high_attention_peaks", "top_k_tfs"):
         if getattr(a, name) <= 0:

@@ -29,7 +29,15 @@ def export_weights(checkpoint_dir: Path, out: Path, cfg: Config, stage: str) -> 
     from safetensors.torch import save_file
 
     state = json.loads((checkpoint_dir / STATE_FILE).read_text())
-    weights = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=state["tag"])
+    if cfg.train.zero_stage == 0:
+        # plain data parallel: every rank holds the whole model; DeepSpeed's rank-0 file has it
+        import torch
+
+        weights = torch.load(checkpoint_dir / state["tag"] / "mp_rank_00_model_states.pt", map_location="cpu",
+                             weights_only=False)["module"]
+        weights = {k: v.float() for k, v in weights.items()}
+    else:
+        weights = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=state["tag"])
     out.mkdir(parents=True, exist_ok=True)
     path = out / "model.safetensors"
     save_file({k: v.contiguous() for k, v in weights.items()}, str(path), metadata={"stage": stage, "step": str(state["step"])})

@@ -27,7 +27,7 @@ def deepspeed_config(train: TrainConfig, use_gpu: bool) -> dict[str, Any]:
         "train_micro_batch_size_per_gpu": train.micro_batch,
         "gradient_accumulation_steps": train.grad_accum,
         "gradient_clipping": train.clip_grad,
-        "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": False},
+        "zero_optimization": {"stage": train.zero_stage, "stage3_gather_16bit_weights_on_model_save": False},
         "bf16": {"enabled": bool(use_gpu)},
         "fp16": {"enabled": False},
         "steps_per_print": 10**9,

@@ -48,3 +48,11 @@ def test_round_trip(tmp_path):
     save_config(cfg, tmp_path / "c.yaml")
     again = load_config(tmp_path / "c.yaml")
     assert again == cfg
+
+
+def test_zero_stage_must_be_a_deepspeed_stage():
+    from creformer.config import ConfigError, load_config
+
+    assert load_config("tiny", ["train.zero_stage=0"]).train.zero_stage == 0
+    with pytest.raises(ConfigError, match="train.zero_stage=5 must be 0, 1, 2 or 3"):
+        load_config("tiny", ["train.zero_stage=5"])
