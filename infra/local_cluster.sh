@@ -2,8 +2,10 @@
 # A local Ray cluster on loopback addresses only (127.0.0.1 is rewritten by Ray to the host's
 # network address, so nodes use 127.0.0.2, 127.0.0.3, ...; the dashboard/job API listens on 127.0.0.1).
 #
-#   infra/local_cluster.sh start [PORT] [DASHBOARD_PORT] [CLIENT_PORT]   head on 127.0.0.2
-#   infra/local_cluster.sh add-node [PORT] [IP]            a second node (default 127.0.0.3) joining the head
+#   infra/local_cluster.sh start [PORT] [DASHBOARD_PORT] [CLIENT_PORT] [AGENT_PORT]   head on 127.0.0.2
+#   infra/local_cluster.sh add-node [PORT] [IP] [AGENT_PORT]  a second node (default 127.0.0.3) joining the head
+# AGENT_PORT is the dashboard agent's HTTP port (Ray's default 52365): the job API reaches the head
+# through it, so give a free one when another Ray may be running on the same loopback address.
 #   infra/local_cluster.sh submit [DASHBOARD_PORT] -- CMD  `ray job submit` of CMD with this repo as working dir
 #   infra/local_cluster.sh stop                           stops this cluster's processes only
 #
@@ -21,16 +23,17 @@ export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
 cmd="${1:-}"; shift || true
 case "$cmd" in
   start)
-    port="${1:-6390}"; dash="${2:-8265}"; client="${3:-10001}"
+    port="${1:-6390}"; dash="${2:-8265}"; client="${3:-10001}"; agent="${4:-52365}"
     ray start --head --node-ip-address=127.0.0.2 --port="$port" --dashboard-host=127.0.0.1 \
-      --dashboard-port="$dash" --ray-client-server-port="$client" \
+      --dashboard-port="$dash" --ray-client-server-port="$client" --dashboard-agent-listen-port="$agent" \
       --num-cpus="${RAY_NUM_CPUS:-$(( $(nproc) + 1 ))}" --disable-usage-stats
     readlink -f /tmp/ray/session_latest > "${CREFORMER_SESSION_FILE:-/tmp/creformer_ray_session}"
     echo "head at 127.0.0.2:$port; jobs: RAY_API_SERVER_ADDRESS=http://127.0.0.1:$dash"
     ;;
   add-node)
-    port="${1:-6390}"; ip="${2:-127.0.0.3}"
-    ray start --address="127.0.0.2:$port" --node-ip-address="$ip" --num-cpus="${RAY_NUM_CPUS:-2}" --disable-usage-stats
+    port="${1:-6390}"; ip="${2:-127.0.0.3}"; agent="${3:-52365}"
+    ray start --address="127.0.0.2:$port" --node-ip-address="$ip" --num-cpus="${RAY_NUM_CPUS:-2}" \
+      --dashboard-agent-listen-port="$agent" --disable-usage-stats
     ;;
   submit)
     dash="${1:-8265}"; shift || true

@@ -41,10 +41,11 @@ def cluster(tmp_path_factory):
            "CREFORMER_SESSION_FILE": str(tmp_path_factory.mktemp("session") / "session"), "RAY_NUM_CPUS": "2"}
     port, dash, client = free_port(), free_port(), free_port()
     c = Cluster(env, dash)
-    started = c.script("start", port, dash, client)
+    # free agent ports too: a Ray that just exited on 127.0.0.2 may still hold the default 52365
+    started = c.script("start", port, dash, client, free_port())
     assert started.returncode == 0, started.stderr[-2000:]
     try:
-        node = c.script("add-node", port, "127.0.0.3")
+        node = c.script("add-node", port, "127.0.0.3", free_port())
         assert node.returncode == 0, node.stderr[-2000:]
         yield c
     finally:
