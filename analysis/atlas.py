@@ -162,6 +162,14 @@ def prepare(cfg: Config) -> Prepared:
     tables = inputs.load_tables(cfg.data.regulatory_shards)
     groups = inputs.cell_groups(tables, a.groups, a.group_column, a.min_cells_per_group)
     chosen = inputs.sample_cells(groups, a.cells_per_group, a.seed)
+    names = sorted(groups["group"].unique().to_list())
+    if len(names) < 2:
+        raise InputError(f"atlas_grn compares cell groups and found one ({names}); give a group table with 2+ groups")
+    for key in ("source_group", "target_group"):
+        if getattr(a, key) and getattr(a, key) not in names:
+            raise InputError(f"analysis.{key}={getattr(a, key)!r} is not a cell group (groups: {names})")
+    if a.source_group and a.source_group == a.target_group:
+        raise InputError(f"analysis.source_group and analysis.target_group are both {a.source_group!r}: pick two groups")
     genes = inputs.resolve_genes(tables.genes, a.genes, tables.root)
     motifs = inputs.load_motifs(a.motifs)
     tfs = inputs.resolve_tfs(motifs, tables.genes, a.tfs)

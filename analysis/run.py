@@ -27,15 +27,10 @@ from .diagnostics import embedding_sensitivity
 
 
 def _groups_pair(p, names: list[str]) -> tuple[str, str]:
+    """Source and target groups (checked against the groups in atlas.prepare, before Ray work)."""
     a = p.cfg.analysis
     src = a.source_group or names[0]
-    tgt = a.target_group or names[min(1, len(names) - 1)]
-    for g, key in ((src, "source_group"), (tgt, "target_group")):
-        if g not in names:
-            from creformer.engine.errors import InputError
-
-            raise InputError(f"analysis.{key}={g!r} is not a cell group (groups: {names})")
-    return src, tgt
+    return src, a.target_group or next(g for g in names if g != src)
 
 
 def run_analyses(p, stats: dict[str, Any], seconds: float) -> Path:

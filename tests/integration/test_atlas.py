@@ -81,6 +81,8 @@ def test_atlas_grn_bad_inputs_fail_before_ray_work(trained, sim_tiny, tmp_path):
     base = args(sim_tiny, tmp, el, rg, tmp_path / "bad")
     with pytest.raises(InputError, match="fewer than analysis.min_cells_per_group=500"):
         atlas_grn([*base, "analysis.min_cells_per_group=500"])
+    with pytest.raises(InputError, match="analysis.source_group='CT9' is not a cell group"):
+        atlas_grn([*base, "analysis.source_group=CT9"])
     with pytest.raises(InputError, match="unknown TF name"):
         atlas_grn([*base, "analysis.tfs=[NOPE1]"])
     with pytest.raises(InputError, match="genes absent from the model's shards"):
