@@ -28,7 +28,7 @@ import polars as pl
 
 from creformer.config import Config, load_config
 from creformer.engine.errors import InputError
-from creformer.engine.shards import content_hash
+from creformer.engine.shards import atomic_write_json, content_hash
 
 from . import inputs
 
@@ -60,6 +60,8 @@ class AtlasWorker:
         self.models = inputs.load_models(plan["elementary_weights"], plan["regulatory_weights"], cfg, self.tables)
         self.values = inputs.level_values(self.tables.atac_cuts)
         self.bound = np.load(self.work / "bound.npy")
+        self.verified: set[Path] = set()
+        self.signal: tuple[Path, Any] | None = None  # the last signal block (partitions come in cell order)
         self.cache = EmbeddingCache(self.models.elementary, self.tables.peak_dna, n_tracks=self.models.cfg.n_tracks,
                                     capacity=200_000 if plan["cache"] else 0,
                                     disk_dir=plan["cache_dir"] if plan["cache"] else None)
@@ -83,12 +85,17 @@ def run_partition(w: AtlasWorker, part: dict[str, Any]) -> dict[str, Any]:
     out = Path(w.plan["out"])
     root = w.tables.root
     shard, signal_entry = part["shard"], part["signal"]
-    verify_shard_file(root / "shards" / shard["file"], shard)
-    verify_shard_file(root / signal_entry["file"], signal_entry)
+    for path, entry in ((root / "shards" / shard["file"], shard), (root / signal_entry["file"], signal_entry)):
+        if path not in w.verified:  # a checksum per file and actor, not per partition
+            verify_shard_file(path, entry)
+            w.verified.add(path)
     filters = [("cell_id", "in", part["cells"])] + ([("gene_id", "in", w.plan["genes"])] if w.plan["genes"] else [])
     table = pq.read_table(root / "shards" / shard["file"], filters=filters)
     table = table.sort_by([("cell_id", "ascending"), ("gene_id", "ascending")])
-    signal = _load_signal(root / signal_entry["file"])
+    sig_path = root / signal_entry["file"]
+    if w.signal is None or w.signal[0] != sig_path:
+        w.signal = (sig_path, _load_signal(sig_path))
+    signal = w.signal[1]
     conds = [(c["name"], c["mode"], bound_peaks(w.bound, tuple(c["motifs"]))) for c in w.plan["conditions"]]
     scores, perturbed = [], []
     hits0, miss0 = w.cache.hits, w.cache.misses
@@ -127,7 +134,7 @@ def run_partition(w: AtlasWorker, part: dict[str, Any]) -> dict[str, Any]:
     done = {"fingerprint": w.plan["fingerprint"], "samples": sc.height, "perturbed": pt.height, "seconds": secs,
             "cache_hits": w.cache.hits - hits0, "cache_misses": w.cache.misses - miss0}
     marker = out / "partitions" / "done" / f"part-{idx:05d}.json"
-    marker.write_text(json.dumps(done))  # written last: the partition counts as finished only now
+    atomic_write_json(marker, done)  # written last: the partition counts as finished only now
     return {"index": idx, **{k: v for k, v in done.items() if k != "fingerprint"}}
 
 
@@ -146,7 +153,7 @@ class Prepared:
     elementary_weights: str
     regulatory_weights: str
     genes: list[int]  # analysed gene ids (empty: all)
-    model_cfg: object  # the ModelConfig the Regulatory export was trained with
+    models: inputs.Models  # loaded once here to check the artifacts; the driver reuses them
 
 
 def _default_weights(cfg: Config, stage: str) -> str:
@@ -185,7 +192,7 @@ def prepare(cfg: Config) -> Prepared:
     sig0 = tables.manifest.data["tables"]["signal"][0]["file"]
     tok = pq.read_table(tables.root / sig0, columns=["tok"]).column("tok").combine_chunks().values.to_numpy()
     return Prepared(cfg, Path(a.out), tables, groups, chosen, tfs, motifs, hits.bound, conds,
-                    knock_in_level(tok, a.ki_quantile), el, rg, genes, models.cfg)
+                    knock_in_level(tok, a.ki_quantile), el, rg, genes, models)
 
 
 def partitions(p: Prepared) -> list[dict[str, Any]]:

@@ -48,16 +48,21 @@ def gene_cell_matrices(records: pl.DataFrame, genes: pl.DataFrame, peaks: pl.Dat
     ci = {c: i for i, c in enumerate(cells.tolist())}
     shape = (len(cells), len(gene_ids))
     expr, pred, act, feat = (np.zeros(shape, np.float32) for _ in range(4))
-    for gj, ((gid,), df) in enumerate(sorted(records.group_by("gene_id"), key=lambda kv: kv[0])):
+    by_gene = sorted(records.group_by("gene_id"), key=lambda kv: kv[0])
+    # every gene's window once, then all TSS distances in one lookup (not a table scan per gene)
+    windows = [np.asarray(df["peak_ids"][0].to_list(), np.int64) for _, df in by_gene]
+    dist = peak_distance(genes, peaks, np.repeat([g for (g,), _ in by_gene], [w.size for w in windows]),
+                         np.concatenate(windows) if windows else np.zeros(0, np.int64))
+    offsets = np.cumsum([0] + [w.size for w in windows])
+    for gj, (_, df) in enumerate(by_gene):
         rows = np.array([ci[c] for c in df["cell_id"].to_list()])
         expr[rows, gj] = df["expression"].to_numpy()
         pred[rows, gj] = df["pred"].to_numpy()
-        pids = np.asarray(df["peak_ids"][0].to_list(), np.int64)
-        if pids.size == 0:
+        if windows[gj].size == 0:
             continue
         att = np.stack(df["attention"].to_list()).astype(np.float64)
         atac = np.stack(df["atac"].to_list()).astype(np.float64)
-        near = peak_distance(genes, peaks, np.full(pids.size, gid), pids) <= region_bp
+        near = dist[offsets[gj]:offsets[gj + 1]] <= region_bp
         a_sum = atac[:, near].sum(1)
         e = df["expression"].to_numpy()
         ref = int(np.argmax(e))  # first maximum = lowest cell id (records are sorted by cell)

@@ -6,7 +6,6 @@ that names the file and says what to do.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,7 +155,6 @@ class Models:
     elementary: object
     head: object
     cfg: ModelConfig
-    weights_id: str
 
 
 def _export_config(weights: Path) -> Config | None:
@@ -174,10 +172,11 @@ def load_models(elementary_weights: str, regulatory_weights: str, cfg: Config, t
     from creformer.trainer.model.regulatory import RegulatoryHead
 
     paths = {"elementary": Path(elementary_weights), "regulatory": Path(regulatory_weights)}
+    keys = {"elementary": "train.elementary_weights", "regulatory": "analysis.regulatory_weights"}
     for role, p in paths.items():
         if not p.exists():
             raise ConfigError(f"{role} weights {p} do not exist; run train_{role} first (it writes export/model.safetensors) "
-                              f"or pass --{role}-weights")
+                              f"or set {keys[role]}")
     trained = _export_config(paths["regulatory"]) or cfg
     mcfg = trained.model
     if mcfg.peak_m != tables.peak_m or mcfg.peak_bp != tables.peak_dna.shape[1]:
@@ -198,9 +197,7 @@ def load_models(elementary_weights: str, regulatory_weights: str, cfg: Config, t
         module.eval()
         for p in module.parameters():
             p.requires_grad_(False)
-    meta = [json.loads((p.parent / "meta.json").read_text()) if (p.parent / "meta.json").exists() else {} for p in paths.values()]
-    weights_id = "-".join(f"{m.get('stage', '?')}{m.get('step', '?')}" for m in meta) + f"-{paths['regulatory'].stat().st_mtime_ns}"
-    return Models(elementary, head, mcfg, weights_id)
+    return Models(elementary, head, mcfg)
 
 
 def file_id(path: str | Path) -> str:

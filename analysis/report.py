@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from .validate import BASELINES
+
 
 def _plt():
     import matplotlib
@@ -167,7 +169,7 @@ def plot_scorecard(card: dict, path: Path) -> Path:
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.4), squeeze=False)
     for ax, m in zip(axes[0], metrics):
         entry = card[m]
-        keys = ["model"] + [k for k in ("gene_activity", "motif_only", "correlation", "distance", "abc") if k in entry]
+        keys = ["model"] + [k for k in BASELINES if k in entry]
         vals = [entry[k] for k in keys]
         ax.bar(keys, vals, color=["tab:red"] + ["tab:grey"] * (len(keys) - 1))
         ax.axhline(entry["target"], c="k", ls="--", lw=0.8, label=f"target {entry['target']:.2f}")
@@ -178,6 +180,16 @@ def plot_scorecard(card: dict, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def scorecard_table(card: dict) -> str:
+    """The scorecard as an HTML table: model, its baselines, target, met."""
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td><b>{v['model']:.3f}</b></td><td>"
+        + ", ".join(f"{b} {v[b]:.3f}" for b in BASELINES if b in v)
+        + f"</td><td>{v['target']:.3f}</td><td>{'met' if v['met'] else '<b>not met</b>'}</td></tr>"
+        for k, v in card.items() if not k.startswith("_"))
+    return f"<table><tr><th>metric</th><th>model</th><th>baselines</th><th>target</th><th></th></tr>{rows}</table>"
 
 
 def _table(df: pl.DataFrame, n: int = 15) -> str:
@@ -204,13 +216,7 @@ def write_report(out: Path, p, records, gatt, masters, edges, effects, trans, ca
                      f"{100 * san['atac_relative_change']:.3f} % when their ATAC is zeroed and by {100 * san['dna_relative_change']:.3f} % "
                      f"when the DNA is another peak's. {verdict}</p>")
     if card:
-        rows = "".join(
-            f"<tr><td>{html.escape(k)}</td><td><b>{v['model']:.3f}</b></td><td>"
-            + ", ".join(f"{b} {v[b]:.3f}" for b in ("gene_activity", "motif_only", "correlation", "distance", "abc") if b in v)
-            + f"</td><td>{v['target']:.3f}</td><td>{'met' if v['met'] else '<b>not met</b>'}</td></tr>"
-            for k, v in card.items() if not k.startswith("_"))
-        parts.append(f"<h2>Scorecard (against the simulator's planted truth)</h2><table><tr><th>metric</th><th>model</th>"
-                     f"<th>baselines</th><th>target</th><th></th></tr>{rows}</table><img src='figures/{plot_scorecard(card, figs / 'scorecard.png').name}' width='100%'>"
+        parts.append(f"<h2>Scorecard (against the simulator's planted truth)</h2>{scorecard_table(card)}<img src='figures/{plot_scorecard(card, figs / 'scorecard.png').name}' width='100%'>"
                      "<p>scorecard.json holds the definitions and per-group values.</p>")
     if curves:
         parts.append("<h2>Training</h2>" + "".join(f"<img src='figures/{c.name}' width='48%'>" for c in curves))

@@ -9,20 +9,8 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from safetensors.torch import load_file
 
-from creformer.trainer.model import Elementary
-
-from . import (
-    attention,
-    enhancers,
-    features,
-    grn,
-    master_tf,
-    perturb,
-    targets,
-    transitions,
-)
+from . import attention, enhancers, features, grn, master_tf, perturb, targets, transitions
 from .diagnostics import embedding_sensitivity
 
 
@@ -125,10 +113,8 @@ def run_analyses(p, stats: dict[str, Any], seconds: float) -> Path:
                           "masters": targets.differing_masters(masters.filter(pl.col("method") == "model"), src, tgt, a.top_k_tfs)
                           if masters is not None else {}}
 
-    el = Elementary(p.model_cfg)
-    el.load_state_dict(load_file(p.elementary_weights))
     sig0 = tables.root / tables.manifest.data["tables"]["signal"][0]["file"]
-    results["sanity"] = embedding_sensitivity(el, tables.peak_dna, sig0, seed=a.seed)
+    results["sanity"] = embedding_sensitivity(p.models.elementary, tables.peak_dna, sig0, seed=a.seed)
     meta = {"manifest": str(tables.manifest.path.resolve()), "cells": cells.height, "groups": names,
             "genes": int(len(mats.genes)), "tfs": [t.name for t in p.tfs], "conditions": len(p.conditions),
             "ki_level": p.ki_level, "stats": stats, "seconds": seconds, "sanity": results["sanity"],

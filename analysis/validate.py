@@ -26,6 +26,7 @@ from creformer.engine.errors import InputError
 from .metrics import auprc, precision_at_recall, top_k_precision
 
 MIN_KO_EFFECT = 0.1
+BASELINES = ("gene_activity", "motif_only", "correlation", "distance", "abc")  # scorecard keys, in display order
 
 
 def _truth(truth: Path, name: str) -> pl.DataFrame:

@@ -79,13 +79,13 @@ def cmd_model_info(args: argparse.Namespace) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
-    from creformer.analysis.validate import scorecard
+    from creformer.analysis.validate import BASELINES, scorecard
 
     card = scorecard(Path(args.atlas), Path(args.truth))
     for name, entry in card.items():
         if name.startswith("_"):
             continue
-        base = ", ".join(f"{k} {entry[k]:.3f}" for k in ("gene_activity", "motif_only", "correlation", "distance", "abc") if k in entry)
+        base = ", ".join(f"{k} {entry[k]:.3f}" for k in BASELINES if k in entry)
         print(f"{name:<26} model {entry['model']:.3f} | {base} | target {entry['target']:.3f} {'met' if entry['met'] else 'NOT met'}")
     print(f"written {Path(args.atlas) / 'scorecard.json'}")
 

@@ -64,13 +64,9 @@ def _plot_levels(manifest_path: Path, out: Path) -> Path:
 def _scorecard_html(card: dict | None) -> str:
     if not card:
         return ""
-    rows = "".join(
-        f"<tr><td>{html.escape(k)}</td><td><b>{v['model']:.3f}</b></td><td>"
-        + ", ".join(f"{b} {v[b]:.3f}" for b in ("gene_activity", "motif_only", "correlation", "distance", "abc") if b in v)
-        + f"</td><td>{v['target']:.3f}</td><td>{'met' if v['met'] else '<b>not met</b>'}</td></tr>"
-        for k, v in card.items() if not k.startswith("_"))
-    return ("<h2>Zero-shot scorecard (atlas_grn vs the simulator's truth)</h2><table><tr><th>metric</th><th>model</th>"
-            f"<th>baselines</th><th>target</th><th></th></tr>{rows}</table>"
+    from creformer.analysis.report import scorecard_table
+
+    return ("<h2>Zero-shot scorecard (atlas_grn vs the simulator's truth)</h2>" + scorecard_table(card) +
             "<p>Full analyses, figures and tables: <a href='atlas/report.html'>atlas/report.html</a>; "
             "<code>scorecard.json</code> beside this page.</p>")
 
