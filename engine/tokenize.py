@@ -64,12 +64,9 @@ class SignalStats:
         self.negative += other.negative
 
 
-def _window_sums(d: np.ndarray, n: int) -> np.ndarray:
-    """float32 sums of 6 consecutive values, in the fixed order ((v0+v1)+(v2+v3))+(v4+v5)."""
-    pair = d[:, :-1] + d[:, 1:]
-    total = pair[:, :n] + pair[:, 2 : n + 2]
-    total += pair[:, 4 : n + 4]
-    return total
+def _sum6(v0, v1, v2, v3, v4, v5):
+    """float32 sum of 6 values in the fixed order ((v0+v1)+(v2+v3))+(v4+v5)."""
+    return ((v0 + v1) + (v2 + v3)) + (v4 + v5)
 
 
 _LUT_CACHE: dict[bytes, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -96,59 +93,137 @@ def _level_lut(cuts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return _LUT_CACHE[key]
 
 
+def _levels(total: np.ndarray, row: np.ndarray, cuts: list[np.ndarray]) -> np.ndarray:
+    """Levels of float32 window sums ``total``, each compared with the cut-points of its ``row``."""
+    out = np.empty(total.size, dtype=np.uint8)
+    groups: dict[bytes, list[int]] = {}
+    for r, c in enumerate(cuts):  # rows sharing cut-points are looked up together
+        groups.setdefault(np.asarray(c, dtype=np.float32).tobytes(), []).append(r)
+    for rows in groups.values():
+        lut, flag, cuts32 = _level_lut(cuts[rows[0]])
+        sel = slice(None) if len(rows) == len(cuts) else np.flatnonzero(np.isin(row, rows))
+        part = total[sel]
+        bits = (part.view(np.uint32) >> 16).astype(np.intp)
+        lev = np.take(lut, bits)
+        odd = np.flatnonzero(np.take(flag, bits))
+        if odd.size:
+            lev[odd] = _levels_exact(part[odd], cuts32)
+        out[sel] = lev
+    return out
+
+
+@dataclass
+class Runs:
+    """Maximal runs of bit-identical values in each row of a (rows, width) float32 array (bigWig
+    signal is runs of constant value). Comparing bits keeps a NaN gap one run."""
+
+    starts: np.ndarray  # flat index (row * width + column) where each run begins; every row starts one
+    values: np.ndarray  # the run's value
+    width: int
+
+    @classmethod
+    def of(cls, v: np.ndarray) -> "Runs":
+        a, width = v.shape
+        flat = v.reshape(-1)
+        bits = flat.view(np.uint32)
+        change = np.empty(flat.size, dtype=bool)
+        change[0] = True
+        np.not_equal(bits[1:], bits[:-1], out=change[1:])
+        change[::width] = True
+        starts = np.flatnonzero(change)
+        return cls(starts, flat[starts], width)
+
+    def count(self, run_mask: np.ndarray, rows: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Bases in columns [lo, hi) of ``rows`` whose run has ``run_mask`` set (vectorized over queries)."""
+        lengths = np.diff(np.append(self.starts, self.starts[-1] + self.width - self.starts[-1] % self.width))
+        cum = np.concatenate(([0], np.cumsum(np.where(run_mask, lengths, 0))))
+
+        def upto(x: np.ndarray) -> np.ndarray:  # masked bases before flat index x
+            i = np.searchsorted(self.starts, x, side="right") - 1
+            return cum[i] + np.where(run_mask[i], x - self.starts[i], 0)
+
+        base = np.asarray(rows, np.int64) * self.width
+        return upto(base + hi) - upto(base + lo)
+
+    def missing(self) -> np.ndarray:
+        """Runs without data: NaN, and +inf (treated the same)."""
+        return np.isnan(self.values) | np.isposinf(self.values)
+
+
+def _clean(x: np.ndarray) -> np.ndarray:
+    """NaN, +inf (no data) and negative values count as zero."""
+    d = np.fmax(x, np.float32(0.0))
+    d[np.isposinf(d)] = 0.0
+    return d
+
+
 def signal_tokens_2d(values: np.ndarray, cuts: list[np.ndarray], stats: list[SignalStats] | None = None) -> np.ndarray:
     """Token ids (uint8, (A, L)) of A tracks of per-base values (A, L + 5), each with its cut-points.
 
     The window mean is the float32 sum of the 6 values, added as ((v0+v1)+(v2+v3))+(v4+v5), divided
     by 6 and compared with the float32 cut-points (``side="right"``: a mean equal to a cut takes the
     higher level). Level 0 is exact: a sum of non-negative numbers is zero only when every term is.
-    NaN/inf (no data) and negative values count as zero and are counted in ``stats``.
-    bigWig signal is runs of constant value, so window sums are piecewise constant: levels are
-    found once per run of equal sums (through a 64 K-entry lookup table on the float's top bits,
-    exact fallback near cut-points) and repeated over the run.
+    NaN/+inf (no data) and negative values count as zero and are counted in ``stats``.
     """
-    v = np.asarray(values, dtype=np.float32)
+    tokens, runs = signal_tokens_runs(values, cuts)
+    if stats is not None:
+        a = tokens.shape[0]
+        rows, zero, full = np.arange(a), np.zeros(a, np.int64), np.full(a, runs.width, np.int64)
+        for st, x, y in zip(stats, runs.count(runs.missing(), rows, zero, full), runs.count(runs.values < 0, rows, zero, full)):
+            st.nan += int(x)
+            st.negative += int(y)
+    return tokens
+
+
+def signal_tokens_runs(values: np.ndarray, cuts: list[np.ndarray]) -> tuple[np.ndarray, Runs]:
+    """``signal_tokens_2d`` without the counts, plus the runs (to count bad values per region).
+
+    Work is per run of equal values, not per base: a token whose 6 bases lie in one run has the
+    run's level (one lookup per run, through a 64 K-entry table on the sum's top bits with an exact
+    fallback near cut-points); the <= 5 tokens straddling each run boundary are summed from the two
+    runs' values, or from their own bases where a run is shorter than 5. Per base there is one
+    comparison pass and the output fill.
+    """
+    v = np.ascontiguousarray(values, dtype=np.float32)
     if v.ndim != 2:
         raise ValueError(f"expected (tracks, bases) values, got shape {v.shape}")
     a, width = v.shape
     n = width - K + 1
     if n <= 0:
-        return np.zeros((a, 0), dtype=np.uint8)
-    nan = np.isnan(v)  # isnan, not isfinite: the latter is ~10x slower on NaN-rich tracks
-    negative = np.fmin.reduce(v, axis=None) < 0
-    if stats is not None:
-        for st, row_nan, row in zip(stats, nan, v):
-            st.nan += int(np.count_nonzero(row_nan))
-            if negative:
-                st.negative += int(np.count_nonzero(row < 0))
-    d = np.fmax(v, np.float32(0.0))  # NaN -> 0, negative -> 0
-    total = _window_sums(d, n)
-    if np.isinf(total.max()):  # +inf in the input: counted as missing, then zero
-        inf = np.isinf(d)
-        if stats is not None:
-            for st, row in zip(stats, inf):
-                st.nan += int(np.count_nonzero(row))
-        d[inf] = 0.0
-        total = _window_sums(d, n)
-    flat = total.ravel()
-    change = np.empty(flat.size, dtype=bool)
-    change[0] = True
-    np.not_equal(flat[1:], flat[:-1], out=change[1:])
-    change[::n] = True  # every track starts a new run
-    starts = np.flatnonzero(change)
-    reps = flat[starts]
-    row_of = starts // n
-    levels = np.empty(starts.size, dtype=np.uint8)
-    for r in range(a):
-        lut, flag, cuts32 = _level_lut(cuts[r])
-        sel = slice(np.searchsorted(row_of, r), np.searchsorted(row_of, r + 1))
-        bits = (reps[sel].view(np.uint32) >> 16).astype(np.intp)
-        lev = np.take(lut, bits)
-        odd = np.flatnonzero(np.take(flag, bits))
-        if odd.size:
-            lev[odd] = _levels_exact(reps[sel][odd], cuts32)
-        levels[sel] = lev
-    return np.repeat(levels, np.diff(np.append(starts, flat.size))).reshape(a, n)
+        return np.zeros((a, 0), dtype=np.uint8), Runs.of(v)
+    runs = Runs.of(v)
+    row_of = runs.starts // width
+    d = _clean(runs.values)
+    levels = _levels(_sum6(d, d, d, d, d, d), row_of, cuts)
+    lengths = np.diff(np.append(runs.starts, a * width))
+    full = np.repeat(levels, lengths)  # pure tokens: the level of their run; fixed below near boundaries
+    # Tokens b-5 .. b-1 straddle the boundary b between two runs. Where both runs are >= 5 bases
+    # long, those tokens see only the two values: token b-k holds k copies of the left value then
+    # 6-k of the right one, so their sums come from the run values, with no per-base gather.
+    col = runs.starts % width
+    inner = np.flatnonzero(col > 0)
+    simple = inner[(lengths[inner - 1] >= K - 1) & (lengths[inner] >= K - 1)]
+    if simple.size:
+        left, right, at = d[simple - 1], d[simple], runs.starts[simple]
+        sub_rows = row_of[simple]
+        for k in range(1, K):
+            parts = [left if i < k else right for i in range(K)]
+            full[at - k] = _levels(_sum6(*parts), sub_rows, cuts)
+    out = full.reshape(a, width)[:, :n]
+    # Other boundaries (runs shorter than 5 bases, e.g. single-base insertions in scATAC):
+    # each straddling token summed from its own 6 bases.
+    other = np.setdiff1d(inner, simple, assume_unique=True)
+    if other.size:
+        tok_row = np.repeat(row_of[other], K - 1)
+        tok_col = (col[other][:, None] - np.arange(1, K)).ravel()
+        keep = (tok_col >= 0) & (tok_col < n)
+        mixed = np.unique(tok_row[keep] * n + tok_col[keep])
+        m_row, m_col = mixed // n, mixed % n
+        base = m_row * width + m_col
+        flat = v.reshape(-1)
+        g = [_clean(flat[base + k]) for k in range(K)]
+        out[m_row, m_col] = _levels(_sum6(*g), m_row, cuts)
+    return out, runs
 
 
 def signal_tokens(values: np.ndarray, cuts: np.ndarray, stats: SignalStats | None = None) -> np.ndarray:

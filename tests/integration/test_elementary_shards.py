@@ -14,7 +14,9 @@ from creformer.engine.io.fasta import Genome
 from creformer.engine.io.samples import read_samples
 from creformer.engine.shards import Manifest
 from creformer.engine.tokenize import SIG_PAD, default_cutpoints, dna_tokens, signal_tokens
-from creformer.engine.windows import build_elementary_shard, prepare_elementary
+from creformer.engine.windows import (
+    Window, build_elementary_shard, prepare_elementary, tokenize_region, tokenize_window, window_runs,
+)
 
 from ..conftest import ASSAYS
 
@@ -265,3 +267,33 @@ def test_shards_are_plain_webdataset(tiny_shards):
         assert np.array_equal(np.load(io.BytesIO(b["dna.npy"])), a["dna"])
         assert np.array_equal(np.load(io.BytesIO(b["sig.npy"])), a["sig"])
         assert json.loads(b["meta.json"]) == a["meta"]
+
+
+def test_region_read_equals_window_reads(sim_tiny, tmp_path):
+    """Windows read as one region (with a skipped tile between them) give the records and counts
+    that reading each window alone gives: NaN gaps, +inf and negative values straddling windows."""
+    path = tmp_path / "t.bw"
+    bw = pyBigWig.open(str(path), "w")
+    bw.addHeader([("chr1", 300_000)])
+    bw.addEntries(["chr1"] * 5, [10, 32_700, 40_000, 98_300, 131_000], ends=[500, 32_900, 41_000, 98_400, 131_050],
+                  values=[2.0, -1.0, float("inf"), 7.5, 0.25])
+    bw.close()
+    genome = Genome(sim_tiny / "genome.fa")
+    tracks = {"ATAC": Track(path)}
+    span = 32773
+    windows = [Window("chr1", i * span, (i + 1) * span) for i in (0, 1, 3)]
+    cuts = {a: default_cutpoints() for a in ASSAYS}
+    together = tokenize_region(genome, tracks, windows, ASSAYS, cuts)
+    for w, (dna, sig, meta) in zip(windows, together):
+        dna1, sig1, meta1 = tokenize_window(genome, tracks, w, ASSAYS, cuts)
+        assert np.array_equal(dna, dna1) and np.array_equal(sig, sig1) and meta == meta1
+    # with data: window 0 490 + 73 bp, window 1 127 bp (+inf counts as missing), window 3 81 + 50 bp
+    assert [m["missing_values"]["ATAC"] for _, _, m in together] == [span - 563, span - 127, span - 131]
+    assert [m["negative_values"]["ATAC"] for _, _, m in together] == [73, 127, 0]
+
+
+def test_window_runs_group_adjacent_windows():
+    w = [["a", "chr1", 0, 10], ["a", "chr1", 10, 20], ["a", "chr1", 40, 50], ["a", "chr2", 50, 60],
+         ["b", "chr2", 60, 70], ["b", "chr2", 70, 80], ["b", "chr2", 80, 90]]
+    assert window_runs(w, max_gap_bp=20, max_region_bp=20) == [[0, 1], [2], [3], [4, 5], [6]]
+    assert window_runs(w, max_gap_bp=0, max_region_bp=100) == [[0, 1], [2], [3], [4, 5, 6]]

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from creformer.engine.tokenize import (
-    DNA_N, DNA_VOCAB, SIG_OFFSET, SIG_VOCAB, SignalStats, default_cutpoints, dna_tokens, signal_tokens,
+    DNA_N, DNA_VOCAB, SIG_OFFSET, SIG_VOCAB, SignalStats, default_cutpoints, dna_tokens, signal_tokens, signal_tokens_2d,
     tokenizer_spec,
 )
 
@@ -140,3 +140,28 @@ def test_lookup_table_is_exact_at_every_cut_point():
     b = reference_signal(values, cuts, SignalStats())
     assert np.array_equal(a, b)
     assert a[0::6].min() >= SIG_OFFSET + 1  # every positive probe, however small, is level >= 1
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_short_and_long_runs_equal_reference(seed):
+    """Runs of 1 to 8 bases (boundaries closer than a token, and the two-run shortcut at exactly 5),
+    per-base noise and long flat stretches, several tracks at once, against the per-window loop."""
+    rng = np.random.default_rng(100 + seed)
+    cuts = default_cutpoints()
+    rows = []
+    for _ in range(3):
+        lengths = rng.integers(1, 9, 400)
+        vals = rng.exponential(2, lengths.size).astype(np.float32)
+        vals[rng.random(lengths.size) < 0.2] = np.nan
+        vals[rng.random(lengths.size) < 0.1] = -2.0
+        row = np.repeat(vals, lengths)[:1200]
+        row[600:700] = rng.exponential(2, 100)  # per-base noise
+        row[800:1000] = np.float32(cuts[seed])  # a long run on a cut-point
+        rows.append(row)
+    values = np.stack(rows)
+    stats = [SignalStats() for _ in rows]
+    got = signal_tokens_2d(values, [cuts] * 3, stats)
+    for row, st, toks in zip(values, stats, got):
+        ref_stats = SignalStats()
+        assert np.array_equal(toks, reference_signal(row, cuts, ref_stats))
+        assert (st.nan, st.negative) == (ref_stats.nan, ref_stats.negative)
