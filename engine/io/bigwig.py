@@ -33,16 +33,20 @@ class Track:
 
     def values(self, chrom: str, start: int, end: int) -> np.ndarray:
         """Per-base float32 values; NaN where the file has no data."""
-        out = np.full(end - start, np.nan, dtype=np.float32)
         name = self.file_chrom(chrom)
         if name is None:
-            return out
+            return np.full(end - start, np.nan, dtype=np.float32)
         stop = min(end, self.chrom_sizes[name])
+        values = np.zeros(0, dtype=np.float32)
         if start < stop:
             try:
-                out[: stop - start] = self._bw.values(name, start, stop, numpy=True)
+                values = np.asarray(self._bw.values(name, start, stop, numpy=True), dtype=np.float32)
             except RuntimeError as err:
                 raise InputError(f"cannot read {name}:{start}-{stop} from bigWig {self.path}: {err}; the file may be truncated") from err
+        if values.size == end - start:
+            return values  # the common case: no second buffer
+        out = np.full(end - start, np.nan, dtype=np.float32)  # past the chromosome's end: no data
+        out[: values.size] = values
         return out
 
     def has_data(self, chrom: str, start: int, end: int) -> bool:

@@ -15,7 +15,8 @@ from creformer.engine.io.samples import read_samples
 from creformer.engine.shards import Manifest
 from creformer.engine.tokenize import SIG_PAD, default_cutpoints, dna_tokens, signal_tokens
 from creformer.engine.windows import (
-    Window, build_elementary_shard, prepare_elementary, tokenize_region, tokenize_window, window_runs,
+    Window, _tar_header, _tarinfo_header, build_elementary_shard, prepare_elementary, tokenize_region, tokenize_window,
+    window_runs,
 )
 
 from ..conftest import ASSAYS
@@ -297,3 +298,9 @@ def test_window_runs_group_adjacent_windows():
          ["b", "chr2", 60, 70], ["b", "chr2", 70, 80], ["b", "chr2", 80, 90]]
     assert window_runs(w, max_gap_bp=20, max_region_bp=20) == [[0, 1], [2], [3], [4, 5], [6]]
     assert window_runs(w, max_gap_bp=0, max_region_bp=100) == [[0, 1], [2], [3], [4, 5, 6]]
+
+
+@pytest.mark.parametrize("name", ["a", "bulk_CT0/chr1:0-32773.dna.npy", "x" * 99, "x" * 100, "ü/chr1:1-2.meta.json", "d" * 120 + "/x.npy"])
+@pytest.mark.parametrize("size", [0, 1, 511, 65664, 8**11 - 1])
+def test_fast_tar_header_equals_tarfile(name, size):
+    assert _tar_header(name, size) == _tarinfo_header(name, size)
