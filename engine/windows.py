@@ -79,10 +79,10 @@ def sample_windows(candidates: list[Window], n: int, sample: str, seed: int) -> 
 
 RECORD_EXTS = ("dna.npy", "sig.npy", "meta.json")
 # Adjacent windows are read as one region of at most 8 windows (a bounded, cache-friendly buffer; 8
-# beat 4 and 16 in benchmarks/elementary_shards.py), bridging gaps of up to 2 windows: reading a
+# beat 4 and 16 in benchmarks/elementary_shards.py), bridging gaps of up to 3 windows: reading a
 # skipped 32 kb tile costs less than the fixed cost of another read.
 REGION_MAX_WINDOWS = 8
-REGION_MAX_GAP_WINDOWS = 2
+REGION_MAX_GAP_WINDOWS = 3
 _OPEN: dict[str, Any] = {}  # per-process cache of open genome/track handles (Ray workers reuse them)
 
 
