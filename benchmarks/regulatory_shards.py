@@ -42,16 +42,19 @@ def prepare_in_child(sim: Path, out: Path, cells_file: Path | None) -> tuple[flo
 
 
 def naive_rows(work: Path, cells: range, n_genes: int) -> list[dict]:
-    """The same rows, built one dict at a time (the baseline for the vectorized builder)."""
-    indptr = np.load(work / "expr_indptr.npy")
-    data = np.load(work / "expr_data.npy")
-    indices = np.load(work / "expr_indices.npy")
+    """The same rows, built one dict at a time (the baseline for the vectorized builder); ``cells``
+    lie in the expression block that starts at ``cells.start``."""
+    from creformer.engine.cells import expression_file
+
+    expr = np.load(work / expression_file(cells.start))
+    indptr, data, indices = expr["indptr"], expr["data"], expr["indices"]
     gflat, granks, goff = (np.load(work / f"{n}.npy") for n in ("gene_peaks", "gene_ranks", "gene_offsets"))
     rows = []
     for c in cells:
-        expr = dict(zip(indices[indptr[c]:indptr[c + 1]].tolist(), data[indptr[c]:indptr[c + 1]].tolist()))
+        i = c - cells.start
+        expr_c = dict(zip(indices[indptr[i]:indptr[i + 1]].tolist(), data[indptr[i]:indptr[i + 1]].tolist()))
         for g in range(n_genes):
-            rows.append({"cell_id": c, "gene_id": g, "expression": expr.get(g, 0.0),
+            rows.append({"cell_id": c, "gene_id": g, "expression": expr_c.get(g, 0.0),
                          "peak_ids": gflat[goff[g]:goff[g + 1]].tolist(), "tss_rank": granks[goff[g]:goff[g + 1]].tolist()})
     return rows
 
@@ -71,24 +74,39 @@ def main() -> None:
         simulate(sim, preset=args.preset)
     res: dict[str, object] = {"preset": args.preset}
 
-    # 3. peak RSS at 1x and 4x the cells (and the full build that the other figures use)
+    # 3. peak RSS at 1x and 4x the cells (and the full build that the other figures use). The full
+    # run compares two atlases of the same genome: a separately simulated one with a quarter of the
+    # cells (1x) and the whole one (4x). --cells N instead uses the first N/4 and N barcodes of the
+    # one atlas (quick, but both runs then read the same files).
     import pyarrow.parquet as pq
 
     import h5py
 
     with h5py.File(sim / "multiome" / "filtered_feature_bc_matrix.h5") as f:
         barcodes = [b.decode() for b in f["matrix/barcodes"][()]]
-    n4 = args.cells or len(barcodes)
-    quarter, full = work / "cells_quarter.txt", work / "cells_full.txt"
-    quarter.write_text("\n".join(barcodes[: n4 // 4]) + "\n")
-    full.write_text("\n".join(barcodes[:n4]) + "\n")
     res["cells_in_atlas"] = len(barcodes)
-    for tag, cells_file in (("1x", quarter), ("4x", full if args.cells else None)):
+    if args.cells:
+        quarter, full = work / "cells_quarter.txt", work / "cells_full.txt"
+        quarter.write_text("\n".join(barcodes[: args.cells // 4]) + "\n")
+        full.write_text("\n".join(barcodes[: args.cells]) + "\n")
+        runs = (("1x", sim, quarter), ("4x", sim, full))
+        res["rss_inputs"] = f"first {args.cells // 4} vs {args.cells} barcodes of one {len(barcodes)}-cell atlas"
+    else:
+        sim_q = work / f"sim_{args.preset}_quarter"
+        if not (sim_q / "multiome" / "filtered_feature_bc_matrix.h5").exists():
+            from creformer.engine.simulate import simulate
+
+            print(f"simulating the {args.preset} preset with {len(barcodes) // 4} cells into {sim_q} ...")
+            simulate(sim_q, preset=args.preset, n_cells=len(barcodes) // 4)
+        runs = (("1x", sim_q, None), ("4x", sim, None))
+        res["rss_inputs"] = f"two atlases of one genome: {len(barcodes) // 4} vs {len(barcodes)} cells, all of them"
+    for tag, atlas, cells_file in runs:
         out = work / f"reg_{tag}"
         shutil.rmtree(out, ignore_errors=True)
-        secs, rss = prepare_in_child(sim, out, cells_file)
+        secs, rss = prepare_in_child(atlas, out, cells_file)
         res[f"prepare_{tag}_seconds"] = secs
         res[f"rss_{tag}_mb"] = rss / 2**20
+        print(f"prepare {tag}: {secs:.0f} s, peak RSS {rss / 2**20:.0f} MB", flush=True)
     res["rss_growth_4x_over_1x"] = res["rss_4x_mb"] / res["rss_1x_mb"]
     out = work / "reg_4x"
     man = json.loads((out / "manifest.json").read_text())

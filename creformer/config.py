@@ -89,7 +89,13 @@ class TrainConfig:
     log_every: int = 10
     placement_strategy: str = "PACK"  # Ray placement of the workers: PACK, SPREAD, STRICT_SPREAD (one per node)
     fail_at_step: int = 0  # fault injection for tests: raise once at this step (0: never)
+    # Same batches in the same order on every run and after a restart: each worker reads the whole
+    # ordered stream and takes every num_workers-th batch, skipping those consumed before the
+    # checkpoint. For reproducibility checks; every worker reads all the data.
+    deterministic: bool = False
     elementary_weights: str = ""  # exported Elementary safetensors for train_regulatory
+    holdout_cells: float = 0.1  # train_regulatory: fraction of cells never trained on, scored after training
+    eval_samples: int = 4096  # at most this many held-out (cell, gene) samples scored (0: skip the evaluation)
 
 
 @dataclass

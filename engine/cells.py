@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from .errors import InputError
+from .errors import InputError, ShardError
 from .io.annotation import GeneTSS, read_annotation
 from .io.chroms import canonical
 from .io.fasta import Genome
@@ -44,6 +44,8 @@ PEAK_TOKENS = 1024
 PEAK_SPAN = PEAK_TOKENS + K - 1
 ATAC_ASSAY = "ATAC"
 FRAGMENT_BLOCK_BYTES = 16 << 20  # bytes of fragments text parsed per streaming batch
+CELL_READ_BLOCK = 4096  # cells of the RNA matrix read at a time
+SIGNAL_BUFFER_ROWS = 1 << 20  # (cell, peak) signal rows held before they are written
 
 
 @dataclass
@@ -110,15 +112,25 @@ def gene_peaks(tss: GeneTSS, chrom: np.ndarray, start: np.ndarray, end: np.ndarr
 
 
 def _select_genes(mo: Multiome, cells: np.ndarray, opts: RegulatoryOptions) -> np.ndarray:
-    x = mo.rna[cells]
-    if opts.genes == "expressed":
-        return np.flatnonzero(np.asarray((x > 0).sum(0)).ravel() >= opts.min_cells_per_gene)
-    if opts.genes == "hvg":
-        lib = np.asarray(x.sum(1)).ravel()
-        norm = x.multiply(1e4 / np.maximum(lib, 1)[:, None]).tocsr()
-        norm.data = np.log1p(norm.data)
-        mean = np.asarray(norm.mean(0)).ravel()
-        var = np.asarray(norm.multiply(norm).mean(0)).ravel() - mean**2
+    """Gene columns to model, from statistics accumulated over blocks of ``cells``."""
+    if opts.genes in ("expressed", "hvg"):
+        n_genes = mo.rna.n_genes
+        expressed = np.zeros(n_genes, np.int64)
+        s1, s2 = np.zeros(n_genes), np.zeros(n_genes)
+        for _, x in tqdm(mo.rna.blocks(cells, CELL_READ_BLOCK), desc="gene statistics", unit="block",
+                         total=-(-cells.size // CELL_READ_BLOCK), leave=False):
+            if opts.genes == "expressed":
+                expressed += np.asarray((x > 0).sum(0)).ravel()
+                continue
+            lib = np.asarray(x.sum(1)).ravel()
+            norm = x.multiply(1e4 / np.maximum(lib, 1)[:, None]).tocsr()
+            norm.data = np.log1p(norm.data)
+            s1 += np.asarray(norm.sum(0)).ravel()
+            s2 += np.asarray(norm.multiply(norm).sum(0)).ravel()
+        if opts.genes == "expressed":
+            return np.flatnonzero(expressed >= opts.min_cells_per_gene)
+        mean = s1 / max(1, cells.size)
+        var = s2 / max(1, cells.size) - mean**2
         return np.sort(np.argsort(-var, kind="stable")[: opts.n_hvg])
     wanted = [line.strip() for line in Path(opts.genes).read_text().splitlines() if line.strip()]
     idx = {g: i for i, g in enumerate(mo.gene_ids)} | {g: i for i, g in enumerate(mo.gene_names)}
@@ -189,6 +201,8 @@ def build_signal(path: Path, mo: Multiome, keep_cells: np.ndarray, library: np.n
     out.mkdir(parents=True, exist_ok=True)
     tmp = [out / f".tmp-{os.getpid()}-block-{b:06d}.parquet" for b in range(n_blocks)]
     writers = [pq.ParquetWriter(t, schema, compression="zstd") for t in tmp]
+    buffers: list[list[pa.Table]] = [[] for _ in range(n_blocks)]
+    buffered = np.zeros(n_blocks, np.int64)
     # Peak windows by file chromosome: sorted starts, and how deep windows overlap.
     by_chrom: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for c in set(mo.peak_chrom):
@@ -211,11 +225,22 @@ def build_signal(path: Path, mo: Multiome, keep_cells: np.ndarray, library: np.n
             lens = offs[s + 1] - offs[s]
             sub = np.concatenate(([0], np.cumsum(lens))).astype(np.int32)
             take = np.repeat(offs[s] - sub[:-1], lens) + np.arange(sub[-1])  # the rows' token ranges, flattened
-            writers[b].write_table(pa.table({
+            buffers[b].append(pa.table({
                 "cell": pa.array(oc[s]), "peak": pa.array(op[s]),
                 "pos": pa.ListArray.from_arrays(pa.array(sub), pa.array(pos[take])),
                 "tok": pa.ListArray.from_arrays(pa.array(sub), pa.array(tok[take])),
             }, schema=schema))
+            buffered[b] += len(s)
+        # Rows wait per block and leave as one row group: few, large row groups, and memory bounded
+        # by SIGNAL_BUFFER_ROWS in all, however many cell blocks (a writer keeps every row group's
+        # metadata, so one tiny row group per block per fragments batch grew with cells squared).
+        if buffered.sum() > SIGNAL_BUFFER_ROWS:
+            for b in np.flatnonzero(buffered):
+                write_block(int(b))
+
+    def write_block(b: int) -> None:
+        writers[b].write_table(pa.concat_tables(buffers[b]))
+        buffers[b], buffered[b] = [], 0
 
     # Pending insertions; a peak window is complete once the stream's starts pass its end (the
     # file is sorted by start and every cut site lies at or after its fragment's start), so memory
@@ -251,6 +276,8 @@ def build_signal(path: Path, mo: Multiome, keep_cells: np.ndarray, library: np.n
         flush(cell_all[done], peak_all[done], off_all[done])
         pending = [cell_all[~done], peak_all[~done], off_all[~done]]
     flush(*pending)
+    for b in np.flatnonzero(buffered):
+        write_block(int(b))
     for w in writers:
         w.close()
     for b, t in enumerate(tmp):
@@ -266,18 +293,24 @@ SAMPLE_SCHEMA = pa.schema([("cell_id", pa.int32()), ("gene_id", pa.int32()), ("e
                            ("peak_ids", pa.list_(pa.int32())), ("tss_rank", pa.list_(pa.int16()))])
 
 
+def expression_file(c0: int) -> str:
+    """Work file of the expression block starting at kept cell ``c0`` (one per sample shard)."""
+    return f"expr-{c0:010d}.npz"
+
+
 def build_sample_shard(task: ShardTask, context: dict[str, Any], shard_dir: Path) -> dict[str, Any]:
     """Rows (cell, gene) for a block of cells x every selected gene, vectorized."""
     work = Path(context["work"])
     c0, c1 = task.payload["cells"]
-    indptr = np.load(work / "expr_indptr.npy", mmap_mode="r")
-    lo, hi = int(indptr[c0]), int(indptr[c1])
-    data = np.load(work / "expr_data.npy", mmap_mode="r")[lo:hi]
-    indices = np.load(work / "expr_indices.npy", mmap_mode="r")[lo:hi]
+    expr = np.load(work / expression_file(c0))
+    indptr, indices, data = expr["indptr"], expr["indices"], expr["data"]
     n_genes = context["n_genes"]
     nc = c1 - c0
+    if indptr.size != nc + 1:
+        raise ShardError(f"{work / expression_file(c0)} holds {indptr.size - 1} cells, the task {nc}: "
+                         "a stale work folder; delete it and rerun")
     dense = np.zeros((nc, n_genes), np.float32)
-    rows = np.repeat(np.arange(nc), np.diff(indptr[c0 : c1 + 1]))
+    rows = np.repeat(np.arange(nc), np.diff(indptr))
     dense[rows, indices] = data
     gflat = np.load(work / "gene_peaks.npy")
     granks = np.load(work / "gene_ranks.npy")
@@ -364,7 +397,7 @@ def prepare_regulatory(
     if no_frag.all():
         raise InputError(f"none of the {len(mo.barcodes)} matrix barcodes of {mo.source} (e.g. {mo.barcodes[0]}) occurs in "
                          f"{mo.fragments}; check the barcode suffixes (-1) and that both files come from one run")
-    rna_total = np.asarray(mo.rna.sum(1)).ravel()
+    rna_total = mo.rna.row_sums(CELL_READ_BLOCK)
     empty = rna_total < opts.min_counts
     counts["cells_below_min_counts"] = int(empty.sum())
     keep = ~empty & ~no_frag
@@ -441,19 +474,22 @@ def prepare_regulatory(
         "rna_counts": pa.array(rna_total[keep_cells].astype(np.int64)),
         "label": pa.array([None if x is None else str(x) for x in labels], pa.string()),
     }))
-    # expression (log1p CP10k) of kept cells x kept genes, CSR, for the sample tasks
+    # expression (log1p CP10k) of kept cells x kept genes, one CSR file per sample-shard cell block
+    n_genes = len(genes_rows)
+    cells_per_block = max(1, opts.rows_per_shard // max(1, n_genes))
     gsel = np.array([g for g, _ in genes_rows])
-    x = mo.rna[keep_cells][:, gsel].tocsr().astype(np.float32)
-    x = x.multiply(1e4 / np.maximum(rna_total[keep_cells], 1)[:, None]).tocsr().astype(np.float32)
-    x.data = np.log1p(x.data)
-    for name, arr in (("expr_data", x.data.astype(np.float32)), ("expr_indices", x.indices.astype(np.int32)),
-                      ("expr_indptr", x.indptr.astype(np.int64)), ("gene_peaks", np.concatenate(flat).astype(np.int32)),
+    for c0 in tqdm(range(0, keep_cells.size, cells_per_block), desc="expression", unit="block", leave=False):
+        block = keep_cells[c0 : c0 + cells_per_block]
+        x = mo.rna.read(block)[:, gsel].tocsr()
+        x = x.multiply(1e4 / np.maximum(rna_total[block], 1)[:, None]).tocsr().astype(np.float32)
+        x.data = np.log1p(x.data)
+        np.savez(work / expression_file(c0), data=x.data.astype(np.float32), indices=x.indices.astype(np.int32),
+                 indptr=x.indptr.astype(np.int64))
+    for name, arr in (("gene_peaks", np.concatenate(flat).astype(np.int32)),
                       ("gene_ranks", np.concatenate(ranks).astype(np.int16)), ("gene_offsets", np.asarray(offsets, np.int64))):
         np.save(work / f"{name}.npy", arr)
 
     # --- signal (streaming pass 2), per cell block matching the sample shards
-    n_genes = len(genes_rows)
-    cells_per_block = max(1, opts.rows_per_shard // max(1, n_genes))
     sig_dir = out / "signal"
     done_marker = sig_dir / "_SUCCESS.json"
     if not (done_marker.exists() and json.loads(done_marker.read_text()).get("input_hash") == input_hash):

@@ -200,16 +200,19 @@ def join_samples(samples: dict[str, np.ndarray], peak_dna: np.ndarray | None, si
 class _JoinShard:
     """Ray Data actor: one sample shard in, joined batches out (peaks loaded once per actor)."""
 
-    def __init__(self, root: str, peak_m: int, with_dna: bool, batch_size: int, verify: bool):
+    def __init__(self, root: str, peak_m: int, with_dna: bool, batch_size: int, verify: bool,
+                 holdout: tuple[float, int, str] | None = None):
         import pyarrow.parquet as pq
 
         self.root, self.peak_m, self.batch_size, self.verify = Path(root), peak_m, batch_size, verify
+        self.holdout = holdout
         self.dna = None
         if with_dna:
             col = pq.read_table(self.root / "tables" / "peaks.parquet", columns=["dna"]).column("dna").combine_chunks()
             self.dna = col.values.to_numpy().reshape(-1, 1024)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         for entry_json, signal_json in zip(batch["entry"], batch["signal"]):
@@ -221,6 +224,12 @@ class _JoinShard:
                 verify_shard_file(sig_path, sig_entry)
             signal = _load_signal(sig_path)
             for rb in pq.ParquetFile(path).iter_batches(batch_size=self.batch_size):
+                if self.holdout is not None:
+                    fraction, seed, role = self.holdout
+                    held = is_holdout(rb.column("cell_id").to_numpy(), fraction, seed)
+                    rb = rb.filter(pa.array(held if role == "holdout" else ~held))
+                    if rb.num_rows == 0:
+                        continue
                 cols = {n: rb.column(n) for n in rb.schema.names}
                 samples = {"cell_id": cols["cell_id"].to_numpy(), "gene_id": cols["gene_id"].to_numpy(),
                            "expression": cols["expression"].to_numpy(),
@@ -234,20 +243,48 @@ def _split_list(arr) -> list[np.ndarray]:
     return [values[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
 
 
-def regulatory_dataset(manifest: str | Path | Manifest, *, batch_size: int = 32, with_dna: bool = True,
-                       verify: bool = True, concurrency: int = 1):
-    """A streaming ``ray.data.Dataset`` of joined Regulatory samples (one row per cell × gene):
-    dna [150, 1024], atac [150, 1024], tss_rank [150], mask [150], peak_ids [150], expression,
-    cell_id, gene_id. Sample shards and their cell block's signal are checksummed when opened."""
-    import ray.data
+def is_holdout(cell_id: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+    """Stable held-out split of cells: the same cells in every process and run, for a seed."""
+    if fraction <= 0:
+        return np.zeros(np.shape(cell_id), dtype=bool)
+    h = (np.asarray(cell_id, np.uint64) + np.uint64(seed)) * np.uint64(0x9E3779B97F4A7C15)
+    return ((h >> np.uint64(40)) % np.uint64(1 << 20)).astype(np.float64) < fraction * (1 << 20)
 
+
+def _shard_items(man: Manifest) -> list[dict[str, str]]:
+    signal = {Path(s["file"]).name: s for s in man.data["tables"]["signal"]}
+    return [{"entry": json.dumps(e), "signal": json.dumps(signal[f"block-{i:06d}.parquet"])} for i, e in enumerate(man.shards)]
+
+
+def _regulatory_manifest(manifest: str | Path | Manifest) -> Manifest:
     man = manifest if isinstance(manifest, Manifest) else Manifest(manifest)
     if man.kind != "regulatory":
         raise ShardError(f"{man.path} is a {man.kind} shard set, not regulatory")
-    signal = {Path(s["file"]).name: s for s in man.data["tables"]["signal"]}
-    items = [{"entry": json.dumps(e), "signal": json.dumps(signal[f"block-{i:06d}.parquet"])} for i, e in enumerate(man.shards)]
+    return man
+
+
+def regulatory_dataset(manifest: str | Path | Manifest, *, batch_size: int = 32, with_dna: bool = True,
+                       verify: bool = True, concurrency: int = 1, holdout: tuple[float, int, str] | None = None):
+    """A streaming ``ray.data.Dataset`` of joined Regulatory samples (one row per cell × gene):
+    dna [150, 1024], atac [150, 1024], tss_rank [150], mask [150], peak_ids [150], expression,
+    cell_id, gene_id. Sample shards and their cell block's signal are checksummed when opened.
+    ``holdout=(fraction, seed, "train" | "holdout")`` keeps only the cells outside / inside the
+    held-out split (``is_holdout``)."""
+    import ray.data
+
+    man = _regulatory_manifest(manifest)
+    items = _shard_items(man)
     peak_m = man.data["options"]["peak_m"]
     return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         _JoinShard, batch_size=1, concurrency=concurrency,
         fn_constructor_kwargs={"root": str(man.root), "peak_m": peak_m, "with_dna": with_dna,
-                               "batch_size": batch_size, "verify": verify})
+                               "batch_size": batch_size, "verify": verify, "holdout": holdout})
+
+
+def iter_regulatory_batches(manifest: str | Path | Manifest, *, batch_size: int = 32, with_dna: bool = False,
+                            holdout: tuple[float, int, str] | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """The joined batches of ``regulatory_dataset``, in this process and in shard order (no Ray)."""
+    man = _regulatory_manifest(manifest)
+    join = _JoinShard(str(man.root), man.data["options"]["peak_m"], with_dna, batch_size, True, holdout)
+    for item in _shard_items(man):
+        yield from join({"entry": [item["entry"]], "signal": [item["signal"]]})

@@ -85,6 +85,19 @@ def check_elementary_weights(cfg: Config, path: str) -> None:
                           f"n2={cfg.model.n2}): first mismatches {diff[:3]}; use the config it was trained with")
 
 
+def _data_config(cfg: Config):
+    """Default: the stream is split between the workers as they ask (fast, order not fixed).
+    ``train.deterministic``: every worker gets the whole stream in a fixed order (loop.py picks
+    its share), so a restarted run sees exactly the batches an uninterrupted one would."""
+    import ray.train
+
+    if not cfg.train.deterministic:
+        return ray.train.DataConfig()
+    from ray.data import ExecutionOptions
+
+    return ray.train.DataConfig(datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True))
+
+
 def run_training(cfg: Config, stage: str, dataset, context: dict[str, Any]) -> Path:
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -105,6 +118,7 @@ def run_training(cfg: Config, stage: str, dataset, context: dict[str, Any]) -> P
                                        failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
         datasets={"train": dataset},
+        dataset_config=_data_config(cfg),
     )
     result = trainer.fit()
     if result.checkpoint is None:
@@ -138,10 +152,18 @@ def train_regulatory(argv: list[str] | None = None) -> Path:
                           f"{cfg.model.peak_m}; rebuild the shards or set model.peak_m")
     from creformer.engine.dataset import regulatory_dataset
 
-    ds = regulatory_dataset(manifest, batch_size=cfg.train.micro_batch, with_dna=False)
+    if not 0 <= cfg.train.holdout_cells < 1:
+        raise ConfigError(f"train.holdout_cells={cfg.train.holdout_cells} must be in [0, 1) (the fraction of cells held out)")
+    # Held-out cells never reach the workers; they are scored after training (eval.json).
+    ds = regulatory_dataset(manifest, batch_size=cfg.train.micro_batch, with_dna=False,
+                            holdout=(cfg.train.holdout_cells, cfg.train.seed, "train") if cfg.train.holdout_cells > 0 else None)
     context = {"elementary_weights": str(Path(weights).resolve()), "regulatory_root": str(man.root.resolve()),
                "cache_dir": str((_run_dir(cfg) / "embedding_cache").resolve())}
-    return run_training(cfg, "regulatory", ds, context)
+    export = run_training(cfg, "regulatory", ds, context)
+    from .evaluate import evaluate_holdout
+
+    evaluate_holdout(cfg, manifest, Path(weights), export, _run_dir(cfg) / "eval.json")
+    return export
 
 
 def main_elementary() -> int:

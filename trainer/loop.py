@@ -113,6 +113,27 @@ def _save(engine, step: int, rank: int, metrics: dict[str, float]):
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
+def _my_batches(shard, cfg: Config, rank: int, world: int, step: int):
+    """This worker's batches, pass after pass over the stream. With ``train.deterministic`` the
+    shard is the whole ordered stream: global batch i (counted across passes) goes to rank
+    i % world, and a run resumed at ``step`` skips the step * world batches consumed before its
+    checkpoint."""
+    skip, i = step * world, 0
+    while True:
+        seen = 0
+        for batch in shard.iter_torch_batches(batch_size=cfg.train.micro_batch, drop_last=True):
+            seen += 1
+            if not cfg.train.deterministic:
+                yield batch
+                continue
+            if i >= skip and i % world == rank:
+                yield batch
+            i += 1
+        if seen == 0:
+            raise RuntimeError(f"the training stream holds no full batch of train.micro_batch={cfg.train.micro_batch} "
+                               "on this worker; use fewer workers, a smaller micro batch or more data")
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import deepspeed
     import ray.train
@@ -143,31 +164,29 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
     log = (run_dir / "metrics.jsonl").open("a") if rank == 0 else None
     t_last, tokens = time.perf_counter(), 0
-    done = step >= cfg.train.max_steps
-    while not done:
-        for batch in shard.iter_torch_batches(batch_size=cfg.train.micro_batch, drop_last=True):
-            if cfg.train.fail_at_step == step + 1 and not fault_marker.exists():
-                fault_marker.write_text(f"fault injected at step {step + 1} on rank {rank}\n")
-                raise RuntimeError(f"injected fault at step {step + 1} (train.fail_at_step)")
-            loss, parts = stage.loss(engine, batch, step, rank)
-            engine.backward(loss)
-            engine.step()
-            step += 1
-            tokens += stage.tokens(batch)
-            metrics = {"step": step, "loss": float(loss), "lr": sched.get_last_lr()[0], **parts}
-            if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
-                now = time.perf_counter()
-                metrics["tokens_per_s"] = tokens * world / max(1e-9, now - t_last)
-                t_last, tokens = now, 0
-                if log is not None:
-                    log.write(json.dumps(metrics) + "\n")
-                    log.flush()
-                    print(f"[{stage.name}] step {step}/{cfg.train.max_steps} loss {metrics['loss']:.4f} "
-                          f"lr {metrics['lr']:.2e} {metrics['tokens_per_s']:.0f} tok/s", flush=True)
-            if step % cfg.train.checkpoint_every == 0 or step == cfg.train.max_steps:
-                _save(engine, step, rank, metrics)
-            if step >= cfg.train.max_steps:
-                done = True
-                break
+    for batch in ([] if step >= cfg.train.max_steps else _my_batches(shard, cfg, rank, world, step)):
+        torch.manual_seed(cfg.train.seed * 1_000_003 + step * 101 + rank)  # dropout: the same after a resume
+        if cfg.train.fail_at_step == step + 1 and not fault_marker.exists():
+            fault_marker.write_text(f"fault injected at step {step + 1} on rank {rank}\n")
+            raise RuntimeError(f"injected fault at step {step + 1} (train.fail_at_step)")
+        loss, parts = stage.loss(engine, batch, step, rank)
+        engine.backward(loss)
+        engine.step()
+        step += 1
+        tokens += stage.tokens(batch)
+        metrics = {"step": step, "loss": float(loss), "lr": sched.get_last_lr()[0], **parts}
+        if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
+            now = time.perf_counter()
+            metrics["tokens_per_s"] = tokens * world / max(1e-9, now - t_last)
+            t_last, tokens = now, 0
+            if log is not None:
+                log.write(json.dumps(metrics) + "\n")
+                log.flush()
+                print(f"[{stage.name}] step {step}/{cfg.train.max_steps} loss {metrics['loss']:.4f} "
+                      f"lr {metrics['lr']:.2e} {metrics['tokens_per_s']:.0f} tok/s", flush=True)
+        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.max_steps:
+            _save(engine, step, rank, metrics)
+        if step >= cfg.train.max_steps:
+            break
     if log is not None:
         log.close()

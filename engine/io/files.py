@@ -16,3 +16,8 @@ def is_gzip(path: Path) -> bool:
 def open_text(path: Path) -> IO[str]:
     """A text stream of a plain or gzip/bgzip-compressed file."""
     return gzip.open(path, "rt") if is_gzip(path) else Path(path).open()
+
+
+def open_binary(path: Path) -> IO[bytes]:
+    """A byte stream of a plain or gzip/bgzip-compressed file (decompressed as it is read)."""
+    return gzip.open(path, "rb") if is_gzip(path) else Path(path).open("rb")

@@ -16,7 +16,7 @@ import pyarrow.csv as pacsv
 
 from ..errors import InputError
 from .fasta import _require_file
-from .files import open_text
+from .files import open_binary, open_text
 
 COLUMNS = ["chrom", "start", "end", "barcode", "count"]
 
@@ -62,10 +62,20 @@ def iter_fragments(path: str | Path, block_bytes: int = 16 << 20) -> Iterator[Fr
     path = Path(path)
     _require_file(path, "fragments file")
     skip = _header_lines(path)
+    # Python's gzip stream, not pyarrow's: with pyarrow decompressing, live Arrow memory grew with
+    # the file (225 MB at 25 k cells, 259 MB at 100 k); this way it stays at a few blocks (~80 MB).
+    source = open_binary(path)
+    try:
+        yield from _iter_open(path, source, skip, block_bytes)
+    finally:
+        source.close()
+
+
+def _iter_open(path: Path, source, skip: int, block_bytes: int) -> Iterator[FragmentBatch]:
     try:
         reader = pacsv.open_csv(
-            path,
-            read_options=pacsv.ReadOptions(column_names=COLUMNS, skip_rows=skip, block_size=block_bytes),
+            source,
+            read_options=pacsv.ReadOptions(column_names=COLUMNS, skip_rows=skip, block_size=block_bytes, use_threads=False),
             parse_options=pacsv.ParseOptions(delimiter="\t"),
             convert_options=pacsv.ConvertOptions(column_types={"chrom": pa.string(), "start": pa.int64(), "end": pa.int64(),
                                                                "barcode": pa.string(), "count": pa.int64()}),

@@ -237,3 +237,66 @@ def test_signal_is_independent_of_streaming_batch_size(sim_tiny, tmp_path, monke
                                executor="local")
     assert Manifest(small.manifest_path).data["counts"]["cell_peak_pairs"] == Manifest(big.manifest_path).data["counts"]["cell_peak_pairs"]
     assert signal_rows(tmp_path / "small") == signal_rows(tmp_path / "big")
+
+
+@pytest.mark.parametrize("layout", ["10x", "csr", "csc", "dense"])
+def test_count_matrix_reads_cells_in_blocks(sim_tiny, tmp_path, layout):
+    """RNA counts are read a block of cells at a time (memory flat in the number of cells): blocks,
+    any cell order, row sums and a row mapping equal the whole matrix read at once."""
+    import h5py
+    from scipy import sparse
+
+    from creformer.engine.io.multiome import _anndata_counts, read_multiome
+
+    h5 = sim_tiny / "multiome" / "filtered_feature_bc_matrix.h5"
+    with h5py.File(h5) as f:
+        m = f["matrix"]
+        whole = sparse.csc_matrix((m["data"][()], m["indices"][()], m["indptr"][()]), shape=tuple(m["shape"][()])).T.tocsr()
+        is_gene = np.array([t == b"Gene Expression" for t in m["features/feature_type"][()]])
+    genes = whole[:, np.flatnonzero(is_gene)].toarray().astype(np.float32)
+    if layout == "10x":
+        rna = read_multiome(sim_tiny / "multiome").rna
+    else:
+        path = tmp_path / "x.h5ad"
+        with h5py.File(path, "w") as f:
+            if layout == "dense":
+                f["X"] = genes
+            else:
+                mat = sparse.csr_matrix(genes) if layout == "csr" else sparse.csc_matrix(genes)
+                g = f.create_group("X")
+                g.attrs["encoding-type"], g.attrs["shape"] = f"{layout}_matrix", genes.shape
+                g["data"], g["indices"], g["indptr"] = mat.data, mat.indices, mat.indptr
+        with h5py.File(path) as f:
+            rna = _anndata_counts(path, f, "test")
+    assert rna.shape == genes.shape
+    rng = np.random.default_rng(0)
+    order = rng.permutation(genes.shape[0])[:50]
+    assert np.array_equal(rna.read(order).toarray(), genes[order])
+    stacked = np.concatenate([x.toarray() for _, x in rna.blocks(size=7)])
+    assert np.array_equal(stacked, genes)
+    assert np.allclose(rna.row_sums(size=13), genes.sum(1))
+    rna.rows, rna.n_cells = rna.rows[order], order.size  # cells in both modalities only (h5mu)
+    assert np.array_equal(rna.read(np.arange(10)).toarray(), genes[order[:10]])
+
+
+def test_holdout_split_is_stable_and_disjoint(sim_tiny, tmp_path):
+    """Held-out cells: a stable split by cell id; the training stream never yields them and the
+    held-out stream yields only them, together every sample exactly once."""
+    from creformer.engine.dataset import is_holdout, iter_regulatory_batches
+
+    ids = np.arange(100_000)
+    held = is_holdout(ids, 0.1, seed=3)
+    assert abs(held.mean() - 0.1) < 0.01 and np.array_equal(held, is_holdout(ids, 0.1, seed=3))
+    assert not np.array_equal(held, is_holdout(ids, 0.1, seed=4)) and not is_holdout(ids, 0.0).any()
+    res = prepare_regulatory(sim_tiny / "multiome", sim_tiny / "genome.fa", sim_tiny / "genes.gtf", tmp_path / "reg",
+                             options=RegulatoryOptions(min_cells_per_gene=1), executor="local")
+    keys = {}
+    for role in ("train", "holdout", None):
+        rows = [(int(c), int(g)) for b in iter_regulatory_batches(res.manifest_path, batch_size=64,
+                                                                 holdout=None if role is None else (0.2, 0, role))
+                for c, g in zip(b["cell_id"], b["gene_id"])]
+        assert len(rows) == len(set(rows))
+        keys[role] = set(rows)
+    assert keys["train"] and keys["holdout"] and not keys["train"] & keys["holdout"]
+    assert keys["train"] | keys["holdout"] == keys[None]
+    assert all(is_holdout(np.array([c]), 0.2, 0)[0] for c, _ in keys["holdout"])

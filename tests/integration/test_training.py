@@ -4,6 +4,7 @@ ZeRO-3): losses fall, exports load, reruns resume, injected faults recover, bad 
 import json
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from creformer.config import ConfigError, load_config
@@ -54,6 +55,10 @@ def test_regulatory_trains_on_frozen_elementary(trained_elementary, sim_tiny, tm
     assert rows[-1]["cache_hit_rate"] > 0.3  # most (cell, peak) pairs share the zero-signal embedding
     weights = load_file(out)
     assert not any(k.startswith("elementary.") for k in weights)  # the frozen part is not re-exported
+    # held-out cells: never trained on, scored after training beside the gene-mean baseline
+    ev = json.loads((tmp_path / "train" / "regulatory" / "eval.json").read_text())
+    assert ev["samples"] > 0 and ev["holdout_cells_scored"] > 0 and ev["holdout_fraction"] == 0.1
+    assert -1 <= ev["pearson_r"] <= 1 and -1 <= ev["baseline_gene_mean_r"] <= 1 and ev["mse"] >= 0
 
 
 def test_rerun_resumes_and_fault_recovers(sim_tiny, tmp_path, ray_local):
@@ -66,6 +71,23 @@ def test_rerun_resumes_and_fault_recovers(sim_tiny, tmp_path, ray_local):
     # first run: 5, 10; rerun resumes at 11 (logs 15), fails at 13, restarts from the step-10 checkpoint
     # (losing at most one checkpoint interval) and finishes at 20
     assert steps[:2] == [5, 10] and steps[-1] == 20 and 10 not in steps[2:] and 5 not in steps[2:]
+
+
+def test_fault_run_equals_uninterrupted_run(sim_tiny, tmp_path, ray_local):
+    """train.deterministic: a run that loses a worker at step 7 restarts from the step-4 checkpoint,
+    skips the batches consumed before it and ends with the weights of a run without the fault."""
+    common = ["train.max_steps=10", "train.checkpoint_every=4", "train.deterministic=true", "train.micro_batch=2",
+              f"data.shards={tmp_path / 'shards'}"]
+    a = train_elementary(el_args(sim_tiny, tmp_path / "a", *common, "train.fail_at_step=7", "train.max_failures=1"))
+    b = train_elementary(el_args(sim_tiny, tmp_path / "b", *common))
+    assert (tmp_path / "a" / "train" / "elementary" / "fault_injected").exists()
+    wa, wb = load_file(a), load_file(b)
+    assert wa.keys() == wb.keys()
+    worst = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    assert worst <= 1e-5, f"fault vs no-fault weights differ by up to {worst}"
+    torch.manual_seed(0)  # the workers' initialization (train.seed = 0)
+    init = Elementary(load_config("tiny").model).state_dict()
+    assert max(float((wb[k] - init[k]).abs().max()) for k in init) > 1e-3  # training moved the weights
 
 
 def test_bad_configs_fail_before_workers(sim_tiny, tmp_path, trained_elementary):
