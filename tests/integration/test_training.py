@@ -77,6 +77,7 @@ def test_fault_run_equals_uninterrupted_run(sim_tiny, tmp_path, ray_local):
     """train.deterministic: a run that loses a worker at step 7 restarts from the step-4 checkpoint,
     skips the batches consumed before it and ends with the weights of a run without the fault."""
     common = ["train.max_steps=10", "train.checkpoint_every=4", "train.deterministic=true", "train.micro_batch=2",
+              "train.lr=1e-3", "train.warmup_steps=2",
               f"data.shards={tmp_path / 'shards'}"]
     a = train_elementary(el_args(sim_tiny, tmp_path / "a", *common, "train.fail_at_step=7", "train.max_failures=1"))
     b = train_elementary(el_args(sim_tiny, tmp_path / "b", *common))
@@ -84,6 +85,7 @@ def test_fault_run_equals_uninterrupted_run(sim_tiny, tmp_path, ray_local):
     wa, wb = load_file(a), load_file(b)
     assert wa.keys() == wb.keys()
     worst = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    print(f"fault vs no-fault: max |weight difference| {worst:.3g}")
     assert worst <= 1e-5, f"fault vs no-fault weights differ by up to {worst}"
     torch.manual_seed(0)  # the workers' initialization (train.seed = 0)
     init = Elementary(load_config("tiny").model).state_dict()
