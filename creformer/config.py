@@ -96,6 +96,8 @@ class TrainConfig:
     elementary_weights: str = ""  # exported Elementary safetensors for train_regulatory
     holdout_cells: float = 0.1  # train_regulatory: fraction of cells never trained on, scored after training
     eval_samples: int = 4096  # at most this many held-out (cell, gene) samples scored (0: skip the evaluation)
+    eval_motifs: str = ""  # train_elementary: planted motif instances (simulator truth/motif_instances.tsv) to score at
+    eval_windows: int = 8  # windows scored by that evaluation
 
 
 @dataclass

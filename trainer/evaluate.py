@@ -129,3 +129,109 @@ def evaluate_holdout(cfg: Config, manifest: Path, elementary_weights: Path, head
           f"{report['holdout_cells_scored']} cells (gene-mean baseline {report['baseline_gene_mean_r']:.3f}, "
           f"within-gene r {report['within_gene_r']:.3f}); {out}")
     return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Elementary: masked DNA at planted motif positions
+# ---------------------------------------------------------------------------------------------
+
+def kmer_baselines(dna: np.ndarray) -> tuple[int, np.ndarray]:
+    """Two k-mer frequency predictors fitted on DNA tokens (any shape): the most frequent k-mer,
+    and per left neighbour the most frequent next k-mer (it shares the neighbour's last 5 bases,
+    so only its last base is chosen: by the frequency of the 6-mer)."""
+    from creformer.engine.tokenize import DNA_OFFSET, DNA_VOCAB
+
+    real = dna[dna >= DNA_OFFSET].astype(np.int64) - DNA_OFFSET
+    counts = np.bincount(real, minlength=DNA_VOCAB - DNA_OFFSET)
+    top = int(np.argmax(counts)) + DNA_OFFSET
+    # k-mer index = 4 x (its first 5 bases) + its last base (first base most significant)
+    best_last = np.argmax(counts.reshape(1024, 4), axis=1)  # per 5-base prefix, the commonest last base
+    nxt = np.full(DNA_VOCAB, top, np.int64)  # left neighbour token -> predicted token
+    prefix = np.arange(DNA_VOCAB - DNA_OFFSET) & 1023  # the neighbour's last 5 bases = the next k-mer's first 5
+    nxt[DNA_OFFSET:] = DNA_OFFSET + prefix * 4 + best_last[prefix]
+    return top, nxt
+
+
+def motif_token_mask(chrom: str, start: int, length: int, instances: dict[str, np.ndarray]) -> np.ndarray:
+    """Token positions of a window whose 6-mer lies inside a planted motif instance."""
+    from creformer.engine.tokenize import K
+
+    out = np.zeros(length, dtype=bool)
+    spans = instances.get(chrom)
+    if spans is None:
+        return out
+    lo, hi = spans[:, 0] - start, spans[:, 1] - start
+    for s, e in zip(lo[(hi > 0) & (lo < length)], hi[(hi > 0) & (lo < length)]):
+        out[max(0, s) : max(0, min(length, e - K + 1))] = True
+    return out
+
+
+def read_motif_instances(path: Path) -> dict[str, np.ndarray]:
+    import polars as pl
+
+    t = pl.read_csv(path, separator="\t")
+    missing = {"chrom", "start", "end"} - set(t.columns)
+    if missing:
+        raise ValueError(f"{path}: motif instances need columns chrom, start, end (missing {sorted(missing)})")
+    return {c: g.select("start", "end").to_numpy().astype(np.int64) for (c,), g in t.group_by("chrom")}
+
+
+def evaluate_elementary(cfg: Config, manifest: Path, weights: Path, out: Path) -> dict[str, Any]:
+    """Masked-DNA accuracy of the exported Elementary (training's masking, fixed seed) over all
+    masked k-mers and over those inside planted motifs, beside the two k-mer frequency baselines
+    fitted on the same windows; written to ``out`` (eval.json)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from creformer.engine.dataset import iter_manifest_records
+    from creformer.engine.tokenize import DNA_OFFSET
+
+    from .masking import IGNORE, mask_batch
+    from .model import Elementary
+
+    if not cfg.train.eval_motifs or cfg.train.eval_windows <= 0:
+        return {}
+    instances = read_motif_instances(Path(cfg.train.eval_motifs))
+    model = Elementary(cfg.model)
+    model.load_state_dict(load_file(str(weights)))
+    model.eval()
+    length = cfg.data.crop_length
+    records = [r for _, r in zip(range(cfg.train.eval_windows), iter_manifest_records(manifest))]
+    top, nxt = kmer_baselines(np.stack([r["dna"] for r in records]))
+    g = torch.Generator().manual_seed(cfg.train.seed + 12345)
+    hits = {k: {"all": [0, 0], "motif": [0, 0]} for k in ("model", "kmer_frequency", "kmer_left_context")}
+    for rec in records:
+        sample, region = rec["key"].split("/", 1)
+        chrom, span = region.rsplit(":", 1)
+        w_start = int(span.split("-")[0])
+        in_motif = motif_token_mask(chrom, w_start, rec["dna"].shape[0], instances)
+        n = rec["dna"].shape[0] // length
+        dna = torch.from_numpy(rec["dna"][: n * length].astype(np.int64)).view(n, length)
+        sig = torch.from_numpy(rec["sig"][:, : n * length].astype(np.int64)).view(-1, n, length).transpose(0, 1).contiguous()
+        present = torch.from_numpy(~np.all(rec["sig"] == 0, axis=1))[None].expand(n, -1)
+        mb = mask_batch(dna, sig, present, bin_size=cfg.model.bin_size, generator=g)
+        with torch.no_grad():
+            tokens, _ = model.encode(mb.dna, mb.sig)
+            pred = model.dna_head(tokens).argmax(-1).numpy()
+        target = mb.dna_target.numpy()
+        masked = target != IGNORE
+        left = np.concatenate([np.full((n, 1), 0), mb.dna.numpy()[:, :-1]], axis=1)
+        ctx = np.where(left >= DNA_OFFSET, nxt[np.maximum(left, 0)], top)
+        motif = in_motif[: n * length].reshape(n, length) & masked
+        for name, p in (("model", pred), ("kmer_frequency", np.full_like(target, top)), ("kmer_left_context", ctx)):
+            for where, sel in (("all", masked), ("motif", motif)):
+                hits[name][where][0] += int((p[sel] == target[sel]).sum())
+                hits[name][where][1] += int(sel.sum())
+    report: dict[str, Any] = {"windows": len(records), "crop_length": length}
+    for name, h in hits.items():
+        report[name] = {w: (c / t if t else float("nan")) for w, (c, t) in h.items()}
+    report["masked_kmers"] = hits["model"]["all"][1]
+    report["masked_motif_kmers"] = hits["model"]["motif"][1]
+    report["note"] = ("accuracy of predicting masked DNA k-mers (training's masking, fixed seed); 'motif': k-mers inside "
+                      "planted motif instances; baselines: the commonest k-mer, and the commonest k-mer extending the "
+                      "left neighbour (fitted on the same windows)")
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    m, b = report["model"]["motif"], report["kmer_frequency"]["motif"]
+    print(f"[elementary] masked DNA at planted motifs: model {m:.3f}, k-mer frequency {b:.3f}, "
+          f"left-context k-mer {report['kmer_left_context']['motif']:.3f} ({report['masked_motif_kmers']} k-mers); {out}")
+    return report

@@ -137,7 +137,14 @@ def train_elementary(argv: list[str] | None = None) -> Path:
 
     per_window = max(1, cfg.data.window_bp // cfg.data.crop_length)
     ds = elementary_dataset(manifest, cfg.data.crop_length, seed=cfg.data.seed, crops_per_window=per_window)
-    return run_training(cfg, "elementary", ds, {})
+    if cfg.train.eval_motifs and not Path(cfg.train.eval_motifs).exists():
+        raise ConfigError(f"train.eval_motifs={cfg.train.eval_motifs} does not exist (the simulator writes "
+                          "truth/motif_instances.tsv); leave it empty to skip the motif evaluation")
+    export = run_training(cfg, "elementary", ds, {})
+    from .evaluate import evaluate_elementary
+
+    evaluate_elementary(cfg, manifest, export, _run_dir(cfg) / "eval.json")
+    return export
 
 
 def train_regulatory(argv: list[str] | None = None) -> Path:

@@ -27,7 +27,7 @@ def el_args(sim, tmp, *extra):
 def trained_elementary(sim_tiny, tmp_path_factory, ray_local):
     tmp = tmp_path_factory.mktemp("el")
     export = train_elementary(el_args(sim_tiny, tmp, "train.max_steps=60", "train.checkpoint_every=30", "train.lr=1e-3",
-                                      "train.warmup_steps=5"))
+                                      "train.warmup_steps=5", f"train.eval_motifs={sim_tiny / 'truth' / 'motif_instances.tsv'}"))
     return tmp, export
 
 
@@ -41,6 +41,13 @@ def test_elementary_trains_and_exports(trained_elementary):
     model.load_state_dict(load_file(export))  # consolidated fp32 weights, no pickle
     assert (tmp / "train" / "elementary" / "loss_curve.png").exists()
     assert json.loads((export.parent / "meta.json").read_text())["step"] == 60
+    # masked DNA at planted motifs, beside k-mer frequency baselines (the instrument; the tiny model
+    # after 60 CPU steps does not beat them: see the README)
+    ev = json.loads((tmp / "train" / "elementary" / "eval.json").read_text())
+    assert ev["masked_motif_kmers"] > 0 and ev["masked_kmers"] > ev["masked_motif_kmers"]
+    for name in ("model", "kmer_frequency", "kmer_left_context"):
+        assert 0 <= ev[name]["all"] <= 1 and 0 <= ev[name]["motif"] <= 1
+    assert ev["kmer_left_context"]["all"] > ev["kmer_frequency"]["all"]  # the neighbour's 5 bases carry over
 
 
 def test_regulatory_trains_on_frozen_elementary(trained_elementary, sim_tiny, tmp_path):
