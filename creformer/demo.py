@@ -71,8 +71,32 @@ def _scorecard_html(card: dict | None) -> str:
             "<code>scorecard.json</code> beside this page.</p>")
 
 
+def _evals_html(evals: dict | None) -> str:
+    """The training runs' own held-out checks (eval.json), each beside its baselines."""
+    if not evals:
+        return ""
+    rows = []
+    if "elementary" in evals:
+        e = evals["elementary"]
+        rows.append(("masked DNA accuracy at planted motif k-mers", f"{e['model']['motif']:.3f}",
+                     f"k-mer frequency {e['kmer_frequency']['motif']:.3f}, left-context k-mer {e['kmer_left_context']['motif']:.3f}",
+                     f"{e['masked_motif_kmers']} masked motif k-mers, {e['windows']} windows"))
+        rows.append(("masked DNA accuracy, all k-mers", f"{e['model']['all']:.4f}",
+                     f"k-mer frequency {e['kmer_frequency']['all']:.4f}, left-context k-mer {e['kmer_left_context']['all']:.3f}",
+                     f"{e['masked_kmers']} masked k-mers"))
+    if "regulatory" in evals:
+        r = evals["regulatory"]
+        rows.append(("expression Pearson r, held-out cells", f"{r['pearson_r']:.3f}",
+                     f"gene mean over training cells {r['baseline_gene_mean_r']:.3f}",
+                     f"{r['samples']} samples of {r['holdout_cells_scored']} held-out cells; within-gene r {r['within_gene_r']:.3f}"))
+    body = "".join(f"<tr><td>{html.escape(a)}</td><td>{b}</td><td>{html.escape(c)}</td><td>{html.escape(d)}</td></tr>"
+                   for a, b, c, d in rows)
+    return ("<h2>Training checks (eval.json)</h2><table><tr><th>check</th><th>model</th><th>baselines</th><th>on</th></tr>"
+            f"{body}</table>")
+
+
 def write_report(out: Path, stages: list[tuple[str, str, float]], manifest_path: Path, plot: Path, stream: dict,
-                 curves: list[Path] | None = None, card: dict | None = None) -> Path:
+                 curves: list[Path] | None = None, card: dict | None = None, evals: dict | None = None) -> Path:
     man = json.loads(manifest_path.read_text())
     rows = "".join(f"<tr><td>{html.escape(n)}</td><td>done</td><td>{s:.1f} s</td><td>{html.escape(d)}</td></tr>"
                    for n, d, s in stages)
@@ -83,6 +107,7 @@ table{{border-collapse:collapse}}pre{{background:#f6f6f6;padding:8px;font-size:1
 <h1>creformer demo report</h1>
 <h2>Stages</h2><table><tr><th>stage</th><th>status</th><th>time</th><th>what</th></tr>{rows}</table>
 {_scorecard_html(card)}
+{_evals_html(evals)}
 <h2>Elementary shards</h2>
 <p>{man['records']} windows of {man['record']['window_bp']:,} tokens in {len(man['shards'])} shard(s),
 {man['bytes'] / 2**20:.1f} MiB, manifest <code>{html.escape(str(manifest_path))}</code>.</p>
@@ -141,7 +166,8 @@ def run(out: Path, config: str = "demo", overrides: tuple[str, ...] = (), data_d
     t = time.perf_counter()
     # Step budgets sized so the whole demo stays within ~15 minutes on 2 CPU cores.
     el = train_elementary([*common, f"data.shards={d.shards}", "train.name=elementary", f"train.max_steps={steps[0]}",
-                           f"train.checkpoint_every={max(1, steps[0] // 2)}", "train.log_every=10"])
+                           f"train.checkpoint_every={max(1, steps[0] // 2)}", "train.log_every=10",
+                           f"train.eval_motifs={sim / 'truth' / 'motif_instances.tsv'}"])
     stages.append(("train_elementary", f"Ray Train + DeepSpeed ZeRO-3, {cfg.train.num_workers} workers -> {el}", time.perf_counter() - t))
     t = time.perf_counter()
     rg = train_regulatory([*common, f"data.regulatory_shards={reg.manifest_path.parent}", "train.name=regulatory",
@@ -161,7 +187,8 @@ def run(out: Path, config: str = "demo", overrides: tuple[str, ...] = (), data_d
     stages.append(("atlas_grn", f"zero-shot analyses over the atlas (Ray Data actors) -> {atlas}", time.perf_counter() - t))
     curves = [p for p in (out / "train" / "elementary" / "loss_curve.png", out / "train" / "regulatory" / "loss_curve.png") if p.exists()]
     plot = _plot_levels(res.manifest_path, out)
-    report = write_report(out, stages, res.manifest_path, plot, stream, curves, card)
+    evals = {n: json.loads(p.read_text()) for n in ("elementary", "regulatory") if (p := out / "train" / n / "eval.json").exists()}
+    report = write_report(out, stages, res.manifest_path, plot, stream, curves, card, evals)
     print(f"\ndemo outputs under {out}:\n  simulated data  {sim}\n  shards          {res.manifest_path.parent.parent}\n"
           f"  training runs   {out / 'train'}\n  analyses        {out / 'atlas'}\n  scorecard       {out / 'scorecard.json'}\n"
           f"  report          {report}")

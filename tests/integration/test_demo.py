@@ -13,6 +13,7 @@ def test_demo_runs_end_to_end_on_tiny(tmp_path, ray_local, shared_data_or_none):
     images = re.findall(r'<img src="([^"]+)"', page)
     assert images and all((report.parent / img).exists() for img in images)
     assert "atlas_grn" in page and "not yet implemented" not in page
+    assert "Training checks" in page and "held-out cells" in page and "planted motif" in page
     card = json.loads((out / "scorecard.json").read_text())
     assert {"master_tf_top3_precision", "grn_auprc", "enhancer_gene_auprc", "ko_direction_accuracy"} <= set(card)
     atlas_page = (out / "atlas" / "report.html").read_text()
