@@ -125,6 +125,8 @@ class Runs:
     def of(cls, v: np.ndarray) -> "Runs":
         a, width = v.shape
         flat = v.reshape(-1)
+        if flat.size == 0:
+            return cls(np.zeros(0, np.int64), np.zeros(0, np.float32), width)
         bits = flat.view(np.uint32)
         change = np.empty(flat.size, dtype=bool)
         change[0] = True
@@ -135,6 +137,8 @@ class Runs:
 
     def count(self, run_mask: np.ndarray, rows: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         """Bases in columns [lo, hi) of ``rows`` whose run has ``run_mask`` set (vectorized over queries)."""
+        if self.starts.size == 0:
+            return np.zeros(np.shape(rows), np.int64)
         lengths = np.diff(np.append(self.starts, self.starts[-1] + self.width - self.starts[-1] % self.width))
         cum = np.concatenate(([0], np.cumsum(np.where(run_mask, lengths, 0))))
 
@@ -169,7 +173,9 @@ def signal_tokens_2d(values: np.ndarray, cuts: list[np.ndarray], stats: list[Sig
     if stats is not None:
         a = tokens.shape[0]
         rows, zero, full = np.arange(a), np.zeros(a, np.int64), np.full(a, runs.width, np.int64)
-        for st, x, y in zip(stats, runs.count(runs.missing(), rows, zero, full), runs.count(runs.values < 0, rows, zero, full)):
+        missing = runs.count(runs.missing(), rows, zero, full)
+        negative = runs.count(runs.values < 0, rows, zero, full)
+        for st, x, y in zip(stats, missing, negative):
             st.nan += int(x)
             st.negative += int(y)
     return tokens
