@@ -119,6 +119,8 @@ class Runs:
 
     starts: np.ndarray  # flat index (row * width + column) where each run begins; every row starts one
     values: np.ndarray  # the run's value
+    lengths: np.ndarray  # the run's length (a run never crosses a row's end)
+    rows: int
     width: int
 
     @classmethod
@@ -126,21 +128,20 @@ class Runs:
         a, width = v.shape
         flat = v.reshape(-1)
         if flat.size == 0:
-            return cls(np.zeros(0, np.int64), np.zeros(0, np.float32), width)
+            return cls(np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64), a, width)
         bits = flat.view(np.uint32)
         change = np.empty(flat.size, dtype=bool)
         change[0] = True
         np.not_equal(bits[1:], bits[:-1], out=change[1:])
         change[::width] = True
         starts = np.flatnonzero(change)
-        return cls(starts, flat[starts], width)
+        return cls(starts, flat[starts], np.diff(np.append(starts, flat.size)), a, width)
 
     def count(self, run_mask: np.ndarray, rows: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         """Bases in columns [lo, hi) of ``rows`` whose run has ``run_mask`` set (vectorized over queries)."""
         if self.starts.size == 0:
             return np.zeros(np.shape(rows), np.int64)
-        lengths = np.diff(np.append(self.starts, self.starts[-1] + self.width - self.starts[-1] % self.width))
-        cum = np.concatenate(([0], np.cumsum(np.where(run_mask, lengths, 0))))
+        cum = np.concatenate(([0], np.cumsum(np.where(run_mask, self.lengths, 0))))
 
         def upto(x: np.ndarray) -> np.ndarray:  # masked bases before flat index x
             i = np.searchsorted(self.starts, x, side="right") - 1
@@ -171,7 +172,7 @@ def signal_tokens_2d(values: np.ndarray, cuts: list[np.ndarray], stats: list[Sig
     """
     tokens, runs = signal_tokens_runs(values, cuts)
     if stats is not None:
-        a = tokens.shape[0]
+        a = runs.rows
         rows, zero, full = np.arange(a), np.zeros(a, np.int64), np.full(a, runs.width, np.int64)
         missing = runs.count(runs.missing(), rows, zero, full)
         negative = runs.count(runs.values < 0, rows, zero, full)
@@ -195,13 +196,13 @@ def signal_tokens_runs(values: np.ndarray, cuts: list[np.ndarray]) -> tuple[np.n
         raise ValueError(f"expected (tracks, bases) values, got shape {v.shape}")
     a, width = v.shape
     n = width - K + 1
-    if n <= 0:
-        return np.zeros((a, 0), dtype=np.uint8), Runs.of(v)
     runs = Runs.of(v)
+    if n <= 0:
+        return np.zeros((a, 0), dtype=np.uint8), runs
     row_of = runs.starts // width
     d = _clean(runs.values)
     levels = _levels(_sum6(d, d, d, d, d, d), row_of, cuts)
-    lengths = np.diff(np.append(runs.starts, a * width))
+    lengths = runs.lengths
     full = np.repeat(levels, lengths)  # pure tokens: the level of their run; fixed below near boundaries
     # Tokens b-5 .. b-1 straddle the boundary b between two runs. Where both runs are >= 5 bases
     # long, those tokens see only the two values: token b-k holds k copies of the left value then

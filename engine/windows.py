@@ -162,7 +162,7 @@ def tokenize_region(
 def _bad_value_counts(runs: Runs, offsets: list[int], spans: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """Per (track, window) of a region: values without data and negative values (the counts
     ``SignalStats`` keeps), from the runs rather than another pass over the bases."""
-    a = runs.starts.size and int(runs.starts[-1] // runs.width) + 1
+    a = runs.rows
     rows = np.repeat(np.arange(a), len(offsets))
     lo = np.tile(np.asarray(offsets, np.int64), a)
     hi = lo + np.tile(np.asarray(spans, np.int64), a)

@@ -93,10 +93,10 @@ def _record_batches(path: Path, source, skip: int, block_bytes: int) -> Iterator
         cut = data.rfind(b"\n") + 1
         rest = data[cut:]
         if cut:
-            yield from _parse(path, skip, data[:cut])
+            yield from _parse(path, skip, memoryview(data)[:cut])
 
 
-def _parse(path: Path, skip: int, block: bytes) -> Iterator[pa.RecordBatch]:
+def _parse(path: Path, skip: int, block: bytes | memoryview) -> Iterator[pa.RecordBatch]:
     try:
         table = pacsv.read_csv(pa.py_buffer(block), read_options=pacsv.ReadOptions(column_names=COLUMNS, use_threads=False),
                                **_OPTIONS)
@@ -106,40 +106,37 @@ def _parse(path: Path, skip: int, block: bytes) -> Iterator[pa.RecordBatch]:
 
 
 def _iter_batches(path: Path, batches: Iterator[pa.RecordBatch], skip: int) -> Iterator[FragmentBatch]:
-    state = {"line": skip + 1, "seen": set(), "chrom": None, "start": -1}
+    """Sortedness checks of each parsed block, then its runs of one chromosome."""
+    line = skip + 1
+    seen: set[str] = set()
+    last_chrom, last_start = None, -1
     try:
         for batch in batches:
-            yield from _check_and_split(path, batch, state)
+            chrom = batch.column(0).to_numpy(zero_copy_only=False)
+            start = batch.column(1).to_numpy()
+            end = batch.column(2).to_numpy()
+            if (end <= start).any():
+                i = int(np.flatnonzero(end <= start)[0])
+                raise InputError(f"{path}, line {line + i}: fragment end {end[i]} is not after its start {start[i]}")
+            # split the batch into runs of one chromosome
+            cuts = np.flatnonzero(chrom[1:] != chrom[:-1]) + 1
+            bounds = np.concatenate(([0], cuts, [len(chrom)]))
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                c = chrom[a]
+                if c != last_chrom:
+                    if c in seen:
+                        raise InputError(f"{path}, line {line + a}: chromosome {c} appears again after {last_chrom}: "
+                                         "the file is not sorted; sort it with `sort -k1,1 -k2,2n` and bgzip it")
+                    seen.add(c)
+                    last_chrom, last_start = c, -1
+                s = start[a:b]
+                if s[0] < last_start or (np.diff(s) < 0).any():
+                    i = a + (0 if s[0] < last_start else int(np.flatnonzero(np.diff(s) < 0)[0]) + 1)
+                    raise InputError(f"{path}, line {line + i}: start {start[i]} comes after "
+                                     f"{start[i - 1] if i > 0 else last_start} on the same chromosome: the file is not "
+                                     "sorted by position")
+                last_start = int(s[-1])
+                yield FragmentBatch(c, s, end[a:b], batch.column(3).slice(a, b - a), line + a)
+            line += len(chrom)
     except (OSError, EOFError) as err:  # truncated gzip
         _raise_malformed(path, skip, err)
-
-
-def _check_and_split(path: Path, batch: pa.RecordBatch, state: dict) -> Iterator[FragmentBatch]:
-    """Sortedness checks of one parsed block, then its runs of one chromosome."""
-    line, seen, last_chrom, last_start = state["line"], state["seen"], state["chrom"], state["start"]
-    chrom = batch.column(0).to_numpy(zero_copy_only=False)
-    start = batch.column(1).to_numpy()
-    end = batch.column(2).to_numpy()
-    if (end <= start).any():
-        i = int(np.flatnonzero(end <= start)[0])
-        raise InputError(f"{path}, line {line + i}: fragment end {end[i]} is not after its start {start[i]}")
-    # split the batch into runs of one chromosome
-    cuts = np.flatnonzero(chrom[1:] != chrom[:-1]) + 1
-    bounds = np.concatenate(([0], cuts, [len(chrom)]))
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        c = chrom[a]
-        if c != last_chrom:
-            if c in seen:
-                raise InputError(f"{path}, line {line + a}: chromosome {c} appears again after {last_chrom}: "
-                                 "the file is not sorted; sort it with `sort -k1,1 -k2,2n` and bgzip it")
-            seen.add(c)
-            last_chrom, last_start = c, -1
-        s = start[a:b]
-        if s[0] < last_start or (np.diff(s) < 0).any():
-            i = a + (0 if s[0] < last_start else int(np.flatnonzero(np.diff(s) < 0)[0]) + 1)
-            raise InputError(f"{path}, line {line + i}: start {start[i]} comes after {start[i - 1] if i > 0 else last_start} "
-                             "on the same chromosome: the file is not sorted by position")
-        last_start = int(s[-1])
-        state["chrom"], state["start"] = last_chrom, last_start
-        yield FragmentBatch(c, s, end[a:b], batch.column(3).slice(a, b - a), line + a)
-    state["line"] = line + len(chrom)
