@@ -34,9 +34,8 @@ def collect(manifest: Path, n: int) -> list[dict]:
 
 
 def forward_rates(manifest: Path, batches: list[dict], preset: str) -> dict[str, float]:
-    import pyarrow.parquet as pq
-
     from creformer.config import load_config
+    from creformer.engine.dataset import load_peak_dna
     from creformer.trainer.model import build_models
     from creformer.trainer.model.cache import EmbeddingCache
 
@@ -44,8 +43,7 @@ def forward_rates(manifest: Path, batches: list[dict], preset: str) -> dict[str,
     cfg = load_config(preset).model
     _, reg = build_models(cfg)
     reg.eval()
-    col = pq.read_table(manifest.parent / "tables" / "peaks.parquet", columns=["dna"]).column("dna").combine_chunks()
-    peak_dna = col.values.to_numpy().reshape(-1, 1024)
+    peak_dna = load_peak_dna(manifest.parent)
     n = sum(b["expression"].shape[0] for b in batches)
     real_pairs = sum(int(b["mask"].sum()) for b in batches)
     nonzero = sum(int(((b["atac"] > 2).any(-1) & b["mask"]).sum()) for b in batches)

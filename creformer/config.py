@@ -299,6 +299,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"data.{name} must be positive")
     if cfg.train.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"train.zero_stage={cfg.train.zero_stage} must be 0, 1, 2 or 3")
+    if not 0 <= cfg.train.holdout_cells < 1:
+        raise ConfigError(f"train.holdout_cells={cfg.train.holdout_cells} must be in [0, 1) (the fraction of cells held out)")
     a = cfg.analysis
     for name in ("workers", "threads_per_worker", "batch_size", "cells_per_partition", "high_attention_peaks", "top_k_tfs"):
         if getattr(a, name) <= 0:

@@ -197,19 +197,22 @@ def join_samples(samples: dict[str, np.ndarray], peak_dna: np.ndarray | None, si
     return out
 
 
+def load_peak_dna(root: str | Path) -> np.ndarray:
+    """DNA tokens of every peak of a regulatory shard set, (peaks, tokens per peak)."""
+    import pyarrow.parquet as pq
+
+    col = pq.read_table(Path(root) / "tables" / "peaks.parquet", columns=["dna"]).column("dna").combine_chunks()
+    return col.values.to_numpy().reshape(-1, col.type.list_size)
+
+
 class _JoinShard:
     """Ray Data actor: one sample shard in, joined batches out (peaks loaded once per actor)."""
 
     def __init__(self, root: str, peak_m: int, with_dna: bool, batch_size: int, verify: bool,
                  holdout: tuple[float, int, str] | None = None):
-        import pyarrow.parquet as pq
-
         self.root, self.peak_m, self.batch_size, self.verify = Path(root), peak_m, batch_size, verify
         self.holdout = holdout
-        self.dna = None
-        if with_dna:
-            col = pq.read_table(self.root / "tables" / "peaks.parquet", columns=["dna"]).column("dna").combine_chunks()
-            self.dna = col.values.to_numpy().reshape(-1, 1024)
+        self.dna = load_peak_dna(self.root) if with_dna else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         import pyarrow as pa

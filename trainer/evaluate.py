@@ -64,11 +64,10 @@ def gene_means(manifest: Path, fraction: float, seed: int) -> dict[int, float]:
 def predict_holdout(cfg: Config, manifest: Path, elementary_weights: Path, head_weights: Path,
                     max_samples: int) -> dict[str, np.ndarray]:
     """Predicted and measured expression of up to ``max_samples`` held-out samples (shard order)."""
-    import pyarrow.parquet as pq
     import torch
     from safetensors.torch import load_file
 
-    from creformer.engine.dataset import iter_regulatory_batches
+    from creformer.engine.dataset import iter_regulatory_batches, load_peak_dna
     from creformer.engine.shards import Manifest
 
     from .model import Elementary
@@ -82,8 +81,7 @@ def predict_holdout(cfg: Config, manifest: Path, elementary_weights: Path, head_
     head.load_state_dict(load_file(str(head_weights)))
     elementary.eval()
     head.eval()
-    col = pq.read_table(man.root / "tables" / "peaks.parquet", columns=["dna"]).column("dna")
-    cache = EmbeddingCache(elementary, col.combine_chunks().values.to_numpy().reshape(-1, cfg.model.peak_bp))
+    cache = EmbeddingCache(elementary, load_peak_dna(man.root))
     out: dict[str, list[np.ndarray]] = {"cell_id": [], "gene_id": [], "pred": [], "expression": []}
     n = 0
     holdout = (cfg.train.holdout_cells, cfg.train.seed, "holdout")

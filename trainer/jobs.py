@@ -159,8 +159,6 @@ def train_regulatory(argv: list[str] | None = None) -> Path:
                           f"{cfg.model.peak_m}; rebuild the shards or set model.peak_m")
     from creformer.engine.dataset import regulatory_dataset
 
-    if not 0 <= cfg.train.holdout_cells < 1:
-        raise ConfigError(f"train.holdout_cells={cfg.train.holdout_cells} must be in [0, 1) (the fraction of cells held out)")
     # Held-out cells never reach the workers; they are scored after training (eval.json).
     ds = regulatory_dataset(manifest, batch_size=cfg.train.micro_batch, with_dna=False,
                             holdout=(cfg.train.holdout_cells, cfg.train.seed, "train") if cfg.train.holdout_cells > 0 else None)

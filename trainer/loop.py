@@ -69,8 +69,9 @@ class RegulatoryStage:
     name = "regulatory"
 
     def __init__(self, cfg: Config, context: dict[str, Any]):
-        import pyarrow.parquet as pq
         from safetensors.torch import load_file
+
+        from creformer.engine.dataset import load_peak_dna
 
         from .model import Elementary
         from .model.cache import EmbeddingCache
@@ -82,10 +83,8 @@ class RegulatoryStage:
         elementary.eval()
         for p in elementary.parameters():
             p.requires_grad_(False)
-        col = pq.read_table(Path(context["regulatory_root"]) / "tables" / "peaks.parquet", columns=["dna"]).column("dna")
-        peak_dna = col.combine_chunks().values.to_numpy().reshape(-1, cfg.model.peak_bp)
         # The frozen Elementary stays outside the ZeRO-3 engine (whole on every worker), behind the cache.
-        self.cache = EmbeddingCache(elementary, peak_dna, disk_dir=context.get("cache_dir"))
+        self.cache = EmbeddingCache(elementary, load_peak_dna(context["regulatory_root"]), disk_dir=context.get("cache_dir"))
         self.model = RegulatoryHead(cfg.model)
 
     def loss(self, engine, batch: dict[str, torch.Tensor], step: int, rank: int) -> tuple[torch.Tensor, dict[str, float]]:
