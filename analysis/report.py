@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from creformer.trainer.evaluate import pearson
+
 from .validate import BASELINES
 
 
@@ -25,7 +27,7 @@ def _plt():
 def plot_prediction(records: pl.DataFrame, path: Path) -> tuple[Path, float]:
     plt = _plt()
     x, y = records["expression"].to_numpy(), records["pred"].to_numpy()
-    r = float(np.corrcoef(x, y)[0, 1]) if x.std() > 0 and y.std() > 0 else float("nan")
+    r = pearson(x, y)
     fig, ax = plt.subplots(figsize=(4.8, 4.2))
     ax.scatter(x, y, s=3, alpha=0.3)
     lim = [min(x.min(), y.min()), max(x.max(), y.max())]

@@ -39,26 +39,24 @@ def within_gene_r(gene: np.ndarray, pred: np.ndarray, truth: np.ndarray, min_sam
     return float(np.mean(rs)) if rs else float("nan")
 
 
-def gene_means(manifest: Path, fraction: float, seed: int) -> dict[int, float]:
-    """Mean expression per gene over the training cells (outside the held-out split)."""
+def gene_means(manifest: Path, fraction: float, seed: int) -> np.ndarray:
+    """Mean expression per gene id over the training cells (outside the held-out split); NaN for
+    a gene no training cell has."""
     import pyarrow.parquet as pq
 
     from creformer.engine.dataset import is_holdout
     from creformer.engine.shards import Manifest
 
     man = Manifest(manifest)
-    total: dict[int, float] = {}
-    count: dict[int, int] = {}
+    n = int(man.data["counts"]["genes"])
+    total, count = np.zeros(n), np.zeros(n, np.int64)
     for entry in man.shards:
         t = pq.read_table(man.root / "shards" / entry["file"], columns=["cell_id", "gene_id", "expression"])
         cell, gene, expr = (t.column(c).to_numpy() for c in ("cell_id", "gene_id", "expression"))
         keep = ~is_holdout(cell, fraction, seed)
-        sums = np.bincount(gene[keep], weights=expr[keep])
-        ns = np.bincount(gene[keep])
-        for g in np.flatnonzero(ns):
-            total[int(g)] = total.get(int(g), 0.0) + float(sums[g])
-            count[int(g)] = count.get(int(g), 0) + int(ns[g])
-    return {g: total[g] / count[g] for g in total}
+        total += np.bincount(gene[keep], weights=expr[keep], minlength=n)
+        count += np.bincount(gene[keep], minlength=n)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 def predict_holdout(cfg: Config, manifest: Path, elementary_weights: Path, head_weights: Path,
@@ -109,8 +107,7 @@ def evaluate_holdout(cfg: Config, manifest: Path, elementary_weights: Path, head
     if res["pred"].size == 0:
         raise RuntimeError(f"no held-out sample in {manifest} (train.holdout_cells={cfg.train.holdout_cells}); "
                            "raise the fraction or use an atlas with more cells")
-    means = gene_means(manifest, cfg.train.holdout_cells, cfg.train.seed)
-    baseline = np.array([means.get(int(g), np.nan) for g in res["gene_id"]])
+    baseline = gene_means(manifest, cfg.train.holdout_cells, cfg.train.seed)[res["gene_id"]]
     known = np.isfinite(baseline)
     report = {
         "holdout_fraction": cfg.train.holdout_cells,
@@ -182,6 +179,7 @@ def evaluate_elementary(cfg: Config, manifest: Path, weights: Path, out: Path) -
     from safetensors.torch import load_file
 
     from creformer.engine.dataset import iter_manifest_records
+    from creformer.engine.shards import Manifest
     from creformer.engine.tokenize import DNA_OFFSET
 
     from .masking import IGNORE, mask_batch
@@ -198,15 +196,14 @@ def evaluate_elementary(cfg: Config, manifest: Path, weights: Path, out: Path) -
     top, nxt = kmer_baselines(np.stack([r["dna"] for r in records]))
     g = torch.Generator().manual_seed(cfg.train.seed + 12345)
     hits = {k: {"all": [0, 0], "motif": [0, 0]} for k in ("model", "kmer_frequency", "kmer_left_context")}
+    assays = Manifest(manifest).data["tokenizer"]["assays"]
     for rec in records:
-        sample, region = rec["key"].split("/", 1)
-        chrom, span = region.rsplit(":", 1)
-        w_start = int(span.split("-")[0])
-        in_motif = motif_token_mask(chrom, w_start, rec["dna"].shape[0], instances)
+        meta = rec["meta"]
+        in_motif = motif_token_mask(meta["chrom"], meta["start"], rec["dna"].shape[0], instances)
         n = rec["dna"].shape[0] // length
         dna = torch.from_numpy(rec["dna"][: n * length].astype(np.int64)).view(n, length)
         sig = torch.from_numpy(rec["sig"][:, : n * length].astype(np.int64)).view(-1, n, length).transpose(0, 1).contiguous()
-        present = torch.from_numpy(~np.all(rec["sig"] == 0, axis=1))[None].expand(n, -1)
+        present = torch.tensor([a in meta["assays_present"] for a in assays])[None].expand(n, -1)  # as training's crops
         mb = mask_batch(dna, sig, present, bin_size=cfg.model.bin_size, generator=g)
         with torch.no_grad():
             tokens, _ = model.encode(mb.dna, mb.sig)
