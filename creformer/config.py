@@ -66,6 +66,7 @@ class ModelConfig:
     peak_m: int = 150
     head_hidden: int = 64  # regulatory MLP width after flattening (peak_m x d_model inputs)
     n_tracks: int = 7
+    local_kernel: int = 11  # width (bp) of the convolution over token embeddings before transformer-1; 0 = none
     dropout: float = 0.0
     activation_checkpointing: bool = False
 
@@ -290,6 +291,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.placement_strategy={cfg.train.placement_strategy!r} must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD")
     if cfg.data.executor not in ("ray", "local"):
         raise ConfigError(f"data.executor={cfg.data.executor!r} must be 'ray' or 'local'")
+    if cfg.model.local_kernel < 0 or (cfg.model.local_kernel and cfg.model.local_kernel % 2 == 0):
+        raise ConfigError(f"model.local_kernel={cfg.model.local_kernel} must be 0 (no convolution) or an odd width "
+                          "(it is centred on each token)")
     if cfg.model.d_model % cfg.model.n_heads:
         raise ConfigError(f"model.d_model={cfg.model.d_model} must be divisible by model.n_heads={cfg.model.n_heads}")
     if len(set(cfg.data.assays)) != len(cfg.data.assays):

@@ -166,8 +166,8 @@ def run(out: Path, config: str = "demo", overrides: tuple[str, ...] = (), data_d
     t = time.perf_counter()
     # Step budgets sized so the whole demo stays within ~15 minutes on 2 CPU cores.
     el = train_elementary([*common, f"data.shards={d.shards}", "train.name=elementary", f"train.max_steps={steps[0]}",
-                           f"train.checkpoint_every={max(1, steps[0] // 2)}", "train.log_every=10",
-                           f"train.eval_motifs={sim / 'truth' / 'motif_instances.tsv'}"])
+                           f"train.checkpoint_every={max(1, steps[0] // 2)}", "train.log_every=10", "train.lr=3e-3",
+                           "train.warmup_steps=20", f"train.eval_motifs={sim / 'truth' / 'motif_instances.tsv'}"])
     stages.append(("train_elementary", f"Ray Train + DeepSpeed ZeRO-3, {cfg.train.num_workers} workers -> {el}", time.perf_counter() - t))
     t = time.perf_counter()
     rg = train_regulatory([*common, f"data.regulatory_shards={reg.manifest_path.parent}", "train.name=regulatory",

@@ -46,6 +46,9 @@ ATAC_ASSAY = "ATAC"
 FRAGMENT_BLOCK_BYTES = 16 << 20  # bytes of fragments text parsed per streaming batch
 CELL_READ_BLOCK = 4096  # cells of the RNA matrix read at a time
 SIGNAL_BUFFER_ROWS = 1 << 20  # (cell, peak) signal rows held before they are written
+# Sample shards are cell-major; training shuffles by reading row groups in random order, so they
+# are kept small enough (~15 MB decoded) to hold a few at once.
+SAMPLE_ROW_GROUP = 16 * 1024
 
 
 @dataclass
@@ -328,7 +331,7 @@ def build_sample_shard(task: ShardTask, context: dict[str, Any], shard_dir: Path
 
     def write(out: HashingWriter) -> dict[str, Any]:
         buf = pa.BufferOutputStream()
-        pq.write_table(table, buf, compression="zstd", row_group_size=256 * 1024)
+        pq.write_table(table, buf, compression="zstd", row_group_size=SAMPLE_ROW_GROUP)
         out.write(memoryview(buf.getvalue()))
         return {"records": table.num_rows, "cells": [c0, c1]}
 

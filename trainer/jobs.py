@@ -161,7 +161,8 @@ def train_regulatory(argv: list[str] | None = None) -> Path:
 
     # Held-out cells never reach the workers; they are scored after training (eval.json).
     ds = regulatory_dataset(manifest, batch_size=cfg.train.micro_batch, with_dna=False,
-                            holdout=(cfg.train.holdout_cells, cfg.train.seed, "train") if cfg.train.holdout_cells > 0 else None)
+                            holdout=(cfg.train.holdout_cells, cfg.train.seed, "train") if cfg.train.holdout_cells > 0 else None,
+                            shuffle_seed=cfg.train.seed)
     context = {"elementary_weights": str(Path(weights).resolve()), "regulatory_root": str(man.root.resolve()),
                "cache_dir": str((_run_dir(cfg) / "embedding_cache").resolve())}
     export = run_training(cfg, "regulatory", ds, context)

@@ -300,3 +300,30 @@ def test_holdout_split_is_stable_and_disjoint(sim_tiny, tmp_path):
     assert keys["train"] and keys["holdout"] and not keys["train"] & keys["holdout"]
     assert keys["train"] | keys["holdout"] == keys[None]
     assert all(is_holdout(np.array([c]), 0.2, 0)[0] for c, _ in keys["holdout"])
+
+
+def test_training_order_is_shuffled_complete_and_seeded(sim_tiny, tmp_path, monkeypatch):
+    """Shards are cell-major and the simulated cells are sorted by type: training reads row groups
+    in a seeded random order and visits their cells in random order (each cell's genes together,
+    shuffled), so every sample still comes exactly once, cells come from all over the file, and
+    one seed gives one order."""
+    from creformer.engine import cells
+    from creformer.engine.dataset import iter_regulatory_batches
+
+    monkeypatch.setattr(cells, "SAMPLE_ROW_GROUP", 500)  # several row groups in the tiny shard
+    res = prepare_regulatory(sim_tiny / "multiome", sim_tiny / "genome.fa", sim_tiny / "genes.gtf", tmp_path / "reg",
+                             options=RegulatoryOptions(min_cells_per_gene=1), executor="local")
+
+    def order(seed):
+        return [(int(c), int(g)) for b in iter_regulatory_batches(res.manifest_path, batch_size=16, shuffle_seed=seed)
+                for c, g in zip(b["cell_id"], b["gene_id"])]
+
+    plain, a, b, other = order(None), order(7), order(7), order(8)
+    assert sorted(a) == sorted(plain) and len(set(a)) == len(a)
+    assert a == b and a != other and a != plain
+    visits = [c for i, (c, _) in enumerate(a) if i == 0 or a[i - 1][0] != c]
+    n_cells = len({c for c, _ in plain})
+    assert len(visits) <= n_cells + 10  # a cell's genes stay together (only row-group edges split one)
+    assert max(visits[:10]) - min(visits[:10]) > n_cells // 3  # the first cells come from all over the file
+    genes = [g for c, g in a if c == visits[0]]
+    assert genes != sorted(genes)  # and its genes in random order

@@ -26,28 +26,29 @@ def el_args(sim, tmp, *extra):
 @pytest.fixture(scope="module")
 def trained_elementary(sim_tiny, tmp_path_factory, ray_local):
     tmp = tmp_path_factory.mktemp("el")
-    export = train_elementary(el_args(sim_tiny, tmp, "train.max_steps=60", "train.checkpoint_every=30", "train.lr=1e-3",
-                                      "train.warmup_steps=5", f"train.eval_motifs={sim_tiny / 'truth' / 'motif_instances.tsv'}"))
+    export = train_elementary(el_args(sim_tiny, tmp, "train.max_steps=100", "train.checkpoint_every=50", "train.lr=3e-3", "data.crop_length=1024",
+                                      "train.warmup_steps=10", f"train.eval_motifs={sim_tiny / 'truth' / 'motif_instances.tsv'}"))
     return tmp, export
 
 
 def test_elementary_trains_and_exports(trained_elementary):
     tmp, export = trained_elementary
     rows = losses(tmp / "train" / "elementary")
-    assert rows[-1]["step"] == 60
+    assert rows[-1]["step"] == 100
     first, last = sum(r["loss"] for r in rows[:2]) / 2, sum(r["loss"] for r in rows[-2:]) / 2
     assert last < first  # the loss falls
     model = Elementary(load_config("tiny").model)
     model.load_state_dict(load_file(export))  # consolidated fp32 weights, no pickle
     assert (tmp / "train" / "elementary" / "loss_curve.png").exists()
-    assert json.loads((export.parent / "meta.json").read_text())["step"] == 60
-    # masked DNA at planted motifs, beside k-mer frequency baselines (the instrument; the tiny model
-    # after 60 CPU steps does not beat them: see the README)
+    assert json.loads((export.parent / "meta.json").read_text())["step"] == 100
+    # masked DNA at planted motifs beats k-mer frequency baselines fitted on the same windows
     ev = json.loads((tmp / "train" / "elementary" / "eval.json").read_text())
     assert ev["masked_motif_kmers"] > 0 and ev["masked_kmers"] > ev["masked_motif_kmers"]
     for name in ("model", "kmer_frequency", "kmer_left_context"):
         assert 0 <= ev[name]["all"] <= 1 and 0 <= ev[name]["motif"] <= 1
     assert ev["kmer_left_context"]["all"] > ev["kmer_frequency"]["all"]  # the neighbour's 5 bases carry over
+    assert ev["model"]["motif"] > ev["kmer_frequency"]["motif"] + 0.2
+    assert ev["model"]["motif"] > ev["kmer_left_context"]["motif"]
 
 
 def test_regulatory_trains_on_frozen_elementary(trained_elementary, sim_tiny, tmp_path):
@@ -55,10 +56,10 @@ def test_regulatory_trains_on_frozen_elementary(trained_elementary, sim_tiny, tm
     out = train_regulatory(["--config", "tiny", f"data.multiome={sim_tiny / 'multiome'}", f"data.genome={sim_tiny / 'genome.fa'}",
                             f"data.annotation={sim_tiny / 'genes.gtf'}", f"data.regulatory_shards={tmp_path / 'reg'}",
                             f"train.storage_path={tmp_path / 'train'}", "train.name=regulatory", f"train.elementary_weights={export}",
-                            "train.max_steps=40", "train.checkpoint_every=20", "train.micro_batch=16", "train.lr=1e-3",
+                            "train.max_steps=150", "train.checkpoint_every=75", "train.micro_batch=16", "train.lr=1e-3",
                             "train.warmup_steps=5", "train.log_every=5"])
     rows = losses(tmp_path / "train" / "regulatory")
-    assert rows[-1]["step"] == 40 and rows[-1]["loss"] < rows[0]["loss"]
+    assert rows[-1]["step"] == 150
     assert rows[-1]["cache_hit_rate"] > 0.3  # most (cell, peak) pairs share the zero-signal embedding
     weights = load_file(out)
     assert not any(k.startswith("elementary.") for k in weights)  # the frozen part is not re-exported
@@ -66,6 +67,9 @@ def test_regulatory_trains_on_frozen_elementary(trained_elementary, sim_tiny, tm
     ev = json.loads((tmp_path / "train" / "regulatory" / "eval.json").read_text())
     assert ev["samples"] > 0 and ev["holdout_cells_scored"] > 0 and ev["holdout_fraction"] == 0.1
     assert -1 <= ev["pearson_r"] <= 1 and -1 <= ev["baseline_gene_mean_r"] <= 1 and ev["mse"] >= 0
+    # the output starts at the data's mean level (so the per-step loss starts low and stays noisy);
+    # what training adds shows on cells it never saw: below the MSE of that one level, r above 0
+    assert ev["mse"] < ev["baseline_mean_mse"] and ev["pearson_r"] > 0.1
 
 
 def test_rerun_resumes_and_fault_recovers(sim_tiny, tmp_path, ray_local):

@@ -28,6 +28,7 @@ def test_dotted_overrides_are_typed():
     (["model.d_model"], "must look like"),
     (["data.crop_length=100"], "must be one of"),
     (["model.n_heads=5"], "divisible"),
+    (["model.local_kernel=4"], "odd width"),
     (["train.holdout_cells=1.0"], r"must be in \[0, 1\)"),
 ])
 def test_bad_overrides_are_explained(override, message):

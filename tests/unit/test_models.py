@@ -127,3 +127,37 @@ def test_model_info_cli(capsys):
     assert main(["model-info", "--config", "paper"]) == 0
     out = capsys.readouterr().out
     assert "total" in out and "elementary.transformer1" in out
+
+
+def test_kmer_embedding_and_head_are_built_from_bases():
+    from creformer.engine.tokenize import DNA_MASK, dna_tokens
+    from creformer.trainer.model.kmer import KmerEmbedding, KmerHead, kmer_base_index
+
+    idx = kmer_base_index()
+    tok = int(dna_tokens(b"ACGTAC")[0])
+    assert idx[tok].tolist() == [0, 6, 12, 18, 20, 26]  # bases A C G T A C at positions 0..5 (p * 5 + base)
+    assert idx[DNA_MASK].tolist() == [4, 9, 14, 19, 24, 29]  # special tokens: the "no base" row at every position
+
+    torch.manual_seed(0)
+    emb, head = KmerEmbedding(8), KmerHead(8)
+    by_hand = emb.weight[tok] + emb.base[[0, 6, 12, 18, 20, 26]].sum(0)
+    assert torch.allclose(emb(torch.tensor([tok]))[0], by_hand)
+    h = torch.randn(8)
+    score = (head.weight[tok] + head.base[[0, 6, 12, 18, 20, 26]].sum(0)) @ h + head.bias[tok]
+    assert torch.allclose(head(h[None])[0, tok], score, atol=1e-5)
+
+
+def test_local_convolution_mixes_only_nearby_tokens():
+    cfg = load_config("tiny", ["model.local_kernel=5"]).model
+    torch.manual_seed(0)
+    el = Elementary(cfg).eval()
+    seen = []
+    el.t1.register_forward_pre_hook(lambda mod, args: seen.append(args[0][:, 1:].reshape(-1, cfg.d_model)))  # drop [CLS]
+    dna = torch.randint(DNA_OFFSET, DNA_VOCAB, (1, 256))
+    sig = torch.full((1, cfg.n_tracks, 256), SIG_OFFSET)
+    dna2 = dna.clone()
+    dna2[0, 200] = DNA_OFFSET if int(dna[0, 200]) != DNA_OFFSET else DNA_OFFSET + 1
+    with torch.no_grad():
+        el.encode(dna, sig), el.encode(dna2, sig)
+    changed = (seen[0] != seen[1]).any(-1).nonzero().flatten().tolist()
+    assert changed == [198, 199, 200, 201, 202]  # the token and its neighbours within the 5-wide kernel

@@ -29,6 +29,7 @@ def parameter_counts(cfg: ModelConfig) -> dict[str, int]:
     parts = {
         "elementary.embeddings": n(elementary.dna_emb) + n(elementary.sig_emb) + elementary.cls.numel()
         + n(elementary.pos1) + n(elementary.pos2),
+        "elementary.local_conv": n(elementary.local) if elementary.local is not None else 0,
         "elementary.transformer1": n(elementary.t1),
         "elementary.transformer2": n(elementary.t2),
         "elementary.heads": n(elementary.dna_head) + n(elementary.sig_head) + n(elementary.bin_head),

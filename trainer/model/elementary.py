@@ -10,6 +10,7 @@ from creformer.config import ModelConfig
 from creformer.engine.tokenize import DNA_VOCAB, N_LEVELS, SIG_VOCAB
 
 from ..masking import IGNORE, MaskedBatch
+from .kmer import KmerEmbedding, KmerHead
 from .layers import Encoder
 
 
@@ -18,14 +19,19 @@ class Elementary(nn.Module):
         super().__init__()
         d = cfg.d_model
         self.cfg = cfg
-        self.dna_emb = nn.Embedding(DNA_VOCAB, d)
+        self.dna_emb = KmerEmbedding(d)
         self.sig_emb = nn.ModuleList(nn.Embedding(SIG_VOCAB, d) for _ in range(cfg.n_tracks))
+        # Self-attention with learned absolute positions takes thousands of steps to find a token's
+        # neighbours; a convolution over the summed embeddings gives every token its local context
+        # (the overlapping k-mers around it, nearby signal) from the first step.
+        k = cfg.local_kernel
+        self.local = nn.Conv1d(d, d, k, padding=k // 2) if k else None
         self.cls = nn.Parameter(torch.randn(d) * 0.02)
         self.pos1 = nn.Embedding(cfg.bin_size + 1, d)
         self.pos2 = nn.Embedding(cfg.max_bins, d)
         self.t1 = Encoder(cfg.n1, d, cfg.n_heads, cfg.ffn, cfg.dropout, cfg.activation_checkpointing)
         self.t2 = Encoder(cfg.n2, d, cfg.n_heads, cfg.ffn, cfg.dropout, cfg.activation_checkpointing)
-        self.dna_head = nn.Linear(d, DNA_VOCAB)
+        self.dna_head = KmerHead(d)
         self.sig_head = nn.Linear(d, cfg.n_tracks * N_LEVELS)
         self.bin_head = nn.Linear(d, cfg.n_tracks * N_LEVELS)
 
@@ -41,6 +47,8 @@ class Elementary(nn.Module):
         x = self.dna_emb(dna.long())
         for a, emb in enumerate(self.sig_emb):
             x = x + emb(sig[:, a].long())
+        if self.local is not None:
+            x = x + self.local(x.transpose(1, 2)).transpose(1, 2)
         d = x.shape[-1]
         x = x.view(b * nb, bs, d)
         x = torch.cat([self.cls.expand(b * nb, 1, d), x], 1) + self.pos1.weight[None]
