@@ -30,6 +30,12 @@ def test_elementary_shapes_and_losses(preset):
     tokens, bins = el.encode(batch.dna, batch.sig)
     assert tokens.shape == (2, 256, cfg.d_model) and bins.shape == (2, 2, cfg.d_model)
     assert el.embed(*random_tokens(3, 1024)).shape == (3, 8, cfg.d_model)  # a 1,024-bp peak -> 8 bins
+    el.eval()
+    with torch.no_grad():
+        peak = random_tokens(1, 256)
+        tokens, bins = el.encode(*peak)
+        # a bin's embedding: transformer-2's output plus the mean of its 128 token outputs
+        assert torch.allclose(el.embed(*peak)[0, 1], bins[0, 1] + tokens[0, 128:].mean(0), atol=1e-5)
     out = el(batch)
     for k in ("loss_dna", "loss_sig", "loss_bin", "loss"):
         assert torch.isfinite(out[k]), k
