@@ -256,7 +256,6 @@ class _JoinShard:
                            "peak_ids": _split_list(cols["peak_ids"]), "tss_rank": _split_list(cols["tss_rank"])}
                 yield join_samples(samples, self.dna, signal, self.peak_m)
 
-
     def _batches(self, pf, name: str):
         """The shard's rows in record batches: in file order, or (``shuffle_seed``) shuffled.
 
