@@ -157,14 +157,15 @@ def train_regulatory(argv: list[str] | None = None) -> Path:
     if man.data["options"]["peak_m"] != cfg.model.peak_m:
         raise ConfigError(f"{manifest} holds up to {man.data['options']['peak_m']} peaks per gene but model.peak_m="
                           f"{cfg.model.peak_m}; rebuild the shards or set model.peak_m")
-    from creformer.engine.dataset import regulatory_dataset
+    from creformer.engine.dataset import expression_mean, regulatory_dataset
 
     # Held-out cells never reach the workers; they are scored after training (eval.json).
     ds = regulatory_dataset(manifest, batch_size=cfg.train.micro_batch, with_dna=False,
                             holdout=(cfg.train.holdout_cells, cfg.train.seed, "train") if cfg.train.holdout_cells > 0 else None,
                             shuffle_seed=cfg.train.seed)
     context = {"elementary_weights": str(Path(weights).resolve()), "regulatory_root": str(man.root.resolve()),
-               "cache_dir": str((_run_dir(cfg) / "embedding_cache").resolve())}
+               "cache_dir": str((_run_dir(cfg) / "embedding_cache").resolve()),
+               "expression_mean": expression_mean(man.root)}
     export = run_training(cfg, "regulatory", ds, context)
     from .evaluate import evaluate_holdout
 

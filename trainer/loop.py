@@ -71,7 +71,7 @@ class RegulatoryStage:
     def __init__(self, cfg: Config, context: dict[str, Any]):
         from safetensors.torch import load_file
 
-        from creformer.engine.dataset import expression_mean, load_peak_dna
+        from creformer.engine.dataset import load_peak_dna
 
         from .model import Elementary
         from .model.cache import EmbeddingCache
@@ -86,11 +86,12 @@ class RegulatoryStage:
         # The frozen Elementary stays outside the ZeRO-3 engine (whole on every worker), behind the cache.
         self.cache = EmbeddingCache(elementary, load_peak_dna(context["regulatory_root"]), disk_dir=context.get("cache_dir"))
         self.model = RegulatoryHead(cfg.model)
-        # Start predicting the data's mean level: log expression sits around 5-7, and an output bias
-        # moving lr per step under Adam would otherwise take thousands of steps to get there (the
-        # rest of the head bends to fit the offset instead of the genes). A resumed run loads its own.
+        # Start predicting the data's mean level (measured once by the driver): log expression sits
+        # around 5-7, and an output bias moving lr per step under Adam would otherwise take thousands
+        # of steps to get there (the rest of the head bends to fit the offset instead of the genes).
+        # A resumed run loads its own.
         with torch.no_grad():
-            self.model.head[-1].bias.fill_(expression_mean(context["regulatory_root"]))
+            self.model.head[-1].bias.fill_(context["expression_mean"])
 
     def loss(self, engine, batch: dict[str, torch.Tensor], step: int, rank: int) -> tuple[torch.Tensor, dict[str, float]]:
         bins = self.cache.peak_bins(batch["peak_ids"].long(), batch["atac"].long(), batch["mask"])
