@@ -165,12 +165,37 @@ def train_regulatory(argv: list[str] | None = None) -> Path:
                             shuffle_seed=cfg.train.seed)
     context = {"elementary_weights": str(Path(weights).resolve()), "regulatory_root": str(man.root.resolve()),
                "cache_dir": str((_run_dir(cfg) / "embedding_cache").resolve()),
-               "expression_mean": expression_mean(man.root)}
+               "expression_mean": expression_mean(man.root), "signal_scale": signal_scale(cfg, man, Path(weights))}
     export = run_training(cfg, "regulatory", ds, context)
     from .evaluate import evaluate_holdout
 
     evaluate_holdout(cfg, manifest, Path(weights), export, _run_dir(cfg) / "eval.json")
     return export
+
+
+def signal_scale(cfg: Config, man: Manifest, weights: Path, samples: int = 64) -> float:
+    """1 / RMS of the cell-signal difference of peak embeddings (``Regulatory.set_signal_scale``),
+    measured on the first ``samples`` training samples in training's order: every worker starts
+    from the same value, and it is exported with the weights."""
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
+    from creformer.engine.dataset import iter_regulatory_batches, load_peak_dna
+
+    from .model import Elementary
+    from .model.cache import EmbeddingCache
+    from .model.regulatory import RegulatoryHead
+
+    elementary = Elementary(cfg.model)
+    elementary.load_state_dict(load_file(str(weights)))
+    cache = EmbeddingCache(elementary, load_peak_dna(man.root))
+    holdout = (cfg.train.holdout_cells, cfg.train.seed, "train") if cfg.train.holdout_cells > 0 else None
+    batch = next(iter_regulatory_batches(man, batch_size=samples, holdout=holdout, shuffle_seed=cfg.train.seed))
+    mask = torch.from_numpy(batch["mask"])
+    bins = cache.peak_bins(torch.from_numpy(batch["peak_ids"].astype(np.int64)),
+                           torch.from_numpy(batch["atac"].astype(np.int64)), mask)
+    return RegulatoryHead(cfg.model).set_signal_scale(bins, mask)
 
 
 def main_elementary() -> int:

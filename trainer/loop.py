@@ -92,6 +92,7 @@ class RegulatoryStage:
         # A resumed run loads its own.
         with torch.no_grad():
             self.model.head[-1].bias.fill_(context["expression_mean"])
+            self.model.signal_scale.fill_(context["signal_scale"])  # measured once by the driver, like the mean
 
     def loss(self, engine, batch: dict[str, torch.Tensor], step: int, rank: int) -> tuple[torch.Tensor, dict[str, float]]:
         bins = self.cache.peak_bins(batch["peak_ids"].long(), batch["atac"].long(), batch["mask"])

@@ -56,10 +56,10 @@ def test_regulatory_trains_on_frozen_elementary(trained_elementary, sim_tiny, tm
     out = train_regulatory(["--config", "tiny", f"data.multiome={sim_tiny / 'multiome'}", f"data.genome={sim_tiny / 'genome.fa'}",
                             f"data.annotation={sim_tiny / 'genes.gtf'}", f"data.regulatory_shards={tmp_path / 'reg'}",
                             f"train.storage_path={tmp_path / 'train'}", "train.name=regulatory", f"train.elementary_weights={export}",
-                            "train.max_steps=150", "train.checkpoint_every=75", "train.micro_batch=16", "train.lr=1e-3",
+                            "train.max_steps=250", "train.checkpoint_every=125", "train.micro_batch=16", "train.lr=1e-3",
                             "train.warmup_steps=5", "train.log_every=5"])
     rows = losses(tmp_path / "train" / "regulatory")
-    assert rows[-1]["step"] == 150
+    assert rows[-1]["step"] == 250
     assert rows[-1]["cache_hit_rate"] > 0.3  # most (cell, peak) pairs share the zero-signal embedding
     weights = load_file(out)
     assert not any(k.startswith("elementary.") for k in weights)  # the frozen part is not re-exported
@@ -68,8 +68,11 @@ def test_regulatory_trains_on_frozen_elementary(trained_elementary, sim_tiny, tm
     assert ev["samples"] > 0 and ev["holdout_cells_scored"] > 0 and ev["holdout_fraction"] == 0.1
     assert -1 <= ev["pearson_r"] <= 1 and -1 <= ev["baseline_gene_mean_r"] <= 1 and ev["mse"] >= 0
     # the output starts at the data's mean level (so the per-step loss starts low and stays noisy);
-    # what training adds shows on cells it never saw: below the MSE of that one level, r above 0
-    assert ev["mse"] < ev["baseline_mean_mse"] and ev["pearson_r"] > 0.1
+    # what training adds shows on cells it never saw: below the MSE of that one level, r >= 0.5 and
+    # above knowing each gene's mean, because the model reads the cell (within-gene r > 0)
+    assert ev["mse"] < ev["baseline_mean_mse"]
+    assert ev["pearson_r"] >= 0.5 and ev["pearson_r"] > ev["baseline_gene_mean_r"]
+    assert ev["within_gene_r"] > 0.1
 
 
 def test_rerun_resumes_and_fault_recovers(sim_tiny, tmp_path, ray_local):

@@ -77,7 +77,7 @@ def test_attention_scores_are_column_sums_over_real_queries():
     cfg = load_config("tiny").model
     torch.manual_seed(0)
     head = RegulatoryHead(cfg).eval()
-    bins = torch.randn(2, 5, 8, cfg.d_model)
+    bins = torch.randn(2, 5, 2, 8, cfg.d_model)
     mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
     rank = torch.tensor([[-2, -1, 0, 1, 2], [0, 1, 2, 0, 0]])
     s = head.attention_scores(bins, rank, mask)

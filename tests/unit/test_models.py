@@ -110,6 +110,36 @@ def test_regulatory_padding_invariance_and_attention():
     assert (scores[1, 3:] == 0).all()
 
 
+def test_cell_signal_enters_as_scaled_difference_from_zero_signal():
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    el, reg = build_models(cfg)
+    reg.eval()
+    dna, sig, rank, mask = regulatory_inputs()
+    bins = reg.peak_bins(dna, sig, mask)
+    assert bins.shape == (2, 5, 2, 8, cfg.d_model)
+    zero_sig = torch.where(sig == SIG_PAD, sig, torch.full_like(sig, SIG_OFFSET))
+    assert torch.allclose(bins[:, :, 1][mask], el.embed(dna[mask], zero_sig[mask]), atol=1e-5)  # the zero-signal half
+    assert (bins[1, 3:] == 0).all()  # padding
+    scale = reg.set_signal_scale(bins, mask)
+    delta = (bins[:, :, 0] - bins[:, :, 1]).mean(-2)[mask] * scale
+    assert float(delta.pow(2).mean().sqrt()) == pytest.approx(1.0, rel=1e-4)  # unit RMS after scaling
+    assert float(reg.signal_scale) == pytest.approx(scale)
+    # a peak whose cell signal equals its zero signal gets only the projection's bias from that path
+    same = bins.clone()
+    same[:, :, 0] = same[:, :, 1]
+    x = reg._inputs(same, rank, mask)
+    r = rank.long().clamp(-cfg.peak_m, cfg.peak_m) + cfg.peak_m
+    assert torch.allclose(x, reg.pool(same[:, :, 0]) + reg.rank_emb(r) + reg.signal_proj.bias, atol=1e-6)
+    # changing one peak's signal changes the prediction of that sample only
+    sig2 = sig.clone()
+    sig2[0, 2, 0] = SIG_OFFSET
+    pred, pred2 = reg(dna, sig, rank, mask), reg(dna, sig2, rank, mask)
+    assert pred[0] != pred2[0] and pred[1] == pred2[1]
+    with pytest.raises(ValueError, match="2, bins, d"):
+        reg.forward_bins(bins[:, :, 0], rank, mask)
+
+
 def test_frozen_elementary_gets_no_gradient():
     cfg = tiny_cfg()
     el, reg = build_models(cfg)

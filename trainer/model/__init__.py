@@ -34,6 +34,7 @@ def parameter_counts(cfg: ModelConfig) -> dict[str, int]:
         "elementary.transformer2": n(elementary.t2),
         "elementary.heads": n(elementary.dna_head) + n(elementary.sig_head) + n(elementary.bin_head),
         "regulatory.pool_and_rank": regulatory.pool_query.numel() + n(regulatory.rank_emb),
+        "regulatory.signal_proj": n(regulatory.signal_proj),
         "regulatory.transformer3": n(regulatory.t3),
         "regulatory.head": n(regulatory.head),
     }

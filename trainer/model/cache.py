@@ -121,13 +121,16 @@ class EmbeddingCache:
 
     @torch.no_grad()
     def peak_bins(self, peak_ids: torch.Tensor, atac: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(B, P, 8, d) Elementary bins for real peaks (zeros for padding), computing only misses.
+        """(B, P, 2, 8, d) Elementary bins for real peaks (zeros for padding): [the cell's signal,
+        zero signal], the Regulatory model's input pair. Computes only misses.
 
-        ``atac`` (B, P, 1024) are the cells' scATAC signal tokens; the other tracks are [PAD]."""
+        ``atac`` (B, P, 1024) are the cells' scATAC signal tokens; the other tracks are [PAD].
+        Hit/miss counts are of the (cell, peak) signal lookups; the zero-signal reference of each
+        peak is one more entry, computed once."""
         b, p = mask.shape
         d = self.elementary.cfg.d_model
         n_bins = self.peak_dna.shape[1] // self.elementary.cfg.bin_size
-        out = torch.zeros(b, p, n_bins, d)
+        out = torch.zeros(b, p, 2, n_bins, d)
         ids = peak_ids.cpu().numpy()
         sig = atac.cpu().numpy()
         real = np.argwhere(mask.cpu().numpy())
@@ -138,24 +141,37 @@ class EmbeddingCache:
             if hit is None:
                 missing.setdefault(key, []).append((bi, pi))
             else:
-                out[bi, pi] = hit
+                out[bi, pi, 0] = hit
                 self.hits += 1
         if missing:
             self.misses += sum(len(v) for v in missing.values())
             keys = list(missing)
-            first = [missing[k][0] for k in keys]
-            dna = torch.from_numpy(self.peak_dna[[k[0] for k in keys]].astype(np.int64))
-            tracks = torch.zeros(len(keys), self.n_tracks, dna.shape[1], dtype=torch.long)
-            tracks[:, self.atac_track] = torch.from_numpy(np.stack([sig[bi, pi] for bi, pi in first]).astype(np.int64))
-            was = self.elementary.training
-            self.elementary.eval()
-            emb = torch.cat([self.elementary.embed(dna[i:i + 256], tracks[i:i + 256]) for i in range(0, len(keys), 256)])
-            self.elementary.train(was)
-            for k, value, slots in zip(keys, emb, (missing[k] for k in keys)):
+            for k, value in zip(keys, self._embed([k[0] for k in keys], np.stack([sig[missing[k][0]] for k in keys]))):
                 self._put(k, value)
-                for bi, pi in slots:
-                    out[bi, pi] = value
+                for bi, pi in missing[k]:
+                    out[bi, pi, 0] = value
+        peaks = np.unique(ids[mask.cpu().numpy()]).tolist()
+        zero = {pid: self._get((pid, ZERO_SIGNAL)) for pid in peaks}
+        todo = [pid for pid, v in zero.items() if v is None]
+        if todo:
+            length = self.peak_dna.shape[1]
+            for pid, value in zip(todo, self._embed(todo, np.full((len(todo), length), SIG_OFFSET, np.uint8))):
+                self._put((pid, ZERO_SIGNAL), value)
+                zero[pid] = value
+        for bi, pi in real:
+            out[bi, pi, 1] = zero[int(ids[bi, pi])]
         return out
+
+    def _embed(self, peak_ids: list[int], atac: np.ndarray) -> torch.Tensor:
+        """Frozen Elementary bins (n, 8, d) of peaks with the given ATAC tokens (n, 1024)."""
+        dna = torch.from_numpy(self.peak_dna[peak_ids].astype(np.int64))
+        tracks = torch.zeros(len(peak_ids), self.n_tracks, dna.shape[1], dtype=torch.long)
+        tracks[:, self.atac_track] = torch.from_numpy(atac.astype(np.int64))
+        was = self.elementary.training
+        self.elementary.eval()
+        emb = torch.cat([self.elementary.embed(dna[i:i + 256], tracks[i:i + 256]) for i in range(0, len(peak_ids), 256)])
+        self.elementary.train(was)
+        return emb
 
     def stats(self) -> dict[str, float]:
         total = self.hits + self.misses

@@ -1,4 +1,11 @@
-"""The Regulatory CREformer (DESIGN §5): frozen Elementary peak embeddings → gene expression."""
+"""The Regulatory CREformer (DESIGN §5): frozen Elementary peak embeddings → gene expression.
+
+Peak bins come in pairs, (B, P, 2, 8, d): the Elementary output for the cell's own signal over the
+peak, and for the same peak with zero signal (cached once per peak). A peak's input is the pooled
+first plus a learned projection of their difference, scaled to unit size: the frozen Elementary
+moves a peak's embedding by only ~2 % when its ATAC changes (measured on the demo), far below its
+DNA identity, and without the explicit difference the head never learned within-gene (cell) signal
+(held-out within-gene r 0.00 vs 0.40 with it, same data and steps)."""
 
 from __future__ import annotations
 
@@ -25,6 +32,10 @@ class Regulatory(nn.Module):
                 p.requires_grad_(False)
         self.pool_query = nn.Parameter(torch.randn(d) * 0.02)
         self.rank_emb = nn.Embedding(2 * cfg.peak_m + 1, d)  # signed TSS rank in [-peak_m, peak_m]
+        self.signal_proj = nn.Linear(d, d)
+        # 1 / typical size of the signal difference, measured on the data before training
+        # (``signal_scale``); a buffer, so exports carry it.
+        self.register_buffer("signal_scale", torch.ones(()))
         self.t3 = Encoder(cfg.n3, d, cfg.n_heads, cfg.ffn, cfg.dropout, cfg.activation_checkpointing)
         self.head = nn.Sequential(nn.Linear(cfg.peak_m * d, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, 1))
 
@@ -36,14 +47,30 @@ class Regulatory(nn.Module):
 
     @torch.no_grad()
     def peak_bins(self, dna: torch.Tensor, sig: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Frozen Elementary bins (B, P, 8, d) for real peaks (padded peaks stay zero)."""
+        """Frozen Elementary bins (B, P, 2, 8, d) for real peaks, [cell's signal, zero signal]
+        (padded peaks stay zero). ``sig`` (B, P, A, 1024); the zero signal sets every real track
+        to level 0 and keeps [PAD] where the input has it."""
+        from creformer.engine.tokenize import SIG_OFFSET, SIG_PAD
+
         if self.elementary is None:
             raise RuntimeError("this Regulatory model was built without its Elementary; feed peak bins to forward_bins")
         b, p, length = dna.shape
-        out = torch.zeros(b, p, length // self.cfg.bin_size, self.cfg.d_model, device=dna.device)
+        out = torch.zeros(b, p, 2, length // self.cfg.bin_size, self.cfg.d_model, device=dna.device)
         if mask.any():
-            out[mask] = self.elementary.embed(dna[mask], sig[mask])
+            s = sig[mask]
+            zero = torch.where(s == SIG_PAD, s, torch.full_like(s, SIG_OFFSET))
+            out[mask] = torch.stack([self.elementary.embed(dna[mask], s), self.elementary.embed(dna[mask], zero)], 1)
         return out
+
+    def set_signal_scale(self, bins: torch.Tensor, mask: torch.Tensor) -> float:
+        """Set ``signal_scale`` to 1 / RMS of the bin-mean signal difference over the real peaks
+        whose signal is not zero, in sample peak bins (B, P, 2, 8, d); returns it."""
+        delta = (bins[:, :, 0] - bins[:, :, 1]).mean(-2)[mask]
+        delta = delta[delta.abs().amax(-1) > 0]
+        rms = float(delta.pow(2).mean().sqrt()) if delta.numel() else 0.0
+        scale = 1.0 / rms if rms > 0 else 1.0
+        self.signal_scale.fill_(scale)
+        return scale
 
     def pool(self, bins: torch.Tensor) -> torch.Tensor:
         """Attention pooling over a peak's 8 bins: (B, P, 8, d) → (B, P, d)."""
@@ -51,8 +78,12 @@ class Regulatory(nn.Module):
         return (w[..., None] * bins).sum(-2)
 
     def _inputs(self, bins: torch.Tensor, rank: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if bins.dim() != 5 or bins.shape[2] != 2:
+            raise ValueError(f"peak bins must be (batch, peaks, 2, bins, d) [cell's signal, zero signal], got {tuple(bins.shape)}")
         r = rank.long().clamp(-self.cfg.peak_m, self.cfg.peak_m) + self.cfg.peak_m
-        return self.pool(bins) + self.rank_emb(r)
+        cell, zero = bins[:, :, 0], bins[:, :, 1]
+        delta = (cell - zero).mean(-2) * self.signal_scale
+        return self.pool(cell) + self.rank_emb(r) + self.signal_proj(delta)
 
     def forward_bins(self, bins: torch.Tensor, rank: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Expression (B,) from precomputed peak bins (the embedding cache path)."""
