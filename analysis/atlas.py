@@ -33,7 +33,8 @@ from creformer.engine.shards import atomic_write_json, content_hash
 from . import inputs
 
 SCORE_SCHEMA = {"cell_id": pl.Int32, "gene_id": pl.Int32, "expression": pl.Float32, "pred": pl.Float32,
-                "peak_ids": pl.List(pl.Int32), "attention": pl.List(pl.Float32), "atac": pl.List(pl.Float32)}
+                "peak_ids": pl.List(pl.Int32), "attention": pl.List(pl.Float32), "atac": pl.List(pl.Float32),
+                "ablation": pl.List(pl.Float32)}
 PERTURB_SCHEMA = {"cell_id": pl.Int32, "gene_id": pl.Int32, "condition": pl.Utf8, "mode": pl.Utf8, "pred": pl.Float32}
 
 
@@ -115,7 +116,8 @@ def run_partition(w: AtlasWorker, part: dict[str, Any]) -> dict[str, Any]:
                 "pred": res["pred"],
                 "peak_ids": [r[:k].tolist() for r, k in zip(joined["peak_ids"][:, :p], n_real)],
                 "attention": [r[:k].tolist() for r, k in zip(res["attention"], n_real)],
-                "atac": [r[:k].tolist() for r, k in zip(res["atac"], n_real)]}, schema=SCORE_SCHEMA))
+                "atac": [r[:k].tolist() for r, k in zip(res["atac"], n_real)],
+                "ablation": [r[:k].tolist() for r, k in zip(res["ablation"], n_real)]}, schema=SCORE_SCHEMA))
             ids, mask = joined["peak_ids"][:, :p], joined["mask"][:, :p]
             for name, mode, peaks in conds:
                 touched = mask & peaks[np.maximum(ids, 0)]
@@ -226,7 +228,7 @@ def run_partitions(p: Prepared, config_path: Path) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     np.save(work / "bound.npy", p.bound)
     items = partitions(p)
-    fingerprint = content_hash({"manifest": p.tables.manifest.data["input_hash"],
+    fingerprint = content_hash({"schema": sorted(SCORE_SCHEMA), "manifest": p.tables.manifest.data["input_hash"],
                                 "weights": [inputs.file_id(p.elementary_weights), inputs.file_id(p.regulatory_weights)],
                                 "conditions": [c.__dict__ for c in p.conditions], "ki": p.ki_level,
                                 "bound": content_hash(p.bound.tolist()), "genes": p.genes, "items": [it["cells"] for it in items]})

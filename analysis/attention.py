@@ -2,6 +2,11 @@
 
 score_j = Σ_i A_ij over real queries i of the first Regulatory layer's head-averaged softmax
 attention: it sums to the number of real peaks, so 1.0 is "average attention".
+
+Beside it, the in-silico ablation of each peak: the predicted expression minus the prediction with
+that one peak's cell signal replaced by zero signal (the cached zero-signal half of its bins, so no
+Elementary pass). It is 0 for a peak without signal in the cell; group means are taken over the
+cells where the peak has signal.
 """
 
 from __future__ import annotations
@@ -30,20 +35,45 @@ def score_batch(head, cache, batch: dict[str, np.ndarray], values: np.ndarray) -
     att = head.attention_scores(bins, rank, mask)
     mass = values[batch["atac"][:, :p]].mean(-1) * mask_np[:, :p]
     return {"pred": pred.numpy().astype(np.float32), "attention": att.numpy().astype(np.float32),
-            "atac": mass.astype(np.float32), "bins": bins, "rank": rank, "mask": mask, "width": p}
+            "atac": mass.astype(np.float32), "ablation": ablation(head, bins, rank, mask, pred),
+            "bins": bins, "rank": rank, "mask": mask, "width": p}
+
+
+@torch.no_grad()
+def ablation(head, bins: torch.Tensor, rank: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor,
+             chunk: int = 512) -> np.ndarray:
+    """(B, P) predicted expression minus the prediction with peak j's cell signal set to zero
+    signal; 0 where the peak has no signal in the cell (its two halves are equal) or is padding.
+    Works on the per-peak inputs: only peak j's input changes, to its zero-signal input."""
+    out = np.zeros(mask.shape, np.float32)
+    has = ((bins[:, :, 0] != bins[:, :, 1]).flatten(2).any(-1) & mask).numpy()
+    rows, cols = np.nonzero(has)
+    if rows.size == 0:
+        return out
+    x = head._inputs(bins, rank, mask)
+    x_zero = head._inputs(bins[:, :, 1:].expand(-1, -1, 2, -1, -1), rank, mask)  # every peak at zero signal
+    for s in range(0, rows.size, chunk):
+        r, c = torch.from_numpy(rows[s:s + chunk]), torch.from_numpy(cols[s:s + chunk])
+        xr = x[r].clone()
+        xr[torch.arange(r.numel()), c] = x_zero[r, c]
+        out[rows[s:s + chunk], cols[s:s + chunk]] = (pred[r] - head.forward_inputs(xr, mask[r])).numpy()
+    return out
 
 
 def explode(records: pl.DataFrame) -> pl.DataFrame:
-    """Per-sample lists → one row per (cell, gene, peak) with its attention and ATAC mass."""
-    return records.select("cell_id", "gene_id", "peak_ids", "attention", "atac").explode(
-        ["peak_ids", "attention", "atac"]).rename({"peak_ids": "peak_id"}).drop_nulls("peak_id")
+    """Per-sample lists → one row per (cell, gene, peak) with its attention, ATAC mass and ablation."""
+    return records.select("cell_id", "gene_id", "peak_ids", "attention", "atac", "ablation").explode(
+        ["peak_ids", "attention", "atac", "ablation"]).rename({"peak_ids": "peak_id"}).drop_nulls("peak_id")
 
 
 def group_attention(long: pl.DataFrame, cells: pl.DataFrame) -> pl.DataFrame:
-    """Mean attention and ATAC mass per (group, gene, peak) over the group's cells."""
+    """Mean attention and ATAC mass per (group, gene, peak) over the group's cells; mean ablation
+    over the group's cells where the peak has signal (0 when none has)."""
+    n_signal = (pl.col("atac") > 0).sum()
     return (long.join(cells.select("cell_id", "group"), on="cell_id")
             .group_by("group", "gene_id", "peak_id")
-            .agg(pl.col("attention").mean(), pl.col("atac").mean(), pl.len().alias("n_cells"))
+            .agg(pl.col("attention").mean(), pl.col("atac").mean(), pl.len().alias("n_cells"),
+                 (pl.col("ablation").sum() / pl.max_horizontal(n_signal, 1)).cast(pl.Float32).alias("ablation"))
             .sort("group", "gene_id", "peak_id"))
 
 

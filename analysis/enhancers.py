@@ -22,10 +22,12 @@ CONTACT_FLOOR_BP = 5_000  # ABC's contact saturates near the promoter; 1/d with 
 
 
 def element_scores(group_att: pl.DataFrame, genes: pl.DataFrame, peaks: pl.DataFrame) -> pl.DataFrame:
-    """(gene_id, peak_id, attention, activity, distance, abc): attention = the highest group-mean
-    attention (an enhancer may act in one cell type only); activity = mean ATAC mass over groups."""
+    """(gene_id, peak_id, attention, ablation, activity, distance, abc): attention and ablation =
+    the highest group mean (an enhancer may act in one cell type only); activity = mean ATAC mass
+    over groups."""
     t = (group_att.group_by("gene_id", "peak_id")
-         .agg(pl.col("attention").max(), pl.col("atac").mean().alias("activity")).sort("gene_id", "peak_id"))
+         .agg(pl.col("attention").max(), pl.col("ablation").max(), pl.col("atac").mean().alias("activity"))
+         .sort("gene_id", "peak_id"))
     dist = peak_distance(genes, peaks, t["gene_id"].to_numpy(), t["peak_id"].to_numpy())
     t = t.with_columns(pl.Series("distance", dist))
     raw = t["activity"].to_numpy() / np.maximum(dist, CONTACT_FLOOR_BP)

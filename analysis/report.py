@@ -12,7 +12,7 @@ import polars as pl
 
 from creformer.trainer.evaluate import pearson
 
-from .validate import BASELINES
+from .validate import BASELINES, MODEL_VARIANTS
 
 
 def _plt():
@@ -171,9 +171,10 @@ def plot_scorecard(card: dict, path: Path) -> Path:
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.4), squeeze=False)
     for ax, m in zip(axes[0], metrics):
         entry = card[m]
-        keys = ["model"] + [k for k in BASELINES if k in entry]
+        variants = [k for k in MODEL_VARIANTS if k in entry]
+        keys = ["model", *variants] + [k for k in BASELINES if k in entry]
         vals = [entry[k] for k in keys]
-        ax.bar(keys, vals, color=["tab:red"] + ["tab:grey"] * (len(keys) - 1))
+        ax.bar(keys, vals, color=["tab:red"] + ["salmon"] * len(variants) + ["tab:grey"] * (len(keys) - 1 - len(variants)))
         ax.axhline(entry["target"], c="k", ls="--", lw=0.8, label=f"target {entry['target']:.2f}")
         ax.set_title(m.replace("_", " "), fontsize=9)
         ax.tick_params(axis="x", rotation=30, labelsize=7)
@@ -187,7 +188,8 @@ def plot_scorecard(card: dict, path: Path) -> Path:
 def scorecard_table(card: dict) -> str:
     """The scorecard as an HTML table: model, its baselines, target, met."""
     rows = "".join(
-        f"<tr><td>{html.escape(k)}</td><td><b>{v['model']:.3f}</b></td><td>"
+        f"<tr><td>{html.escape(k)}</td><td><b>{v['model']:.3f}</b>"
+        + "".join(f"<br>{m[6:]} {v[m]:.3f}" for m in MODEL_VARIANTS if m in v) + "</td><td>"
         + ", ".join(f"{b} {v[b]:.3f}" for b in BASELINES if b in v)
         + f"</td><td>{v['target']:.3f}</td><td>{'met' if v['met'] else '<b>not met</b>'}</td></tr>"
         for k, v in card.items() if not k.startswith("_"))

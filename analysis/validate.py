@@ -7,7 +7,9 @@ the target (with `met`):
 - grn_auprc: all (TF, gene) pairs, positives = planted TF→target edges; baselines motif_only and
   correlation. Target 2 × motif_only.
 - enhancer_gene_auprc: all (gene, peak-in-window) pairs, positives = the gene's causal elements;
-  baselines distance and abc. Target: above both baselines.
+  model = attention score (DESIGN §7; `met` is judged on it), model_ablation = the model's
+  in-silico ablation effect (analysis.attention.ablation), shown beside it; baselines distance and
+  abc. Target: above both baselines.
 - ko_direction_accuracy: planted edges whose true knockout effect in a cell type is |log2FC| ≥ 0.1;
   the sign of the model's mean predicted log2FC in that group must match (0 counts as wrong).
   Baseline motif_only: "down wherever the TF's motif is in the window". Target 0.9.
@@ -27,6 +29,7 @@ from .metrics import auprc, precision_at_recall, top_k_precision
 
 MIN_KO_EFFECT = 0.1
 BASELINES = ("gene_activity", "motif_only", "correlation", "distance", "abc")  # scorecard keys, in display order
+MODEL_VARIANTS = ("model_ablation",)  # other model-derived rankings shown beside `model`
 
 
 def _truth(truth: Path, name: str) -> pl.DataFrame:
@@ -76,6 +79,8 @@ def enhancer_metric(elements: pl.DataFrame, peaks: pl.DataFrame, genes: pl.DataF
     lab = enhancer_labels(elements, peaks, genes, truth)
     y = lab["label"].to_numpy()
     cols = {"model": lab["attention"].to_numpy(), "distance": -lab["distance"].to_numpy().astype(float), "abc": lab["abc"].to_numpy()}
+    if "ablation" in lab.columns:  # atlases written before the ablation column have attention only
+        cols["model_ablation"] = lab["ablation"].to_numpy()
     vals = {m: auprc(s, y) for m, s in cols.items()}
     p70 = {m: precision_at_recall(s, y, 0.7) for m, s in cols.items()}
     target = max(vals["distance"], vals["abc"])

@@ -122,7 +122,7 @@ table{{border-collapse:collapse}}pre{{background:#f6f6f6;padding:8px;font-size:1
 
 
 def run(out: Path, config: str = "demo", overrides: tuple[str, ...] = (), data_dir: Path | None = None,
-        steps: tuple[int, int] = (120, 800)) -> Path:
+        steps: tuple[int, int] = (100, 750)) -> Path:
     """The whole path; ``steps`` = (Elementary, Regulatory) training steps, sized so the small atlas
     finishes within ~15 minutes on 2 CPU cores."""
     from creformer.engine.dataset import elementary_dataset
@@ -166,7 +166,7 @@ def run(out: Path, config: str = "demo", overrides: tuple[str, ...] = (), data_d
     t = time.perf_counter()
     # Step budgets sized so the whole demo stays within ~15 minutes on 2 CPU cores. The Elementary's
     # masked-DNA accuracy is ~0.99 by step 100; the Regulatory head needs ~13 k training samples
-    # (800 steps x 8 x 2 workers) before the cell's signal lifts held-out r above the gene means.
+    # (750 steps x 8 x 2 workers) before the cell's signal lifts held-out r above the gene means.
     el = train_elementary([*common, f"data.shards={d.shards}", "train.name=elementary", f"train.max_steps={steps[0]}",
                            f"train.checkpoint_every={max(1, steps[0] // 2)}", "train.log_every=10", "train.lr=3e-3",
                            "train.warmup_steps=20", f"train.eval_motifs={sim / 'truth' / 'motif_instances.tsv'}"])

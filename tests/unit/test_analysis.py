@@ -199,13 +199,53 @@ def test_crispri_reader_baselines_and_bad_table(tmp_path):
         enhancers.read_crispri(bad)
 
 
+def test_ablation_is_the_prediction_drop_when_one_peak_loses_its_signal():
+    from creformer.analysis.attention import ablation, group_attention
+    from creformer.config import load_config
+    from creformer.trainer.model import Elementary
+    from creformer.trainer.model.cache import EmbeddingCache
+    from creformer.trainer.model.regulatory import RegulatoryHead
+
+    cfg = load_config("tiny").model
+    torch.manual_seed(0)
+    el, head = Elementary(cfg).eval(), RegulatoryHead(cfg).eval()
+    rng = np.random.default_rng(1)
+    cache = EmbeddingCache(el, rng.integers(4, 4100, (5, 1024)).astype(np.uint16))
+    ids = np.array([[0, 1, 2], [3, 4, -1]])
+    mask = ids >= 0
+    atac = np.repeat(np.where(mask, SIG_OFFSET, SIG_PAD).astype(np.uint8)[..., None], 1024, -1)
+    atac[0, 1, 500:506] = SIG_OFFSET + 7  # signal in two (cell, peak) pairs only
+    atac[1, 0, 10:16] = SIG_OFFSET + 3
+    rank = torch.from_numpy(np.where(mask, np.arange(3) - 1, 0))
+    tmask = torch.from_numpy(mask)
+
+    def predict(tokens):
+        bins = cache.peak_bins(torch.from_numpy(ids.clip(0)), torch.from_numpy(tokens.astype(np.int64)), tmask)
+        return bins, head.forward_bins(bins, rank, tmask)
+
+    bins, pred = predict(atac)
+    got = ablation(head, bins, rank, tmask, pred, chunk=1)
+    want = np.zeros(ids.shape, np.float32)
+    for b, j in ((0, 1), (1, 0)):
+        cut = atac.copy()
+        cut[b, j] = SIG_OFFSET  # that peak's tokens at zero signal, through the full embedding path
+        want[b, j] = float(pred[b] - predict(cut)[1][b])
+    assert np.count_nonzero(got) == 2 and got == pytest.approx(want, abs=1e-5)
+    # group means of the ablation count only the cells where the peak has signal
+    long = pl.DataFrame({"cell_id": [0, 1, 2], "gene_id": [0, 0, 0], "peak_id": [5, 5, 5], "attention": [1.0, 1.0, 1.0],
+                         "atac": [0.0, 2.0, 4.0], "ablation": [0.0, 0.3, 0.1]})
+    g = group_attention(long, pl.DataFrame({"cell_id": [0, 1, 2], "group": ["a", "a", "a"]}))
+    assert g["ablation"].to_list() == pytest.approx([0.2]) and g["atac"].to_list() == pytest.approx([2.0])
+
+
 def test_element_scores_abc_is_normalized_per_gene():
     genes = pl.DataFrame({"gene_id": [0], "tss": [10_000]})
     peaks = pl.DataFrame({"peak_id": [0, 1], "chrom": ["c", "c"], "start": [9_900, 29_900], "end": [10_100, 30_100]})
     gatt = pl.DataFrame({"group": ["a", "b", "a", "b"], "gene_id": [0] * 4, "peak_id": [0, 0, 1, 1],
-                         "attention": [1.0, 2.0, 0.5, 0.2], "atac": [1.0, 3.0, 2.0, 2.0]})
+                         "attention": [1.0, 2.0, 0.5, 0.2], "atac": [1.0, 3.0, 2.0, 2.0], "ablation": [0.1, -0.2, 0.0, 0.3]})
     t = enhancers.element_scores(gatt, genes, peaks)
     assert t["attention"].to_list() == [2.0, 0.5] and t["distance"].to_list() == [0, 20_000]
+    assert t["ablation"].to_list() == pytest.approx([0.1, 0.3])
     raw = np.array([2.0 / 5_000, 2.0 / 20_000])
     assert t["abc"].to_list() == pytest.approx((raw / raw.sum()).tolist())
 

@@ -87,10 +87,15 @@ class Regulatory(nn.Module):
 
     def forward_bins(self, bins: torch.Tensor, rank: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Expression (B,) from precomputed peak bins (the embedding cache path)."""
-        b, p = mask.shape
+        return self.forward_inputs(self._inputs(bins, rank, mask), mask)
+
+    def forward_inputs(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Expression (B,) from per-peak inputs (B, P, d) (``_inputs``): a peak's input depends on
+        its own bins and rank only, so a one-peak change can be made here without re-pooling."""
+        p = mask.shape[1]
         if p > self.cfg.peak_m:
             raise ValueError(f"{p} peaks exceed model.peak_m={self.cfg.peak_m}")
-        h = self.t3(self._inputs(bins, rank, mask), key_padding=~mask) * mask[..., None]
+        h = self.t3(x, key_padding=~mask) * mask[..., None]
         h = F.pad(h, (0, 0, 0, self.cfg.peak_m - p))  # zero-pad to (peak_m, d)
         return self.head(h.flatten(1)).squeeze(-1)
 
