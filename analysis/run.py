@@ -69,7 +69,10 @@ def run_analyses(p, stats: dict[str, Any], seconds: float) -> Path:
     results["grn_files"] = [str(x) for x in grn.write_grn(edges, gatt, tables.peaks, out / "grn")]
     windows = {int(g): np.asarray(df["peak_ids"][0].to_list(), np.int64)
                for (g,), df in sorted(records.group_by("gene_id"), key=lambda kv: kv[0])}
-    scores = grn.score_table(edges, windows, p.bound, p.tfs, gene_names, mats.expression, mats.genes)
+    best = grn.pair_scores(gatt, p.bound, p.tfs, a.high_attention_peaks)
+    by_ablation = grn.pair_scores(gatt, p.bound, p.tfs, a.high_attention_peaks, by="ablation")
+    scores = grn.score_table(best, windows, p.bound, p.tfs, gene_names, mats.expression, mats.genes,
+                             variants={"model_ablation": by_ablation})
     scores = scores.with_columns(pl.col("gene_id").replace_strict(gene_keys, return_dtype=pl.Utf8).alias("gene"))
     scores.write_parquet(out / "grn" / "scores.parquet")
     wb = scores.filter(pl.col("motif_only") > 0).select("tf", "gene_id")

@@ -4,7 +4,9 @@ One scorecard entry per metric, each holding the model's value, every baseline t
 the target (with `met`):
 - master_tf_top3_precision: per cell type, hits among the top 3 TFs over min(3, #master TFs);
   model = attention features, baseline gene_activity. Target 0.9.
-- grn_auprc: all (TF, gene) pairs, positives = planted TF→target edges; baselines motif_only and
+- grn_auprc: all (TF, gene) pairs, positives = planted TF→target edges; model = the best motif
+  enrichment −log10 p over groups among each window's high-attention peaks (no p cutoff: every
+  pair ranked), model_ablation = the same with peaks ranked by ablation; baselines motif_only and
   correlation. Target 2 × motif_only.
 - enhancer_gene_auprc: all (gene, peak-in-window) pairs, positives = the gene's causal elements;
   model = attention score (DESIGN §7; `met` is judged on it), model_ablation = the model's
@@ -60,7 +62,7 @@ def grn_metric(scores: pl.DataFrame, truth: Path) -> dict:
     lab = scores.join(edges.with_columns(pl.lit(True).alias("label")), on=["tf", "gene"], how="left").with_columns(
         pl.col("label").fill_null(False))
     y = lab["label"].to_numpy()
-    vals = {m: auprc(lab[m].to_numpy(), y) for m in ("model", "motif_only", "correlation")}
+    vals = {m: auprc(lab[m].to_numpy(), y) for m in ("model", *MODEL_VARIANTS, "motif_only", "correlation") if m in lab.columns}
     target = 2 * vals["motif_only"]
     return {**vals, "target": target, "met": vals["model"] >= target, "pairs": int(y.size), "positives": int(y.sum()),
             "prevalence": float(y.mean())}

@@ -120,14 +120,27 @@ def test_enrichment_pvalue_by_hand():
 
 def test_grn_edges_from_high_attention_peaks():
     gatt = pl.DataFrame({"group": ["g"] * 6, "gene_id": [0] * 6, "peak_id": list(range(6)),
-                         "attention": [3.0, 2.0, 0.1, 0.1, 0.1, 0.1], "atac": [0.0] * 6})
-    bound = np.zeros((6, 2), bool)
+                         "attention": [3.0, 2.0, 0.1, 0.1, 0.1, 0.1], "atac": [0.0] * 6,
+                         "ablation": [0.0, 0.0, 0.0, 0.0, 0.5, 0.4]})
+    bound = np.zeros((6, 3), bool)
     bound[[0, 1], 0] = True  # TF A's motif in both high-attention peaks
     bound[[4, 5], 1] = True  # TF B's motif only in low-attention peaks
-    tfs = [TF("A", 0, None), TF("B", 1, None)]
+    bound[[0, 2, 3, 4], 2] = True  # TF C's in one high peak and three low ones: not enriched
+    tfs = [TF("A", 0, None), TF("B", 1, None), TF("C", 2, None)]
     edges = grn.grn_edges(gatt, bound, tfs, {0: "T"}, high_k=2, max_p=0.1)
     assert edges["tf"].to_list() == ["A"]
     assert edges["peaks"][0].to_list() == [0, 1] and edges["score"][0] == pytest.approx(-math.log10(1 / 15))
+    # the all-pairs scores keep C's weak one (P(X >= 1) = 1 - C(2,2)/C(6,2)) and omit B (no high site)
+    best = grn.pair_scores(gatt, bound, tfs, high_k=2)
+    assert best.keys() == {("A", 0), ("C", 0)}
+    assert best[("A", 0)] == pytest.approx(-math.log10(1 / 15)) and best[("C", 0)] == pytest.approx(-math.log10(14 / 15))
+    # ranked by ablation, peaks 4 and 5 are the high ones: B enriched, A absent, C one of two sites
+    by_abl = grn.pair_scores(gatt, bound, tfs, high_k=2, by="ablation")
+    assert by_abl.keys() == {("B", 0), ("C", 0)} and by_abl[("B", 0)] == pytest.approx(-math.log10(1 / 15))
+    table = grn.score_table(best, {0: np.arange(6)}, bound, tfs, {0: "T"}, np.zeros((3, 1)), np.array([0]),
+                            variants={"model_ablation": by_abl})
+    assert table["model_ablation"].to_list() == pytest.approx([0.0, -math.log10(1 / 15), by_abl[("C", 0)]])
+    assert table["motif_only"].to_list() == [2.0, 2.0, 4.0]
     assert set(grn.celloracle_layout(edges).columns) >= {"source", "target", "coef_mean", "coef_abs", "p", "-logp"}
 
 
