@@ -66,21 +66,17 @@ def predict_holdout(cfg: Config, manifest: Path, elementary_weights: Path, head_
     import torch
     from safetensors.torch import load_file
 
-    from creformer.engine.dataset import iter_regulatory_batches, load_peak_dna
+    from creformer.engine.dataset import iter_regulatory_batches
     from creformer.engine.shards import Manifest
 
-    from .model import Elementary
-    from .model.cache import EmbeddingCache
+    from .model.cache import frozen_cache
     from .model.regulatory import RegulatoryHead
 
     man = Manifest(manifest)
-    elementary = Elementary(cfg.model)
-    elementary.load_state_dict(load_file(str(elementary_weights)))
     head = RegulatoryHead(cfg.model)
     head.load_state_dict(load_file(str(head_weights)))
-    elementary.eval()
     head.eval()
-    cache = EmbeddingCache(elementary, load_peak_dna(man.root))
+    cache = frozen_cache(cfg.model, elementary_weights, man.root)
     out: dict[str, list[np.ndarray]] = {"cell_id": [], "gene_id": [], "pred": [], "expression": []}
     n = 0
     holdout = (cfg.train.holdout_cells, cfg.train.seed, "holdout")

@@ -179,17 +179,13 @@ def signal_scale(cfg: Config, man: Manifest, weights: Path, samples: int = 64) -
     from the same value, and it is exported with the weights."""
     import numpy as np
     import torch
-    from safetensors.torch import load_file
 
-    from creformer.engine.dataset import iter_regulatory_batches, load_peak_dna
+    from creformer.engine.dataset import iter_regulatory_batches
 
-    from .model import Elementary
-    from .model.cache import EmbeddingCache
+    from .model.cache import frozen_cache
     from .model.regulatory import RegulatoryHead
 
-    elementary = Elementary(cfg.model)
-    elementary.load_state_dict(load_file(str(weights)))
-    cache = EmbeddingCache(elementary, load_peak_dna(man.root))
+    cache = frozen_cache(cfg.model, weights, man.root)
     holdout = (cfg.train.holdout_cells, cfg.train.seed, "train") if cfg.train.holdout_cells > 0 else None
     batch = next(iter_regulatory_batches(man, batch_size=samples, holdout=holdout, shuffle_seed=cfg.train.seed))
     mask = torch.from_numpy(batch["mask"])

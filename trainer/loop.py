@@ -69,22 +69,13 @@ class RegulatoryStage:
     name = "regulatory"
 
     def __init__(self, cfg: Config, context: dict[str, Any]):
-        from safetensors.torch import load_file
-
-        from creformer.engine.dataset import load_peak_dna
-
-        from .model import Elementary
-        from .model.cache import EmbeddingCache
+        from .model.cache import frozen_cache
         from .model.regulatory import RegulatoryHead
 
         self.cfg = cfg
-        elementary = Elementary(cfg.model)
-        elementary.load_state_dict(load_file(context["elementary_weights"]))
-        elementary.eval()
-        for p in elementary.parameters():
-            p.requires_grad_(False)
         # The frozen Elementary stays outside the ZeRO-3 engine (whole on every worker), behind the cache.
-        self.cache = EmbeddingCache(elementary, load_peak_dna(context["regulatory_root"]), disk_dir=context.get("cache_dir"))
+        self.cache = frozen_cache(cfg.model, context["elementary_weights"], context["regulatory_root"],
+                                  disk_dir=context.get("cache_dir"))
         self.model = RegulatoryHead(cfg.model)
         # Start predicting the data's mean level (measured once by the driver): log expression sits
         # around 5-7, and an output bias moving lr per step under Adam would otherwise take thousands

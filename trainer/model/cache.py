@@ -21,6 +21,8 @@ import torch
 
 from creformer.engine.tokenize import SIG_OFFSET
 
+from creformer.config import ModelConfig
+
 from .elementary import Elementary
 
 ZERO_SIGNAL = b"zero"
@@ -177,3 +179,21 @@ class EmbeddingCache:
         total = self.hits + self.misses
         return {"hits": self.hits, "misses": self.misses, "disk_hits": self.disk_hits,
                 "hit_rate": self.hits / total if total else 0.0, "entries": len(self._lru)}
+
+
+def frozen_cache(cfg: ModelConfig, weights: str | Path, regulatory_root: str | Path, *,
+                 disk_dir: str | Path | None = None) -> EmbeddingCache:
+    """The exported Elementary at ``weights``, frozen (eval, no gradients), behind a cache over the
+    peak DNA of the Regulatory shards at ``regulatory_root``: what training, its driver-side
+    measurements and the held-out evaluation all read peaks through."""
+    from safetensors.torch import load_file
+
+    from creformer.engine.dataset import load_peak_dna
+
+    elementary = Elementary(cfg)
+    elementary.load_state_dict(load_file(str(weights)))
+    elementary.eval()
+    for p in elementary.parameters():
+        p.requires_grad_(False)
+    return EmbeddingCache(elementary, load_peak_dna(regulatory_root), disk_dir=disk_dir)
+
