@@ -60,6 +60,23 @@ def test_lru_cap_and_disk_store(tmp_path):
     assert fresh.stats()["misses"] == 0 and fresh.stats()["disk_hits"] > 0
 
 
+def test_disk_store_flushes_itself_when_pending_grows(tmp_path):
+    """Training never calls flush: new entries go to disk once they pass max_pending_bytes."""
+    el, reg, peak_dna, ids, atac, mask, rank = setup()
+    entry = 8 * el.cfg.d_model * 4  # one (8, d) float32 entry
+    cache = EmbeddingCache(el, peak_dna, disk_dir=tmp_path, max_pending_bytes=3 * entry)
+    bins = cache.peak_bins(ids, atac, mask)
+    n_entries = cache.stats()["entries"]
+    assert n_entries >= 6
+    assert len(cache._pending) < 3 and cache._pending_bytes == len(cache._pending) * entry
+    parts = list((tmp_path / cache.weights).glob("part-*.arrow"))
+    assert len(parts) == n_entries // 3
+    fresh = EmbeddingCache(el, peak_dna, disk_dir=tmp_path)
+    fresh.peak_bins(ids, atac, mask)
+    assert fresh.stats()["disk_hits"] == 3 * len(parts)
+    assert torch.allclose(fresh.peak_bins(ids, atac, mask), bins, atol=1e-6)
+
+
 def test_weight_change_invalidates():
     el, reg, peak_dna, ids, atac, mask, rank = setup()
     cache = EmbeddingCache(el, peak_dna)

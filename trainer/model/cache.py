@@ -47,8 +47,14 @@ class EmbeddingCache:
     """Peak bins (8, d) of the frozen Elementary, cached by (weights, peak, signal)."""
 
     def __init__(self, elementary: Elementary, peak_dna: np.ndarray, *, capacity: int = 200_000,
-                 disk_dir: str | Path | None = None, n_tracks: int = 7, atac_track: int = 0):
+                 disk_dir: str | Path | None = None, n_tracks: int = 7, atac_track: int = 0,
+                 max_pending_bytes: int = 256 << 20):
+        """``max_pending_bytes``: with a disk store, new entries are written out once they hold this
+        much (a training run never calls ``flush`` itself, and would otherwise keep every entry
+        it ever computed in memory until it ends)."""
         self.elementary = elementary
+        self.max_pending_bytes = max_pending_bytes
+        self._pending_bytes = 0
         self.peak_dna = peak_dna  # (n_peaks, 1024) DNA tokens of every peak
         self.capacity = capacity
         self.n_tracks, self.atac_track = n_tracks, atac_track
@@ -67,6 +73,7 @@ class EmbeddingCache:
             self._lru.clear()
             self._disk.clear()
             self._pending.clear()
+            self._pending_bytes = 0
             self._load_disk()
 
     # -- disk store ---------------------------------------------------------------------------
@@ -98,6 +105,7 @@ class EmbeddingCache:
             writer.write_table(table)
         os.replace(tmp, final)
         self._pending.clear()
+        self._pending_bytes = 0
 
     # -- lookups ------------------------------------------------------------------------------
     def _get(self, key: tuple[int, bytes]) -> torch.Tensor | None:
@@ -120,6 +128,9 @@ class EmbeddingCache:
             self._lru.popitem(last=False)
         if persist and self.disk_dir is not None:
             self._pending.append((key[0], key[1], value.numpy()))
+            self._pending_bytes += value.numel() * 4
+            if self._pending_bytes >= self.max_pending_bytes:
+                self.flush()
 
     @torch.no_grad()
     def peak_bins(self, peak_ids: torch.Tensor, atac: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
