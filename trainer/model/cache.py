@@ -19,9 +19,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from creformer.engine.tokenize import SIG_OFFSET
-
 from creformer.config import ModelConfig
+from creformer.engine.tokenize import SIG_OFFSET
 
 from .elementary import Elementary
 
@@ -207,4 +206,3 @@ def frozen_cache(cfg: ModelConfig, weights: str | Path, regulatory_root: str | P
     for p in elementary.parameters():
         p.requires_grad_(False)
     return EmbeddingCache(elementary, load_peak_dna(regulatory_root), disk_dir=disk_dir)
-
