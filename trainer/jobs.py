@@ -174,7 +174,7 @@ def train_regulatory(argv: list[str] | None = None) -> Path:
 
 
 def signal_scale(cfg: Config, man: Manifest, weights: Path, samples: int = 64) -> float:
-    """1 / RMS of the cell-signal difference of peak embeddings (``Regulatory.set_signal_scale``),
+    """1 / RMS of the cell-signal difference of peak embeddings (``measure_signal_scale``),
     measured on the first ``samples`` training samples in training's order: every worker starts
     from the same value, and it is exported with the weights."""
     import numpy as np
@@ -183,7 +183,7 @@ def signal_scale(cfg: Config, man: Manifest, weights: Path, samples: int = 64) -
     from creformer.engine.dataset import iter_regulatory_batches
 
     from .model.cache import frozen_cache
-    from .model.regulatory import RegulatoryHead
+    from .model.regulatory import measure_signal_scale
 
     cache = frozen_cache(cfg.model, weights, man.root)
     holdout = (cfg.train.holdout_cells, cfg.train.seed, "train") if cfg.train.holdout_cells > 0 else None
@@ -191,7 +191,7 @@ def signal_scale(cfg: Config, man: Manifest, weights: Path, samples: int = 64) -
     mask = torch.from_numpy(batch["mask"])
     bins = cache.peak_bins(torch.from_numpy(batch["peak_ids"].astype(np.int64)),
                            torch.from_numpy(batch["atac"].astype(np.int64)), mask)
-    return RegulatoryHead(cfg.model).set_signal_scale(bins, mask)
+    return measure_signal_scale(bins, mask)  # a scalar: no head is built for it (at paper size, GBs)
 
 
 def main_elementary() -> int:

@@ -53,7 +53,6 @@ class EmbeddingCache:
         it ever computed in memory until it ends)."""
         self.elementary = elementary
         self.max_pending_bytes = max_pending_bytes
-        self._pending_bytes = 0
         self.peak_dna = peak_dna  # (n_peaks, 1024) DNA tokens of every peak
         self.capacity = capacity
         self.n_tracks, self.atac_track = n_tracks, atac_track
@@ -72,7 +71,6 @@ class EmbeddingCache:
             self._lru.clear()
             self._disk.clear()
             self._pending.clear()
-            self._pending_bytes = 0
             self._load_disk()
 
     # -- disk store ---------------------------------------------------------------------------
@@ -104,7 +102,6 @@ class EmbeddingCache:
             writer.write_table(table)
         os.replace(tmp, final)
         self._pending.clear()
-        self._pending_bytes = 0
 
     # -- lookups ------------------------------------------------------------------------------
     def _get(self, key: tuple[int, bytes]) -> torch.Tensor | None:
@@ -127,8 +124,7 @@ class EmbeddingCache:
             self._lru.popitem(last=False)
         if persist and self.disk_dir is not None:
             self._pending.append((key[0], key[1], value.numpy()))
-            self._pending_bytes += value.numel() * 4
-            if self._pending_bytes >= self.max_pending_bytes:
+            if len(self._pending) * value.numel() * 4 >= self.max_pending_bytes:  # every entry is one (8, d) float32
                 self.flush()
 
     @torch.no_grad()

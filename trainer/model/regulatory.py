@@ -19,6 +19,15 @@ from .elementary import Elementary
 from .layers import Encoder
 
 
+def measure_signal_scale(bins: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 / RMS of the bin-mean signal difference over the real peaks whose signal is not zero, in
+    sample peak bins (B, P, 2, 8, d) (1.0 when no peak has signal)."""
+    delta = (bins[:, :, 0] - bins[:, :, 1]).mean(-2)[mask]
+    delta = delta[delta.abs().amax(-1) > 0]
+    rms = float(delta.pow(2).mean().sqrt()) if delta.numel() else 0.0
+    return 1.0 / rms if rms > 0 else 1.0
+
+
 class Regulatory(nn.Module):
     def __init__(self, cfg: ModelConfig, elementary: Elementary | None = None):
         """``elementary=None`` builds the trainable part only (distributed training keeps the frozen
@@ -63,12 +72,8 @@ class Regulatory(nn.Module):
         return out
 
     def set_signal_scale(self, bins: torch.Tensor, mask: torch.Tensor) -> float:
-        """Set ``signal_scale`` to 1 / RMS of the bin-mean signal difference over the real peaks
-        whose signal is not zero, in sample peak bins (B, P, 2, 8, d); returns it."""
-        delta = (bins[:, :, 0] - bins[:, :, 1]).mean(-2)[mask]
-        delta = delta[delta.abs().amax(-1) > 0]
-        rms = float(delta.pow(2).mean().sqrt()) if delta.numel() else 0.0
-        scale = 1.0 / rms if rms > 0 else 1.0
+        """Set ``signal_scale`` to ``measure_signal_scale(bins, mask)``; returns it."""
+        scale = measure_signal_scale(bins, mask)
         self.signal_scale.fill_(scale)
         return scale
 
