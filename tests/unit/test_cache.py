@@ -68,7 +68,7 @@ def test_disk_store_flushes_itself_when_pending_grows(tmp_path):
     bins = cache.peak_bins(ids, atac, mask)
     n_entries = cache.stats()["entries"]
     assert n_entries >= 6
-    assert len(cache._pending) < 3 and cache._pending_bytes == len(cache._pending) * entry
+    assert len(cache._pending) < 3
     parts = list((tmp_path / cache.weights).glob("part-*.arrow"))
     assert len(parts) == n_entries // 3
     fresh = EmbeddingCache(el, peak_dna, disk_dir=tmp_path)

@@ -87,13 +87,18 @@ def regulatory_inputs(b=2, p=5, seed=0):
     return dna, sig, rank, mask
 
 
-def test_regulatory_padding_invariance_and_attention():
+def eval_regulatory_with_bins():
+    """Tiny models (seed 0, eval mode), the inputs of ``regulatory_inputs`` and their peak bins."""
     torch.manual_seed(0)
     cfg = tiny_cfg()
-    _, reg = build_models(cfg)
+    el, reg = build_models(cfg)
     reg.eval()
     dna, sig, rank, mask = regulatory_inputs()
-    bins = reg.peak_bins(dna, sig, mask)
+    return cfg, el, reg, (dna, sig, rank, mask), reg.peak_bins(dna, sig, mask)
+
+
+def test_regulatory_padding_invariance_and_attention():
+    _, _, reg, (dna, sig, rank, mask), bins = eval_regulatory_with_bins()
     pred = reg.forward_bins(bins, rank, mask)
     scores = reg.attention_scores(bins, rank, mask)
     # add three padded peaks with garbage content: nothing about the real peaks changes
@@ -111,12 +116,7 @@ def test_regulatory_padding_invariance_and_attention():
 
 
 def test_cell_signal_enters_as_scaled_difference_from_zero_signal():
-    torch.manual_seed(0)
-    cfg = tiny_cfg()
-    el, reg = build_models(cfg)
-    reg.eval()
-    dna, sig, rank, mask = regulatory_inputs()
-    bins = reg.peak_bins(dna, sig, mask)
+    cfg, el, reg, (dna, sig, rank, mask), bins = eval_regulatory_with_bins()
     assert bins.shape == (2, 5, 2, 8, cfg.d_model)
     zero_sig = torch.where(sig == SIG_PAD, sig, torch.full_like(sig, SIG_OFFSET))
     assert torch.allclose(bins[:, :, 1][mask], el.embed(dna[mask], zero_sig[mask]), atol=1e-5)  # the zero-signal half
