@@ -1,8 +1,10 @@
 """`atlas_grn`: the zero-shot analyses as a Ray batch job over the atlas (DESIGN §7).
 
 1. Checks every input before Ray starts (tables, groups, TFs, motifs, model artifacts vs shards).
-2. Ray Data streams partitions (one sample shard × a block of the analysed cells) through actors
-   that hold the frozen Elementary (behind the embedding cache) and the Regulatory head: per
+2. Ray Data streams work items through actors. First the shared embeddings: every analysed
+   peak's zero-signal (and knockout) and knock-in entries, split across the workers and written
+   to the disk cache, so that W workers do not each compute them all. Then the partitions (one
+   sample shard × a block of the analysed cells), through the same actors, which hold the frozen Elementary (behind the embedding cache) and the Regulatory head: per
    (cell, gene) the predicted expression, the attention scores and ATAC mass of its peaks, and the
    predictions under every TF knockout / knock-in. Each partition is written atomically as
    parquet with a fingerprint; a rerun skips finished partitions (resumable), and more workers
@@ -68,8 +70,27 @@ class AtlasWorker:
                                     disk_dir=plan["cache_dir"] if plan["cache"] else None)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        stats = [run_partition(self, json.loads(item)) for item in batch["item"]]
+        stats = []
+        for raw in batch["item"]:
+            item = json.loads(raw)
+            stats.append(embed_shared(self, item) if item.get("kind") == "shared" else run_partition(self, item))
         return {k: np.array([s[k] for s in stats]) for k in stats[0]}
+
+
+def embed_shared(w: AtlasWorker, item: dict[str, Any]) -> dict[str, Any]:
+    """Compute one slice of the entries that every partition needs (zero signal, which is also the
+    knockout signal, and the knock-in level) into the shared disk cache."""
+    import torch
+
+    from .perturb import perturbed_tokens
+
+    t0 = time.perf_counter()
+    length = w.tables.peak_dna.shape[1]
+    with torch.no_grad():
+        n = w.cache.ensure(item["peaks"], perturbed_tokens("KO", 1, length))
+        n += w.cache.ensure(item["ki_peaks"], perturbed_tokens("KI", w.plan["ki_level"], length))
+    w.cache.flush()
+    return {"index": -1, "samples": 0, "perturbed": 0, "seconds": time.perf_counter() - t0, "cache_hits": 0, "cache_misses": n}
 
 
 def run_partition(w: AtlasWorker, part: dict[str, Any]) -> dict[str, Any]:
@@ -83,6 +104,7 @@ def run_partition(w: AtlasWorker, part: dict[str, Any]) -> dict[str, Any]:
     from .perturb import bound_peaks, perturbed_predictions
 
     t0 = time.perf_counter()
+    w.cache.sync_disk()  # entries the other workers have written since (the shared ones first)
     out = Path(w.plan["out"])
     root = w.tables.root
     shard, signal_entry = part["shard"], part["signal"]
@@ -214,6 +236,25 @@ def partitions(p: Prepared) -> list[dict[str, Any]]:
     return items
 
 
+def shared_items(p: Prepared, n_items: int) -> list[dict[str, Any]]:
+    """The cache entries every partition would otherwise compute on its own, in ``n_items``
+    slices: each analysed peak's zero signal (also the knockout signal) and, for the peaks bound
+    by a perturbed TF's motif, the knock-in level. Analysed peaks: those within ``window_bp`` of
+    an analysed gene's TSS (all peaks when every gene is analysed)."""
+    peaks, genes = p.tables.peaks, p.tables.genes
+    if p.genes:
+        half = int(p.tables.manifest.data["options"]["window_bp"])
+        tss = genes.filter(pl.col("gene_id").is_in(p.genes)).select("chrom", "tss")
+        near = peaks.join(tss, on="chrom").filter(((pl.col("start") + pl.col("end")) // 2 - pl.col("tss")).abs() <= half)
+        ids = np.unique(near["peak_id"].to_numpy())
+    else:
+        ids = peaks["peak_id"].to_numpy()
+    motifs = sorted({m for c in p.conditions if c.mode == "KI" for m in c.motifs})
+    ki = ids[p.bound[ids][:, motifs].any(1)] if motifs else ids[:0]
+    n = max(1, min(n_items, ids.size))
+    return [{"kind": "shared", "peaks": ids[i::n].tolist(), "ki_peaks": ki[i::n].tolist()} for i in range(n)]
+
+
 def run_partitions(p: Prepared, config_path: Path) -> dict[str, Any]:
     """Score every partition with Ray Data actors; finished partitions with a matching fingerprint are kept."""
     import ray
@@ -252,19 +293,24 @@ def run_partitions(p: Prepared, config_path: Path) -> dict[str, Any]:
             if int(f.name[5:10]) >= len(items):
                 f.unlink()
     stats = {"partitions": len(items), "reused": len(items) - len(todo), "samples": 0, "seconds": 0.0,
-             "cache_hits": 0, "cache_misses": 0}
+             "cache_hits": 0, "cache_misses": 0, "timeline": []}  # timeline: (seconds, samples) per finished partition
     t0 = time.perf_counter()
     if todo:
-        # our own tqdm bar counts partitions; Ray's per-operator bars would print a log line every 10 s off a TTY
+        workers = min(a.workers, len(todo))
+        # Shared entries first, one slice per worker (the items are dispatched in order).
+        run = (shared_items(p, workers) if a.cache else []) + todo
+        # our own tqdm bar counts items; Ray's per-operator bars would print a log line every 10 s off a TTY
         ray.data.DataContext.get_current().enable_progress_bars = False
-        ds = ray.data.from_items([{"item": json.dumps(it)} for it in todo], override_num_blocks=len(todo)).map_batches(
-            AtlasWorker, batch_size=1, concurrency=min(a.workers, len(todo)), num_cpus=a.threads_per_worker,
+        ds = ray.data.from_items([{"item": json.dumps(it)} for it in run], override_num_blocks=len(run)).map_batches(
+            AtlasWorker, batch_size=1, concurrency=workers, num_cpus=a.threads_per_worker,
             fn_constructor_kwargs={"work": str(work.resolve())})
-        with tqdm(total=len(todo), desc="atlas_grn partitions", unit="part", file=sys.stdout) as bar:
+        with tqdm(total=len(run), desc="atlas_grn (shared embeddings, then partitions)", unit="item", file=sys.stdout) as bar:
             for row in ds.iter_rows():
                 stats["samples"] += int(row["samples"])
                 stats["cache_hits"] += int(row["cache_hits"])
                 stats["cache_misses"] += int(row["cache_misses"])
+                if int(row["index"]) >= 0:
+                    stats["timeline"].append((time.perf_counter() - t0, int(row["samples"])))
                 bar.update(1)
     stats["seconds"] = time.perf_counter() - t0
     stats["pairs_per_s"] = stats["samples"] / stats["seconds"] if stats["samples"] else 0.0

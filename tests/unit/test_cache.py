@@ -77,6 +77,31 @@ def test_disk_store_flushes_itself_when_pending_grows(tmp_path):
     assert torch.allclose(fresh.peak_bins(ids, atac, mask), bins, atol=1e-6)
 
 
+def test_shared_entries_computed_once_reach_other_workers(tmp_path):
+    """atlas_grn's shared pass: one worker ensures the zero and knock-in entries and flushes; a
+    worker that started earlier picks them up with sync_disk and computes nothing itself."""
+    from creformer.trainer.model.cache import signal_key
+
+    el, reg, peak_dna, ids, atac, mask, rank = setup()
+    other = EmbeddingCache(el, peak_dna, disk_dir=tmp_path)  # up before anything was written
+    first = EmbeddingCache(el, peak_dna, disk_dir=tmp_path)
+    zero = np.full(1024, SIG_OFFSET, np.uint8)
+    ki = np.full(1024, SIG_OFFSET + 24, np.uint8)
+    peaks = sorted(set(ids[mask].tolist()))
+    assert first.ensure(peaks, zero) == len(peaks)
+    assert first.ensure(peaks[:2], ki) == 2
+    assert first.ensure(peaks, zero) == 0  # already there
+    first.flush()
+    assert other.sync_disk() == 1 and other.sync_disk() == 0
+    # the same knock-in signal held as int64 (as batches hold it) finds the uint8-keyed entry
+    assert signal_key(ki.astype(np.int64)) == signal_key(ki)
+    ki_batch = torch.full((1, 2, 1024), SIG_OFFSET + 24, dtype=torch.long)
+    got = other.peak_bins(torch.tensor([peaks[:2]]), ki_batch, torch.ones(1, 2, dtype=torch.bool))
+    assert other.stats()["misses"] == 0 and other.disk_hits == 4  # 2 knock-in + 2 zero-signal entries
+    want = EmbeddingCache(el, peak_dna).peak_bins(torch.tensor([peaks[:2]]), ki_batch, torch.ones(1, 2, dtype=torch.bool))
+    assert torch.allclose(got, want, atol=1e-6)
+
+
 def test_weight_change_invalidates():
     el, reg, peak_dna, ids, atac, mask, rank = setup()
     cache = EmbeddingCache(el, peak_dna)

@@ -39,7 +39,9 @@ def signal_key(tokens: np.ndarray) -> bytes:
     """A short digest of one peak's signal tokens; all-zero-level signal shares ``ZERO_SIGNAL``."""
     if not (tokens != SIG_OFFSET).any():
         return ZERO_SIGNAL
-    return hashlib.blake2b(np.ascontiguousarray(tokens).tobytes(), digest_size=12).digest()
+    # Signal tokens are < 38, so uint8 holds them exactly; hashing them as uint8 gives one key
+    # whatever integer dtype the caller holds them in.
+    return hashlib.blake2b(np.ascontiguousarray(tokens, dtype=np.uint8).tobytes(), digest_size=12).digest()
 
 
 class EmbeddingCache:
@@ -60,6 +62,7 @@ class EmbeddingCache:
         self.hits = self.misses = self.disk_hits = 0
         self._lru: OrderedDict[tuple[int, bytes], torch.Tensor] = OrderedDict()
         self._disk: dict[tuple[int, bytes], tuple[pa.Table, int]] = {}
+        self._disk_files: set[str] = set()  # part files already indexed in ``_disk``
         self._pending: list[tuple[int, bytes, np.ndarray]] = []
         self.refresh()
 
@@ -70,21 +73,27 @@ class EmbeddingCache:
             self.weights = new
             self._lru.clear()
             self._disk.clear()
+            self._disk_files.clear()
             self._pending.clear()
-            self._load_disk()
+            self.sync_disk()
 
     # -- disk store ---------------------------------------------------------------------------
     def _store(self) -> Path | None:
         return None if self.disk_dir is None else self.disk_dir / self.weights
 
-    def _load_disk(self) -> None:
+    def sync_disk(self) -> int:
+        """Index the store's part files not seen yet (other workers' flushes, or this one's own,
+        whose entries the LRU may have evicted since); returns how many files were new."""
         store = self._store()
         if store is None or not store.exists():
-            return
-        for path in sorted(store.glob("part-*.arrow")):
+            return 0
+        new = [p for p in sorted(store.glob("part-*.arrow")) if p.name not in self._disk_files]
+        for path in new:
+            self._disk_files.add(path.name)
             table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
             for row, (pid, key) in enumerate(zip(table.column("peak_id").to_pylist(), table.column("signal").to_pylist())):
                 self._disk[(pid, key)] = (table, row)
+        return len(new)
 
     def flush(self) -> None:
         """Write entries computed since the last flush to the shared on-disk store (atomically)."""
@@ -126,6 +135,21 @@ class EmbeddingCache:
             self._pending.append((key[0], key[1], value.numpy()))
             if len(self._pending) * value.numel() * 4 >= self.max_pending_bytes:  # every entry is one (8, d) float32
                 self.flush()
+
+    @torch.no_grad()
+    def ensure(self, peak_ids: list[int], tokens: np.ndarray, chunk: int = 256) -> int:
+        """Compute the entries of ``peak_ids`` that all carry the same signal ``tokens`` (one row of
+        1,024, e.g. zero signal or a knock-in level) and are not cached yet; returns how many.
+
+        atlas_grn splits this shared work across its workers before scoring, so that W workers
+        do not each compute every peak's zero-signal embedding."""
+        key = signal_key(tokens)
+        todo = [pid for pid in peak_ids if (pid, key) not in self._lru and (pid, key) not in self._disk]
+        for i in range(0, len(todo), chunk):
+            part = todo[i:i + chunk]
+            for pid, value in zip(part, self._embed(part, np.broadcast_to(tokens, (len(part), tokens.size)))):
+                self._put((pid, key), value)
+        return len(todo)
 
     @torch.no_grad()
     def peak_bins(self, peak_ids: torch.Tensor, atac: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
