@@ -4,9 +4,10 @@
 2. Ray Data streams work items through actors. First the shared embeddings: every analysed
    peak's zero-signal (and knockout) and knock-in entries, split across the workers and written
    to the disk cache, so that W workers do not each compute them all. Then the partitions (one
-   sample shard × a block of the analysed cells), through the same actors, which hold the frozen Elementary (behind the embedding cache) and the Regulatory head: per
-   (cell, gene) the predicted expression, the attention scores and ATAC mass of its peaks, and the
-   predictions under every TF knockout / knock-in. Each partition is written atomically as
+   sample shard × a block of the analysed cells), through the same actors, which hold the frozen
+   Elementary (behind the embedding cache) and the Regulatory head: per (cell, gene) the
+   predicted expression, the attention scores and ATAC mass of its peaks, and the predictions
+   under every TF knockout / knock-in. Each partition is written atomically as
    parquet with a fingerprint; a rerun skips finished partitions (resumable), and more workers
    run more partitions at once.
 3. The driver joins the partitions and runs the analyses (attention tracks, features + h5ad,
@@ -236,9 +237,9 @@ def partitions(p: Prepared) -> list[dict[str, Any]]:
     return items
 
 
-def shared_items(p: Prepared, n_items: int) -> list[dict[str, Any]]:
-    """The cache entries every partition would otherwise compute on its own, in ``n_items``
-    slices: each analysed peak's zero signal (also the knockout signal) and, for the peaks bound
+def shared_items(p: Prepared, n_items: int, max_peaks: int = 4096) -> list[dict[str, Any]]:
+    """The cache entries every partition would otherwise compute on its own, in at least
+    ``n_items`` slices of at most ``max_peaks`` peaks (a genome-wide atlas has ~1 M): each analysed peak's zero signal (also the knockout signal) and, for the peaks bound
     by a perturbed TF's motif, the knock-in level. Analysed peaks: those within ``window_bp`` of
     an analysed gene's TSS (all peaks when every gene is analysed)."""
     peaks, genes = p.tables.peaks, p.tables.genes
@@ -251,7 +252,7 @@ def shared_items(p: Prepared, n_items: int) -> list[dict[str, Any]]:
         ids = peaks["peak_id"].to_numpy()
     motifs = sorted({m for c in p.conditions if c.mode == "KI" for m in c.motifs})
     ki = ids[p.bound[ids][:, motifs].any(1)] if motifs else ids[:0]
-    n = max(1, min(n_items, ids.size))
+    n = max(1, min(ids.size, max(n_items, -(-ids.size // max_peaks))))
     return [{"kind": "shared", "peaks": ids[i::n].tolist(), "ki_peaks": ki[i::n].tolist()} for i in range(n)]
 
 
@@ -302,7 +303,7 @@ def run_partitions(p: Prepared, config_path: Path) -> dict[str, Any]:
         # our own tqdm bar counts items; Ray's per-operator bars would print a log line every 10 s off a TTY
         ray.data.DataContext.get_current().enable_progress_bars = False
         ds = ray.data.from_items([{"item": json.dumps(it)} for it in run], override_num_blocks=len(run)).map_batches(
-            AtlasWorker, batch_size=1, concurrency=workers, num_cpus=a.threads_per_worker,
+            AtlasWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=a.threads_per_worker,
             fn_constructor_kwargs={"work": str(work.resolve())})
         with tqdm(total=len(run), desc="atlas_grn (shared embeddings, then partitions)", unit="item", file=sys.stdout) as bar:
             for row in ds.iter_rows():

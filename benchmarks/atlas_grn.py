@@ -91,6 +91,7 @@ def main() -> None:
     ensure_ray(RayConfig(num_cpus=3))
     import ray.data
 
+    ray.data.DataContext.get_current().enable_progress_bars = False
     ray.data.range(4, override_num_blocks=2).map_batches(lambda b: b).take_all()  # Ray Data's one-time start
     sim, el, rg = build_inputs(work, args.preset)
     runs = {name: measure(work, sim, el, rg, name, w, c, args.cells_per_group)

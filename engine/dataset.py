@@ -326,7 +326,7 @@ def regulatory_dataset(manifest: str | Path | Manifest, *, batch_size: int = 32,
     items = _shard_items(man, shuffle_seed)
     peak_m = man.data["options"]["peak_m"]
     return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        _JoinShard, batch_size=1, concurrency=concurrency,
+        _JoinShard, batch_size=1, compute=ray.data.ActorPoolStrategy(size=concurrency),
         fn_constructor_kwargs={"root": str(man.root), "peak_m": peak_m, "with_dna": with_dna,
                                "batch_size": batch_size, "verify": verify, "holdout": holdout,
                                "shuffle_seed": shuffle_seed})

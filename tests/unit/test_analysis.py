@@ -303,3 +303,31 @@ def test_perturbation_shortcut_equals_the_full_token_path(mode):
         rows, fast = perturb.perturbed_predictions(head, cache, bins, ids, mask, rank, touched, mode, 20, 1024)
     assert rows.tolist() == [0, 1, 2]
     assert fast == pytest.approx(full[rows], abs=1e-5)
+
+
+# --- atlas_grn work items -------------------------------------------------------------------
+def test_shared_items_split_the_analysed_peaks_and_the_knock_in_ones():
+    from types import SimpleNamespace
+
+    from creformer.analysis.atlas import shared_items
+
+    # 6 peaks on chr1 at 0, 10, ..., 50 kb (centres), 2 on chr2; one gene at chr1:20 kb, window ±15 kb
+    peaks = pl.DataFrame({"peak_id": list(range(8)), "chrom": ["chr1"] * 6 + ["chr2"] * 2,
+                          "start": [i * 10_000 - 100 for i in range(6)] + [0, 10_000],
+                          "end": [i * 10_000 + 100 for i in range(6)] + [200, 10_200]})
+    genes = pl.DataFrame({"gene_id": [0, 1], "chrom": ["chr1", "chr2"], "tss": [20_000, 5_000]})
+    bound = np.zeros((8, 2), bool)
+    bound[[1, 3, 6], 0] = True  # motif 0 (perturbed) at peaks 1, 3, 6; motif 1 (not perturbed) at 2
+    bound[2, 1] = True
+    p = SimpleNamespace(tables=SimpleNamespace(peaks=peaks, genes=genes,
+                                               manifest=SimpleNamespace(data={"options": {"window_bp": 15_000}})),
+                        bound=bound, genes=[0], conditions=[perturb.Condition("TF1", "KO", (0,)), perturb.Condition("TF1", "KI", (0,))])
+    items = shared_items(p, 2)
+    assert [it["kind"] for it in items] == ["shared", "shared"]
+    assert sorted(sum((it["peaks"] for it in items), [])) == [1, 2, 3]  # centres within 15 kb of 20 kb
+    assert sorted(sum((it["ki_peaks"] for it in items), [])) == [1, 3]
+    p.genes = []  # every gene: every peak, in slices of at most 3
+    items = shared_items(p, 2, max_peaks=3)
+    assert len(items) == 3 and max(len(it["peaks"]) for it in items) <= 3
+    assert sorted(sum((it["peaks"] for it in items), [])) == list(range(8))
+    assert sorted(sum((it["ki_peaks"] for it in items), [])) == [1, 3, 6]
