@@ -232,6 +232,7 @@ def test_ablation_is_the_prediction_drop_when_one_peak_loses_its_signal():
     rank = torch.from_numpy(np.where(mask, np.arange(3) - 1, 0))
     tmask = torch.from_numpy(mask)
 
+    @torch.no_grad()
     def predict(tokens):
         bins = cache.peak_bins(torch.from_numpy(ids.clip(0)), torch.from_numpy(tokens.astype(np.int64)), tmask)
         return bins, head.forward_bins(bins, rank, tmask)
