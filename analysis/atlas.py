@@ -39,6 +39,7 @@ SCORE_SCHEMA = {"cell_id": pl.Int32, "gene_id": pl.Int32, "expression": pl.Float
                 "peak_ids": pl.List(pl.Int32), "attention": pl.List(pl.Float32), "atac": pl.List(pl.Float32),
                 "ablation": pl.List(pl.Float32)}
 PERTURB_SCHEMA = {"cell_id": pl.Int32, "gene_id": pl.Int32, "condition": pl.Utf8, "mode": pl.Utf8, "pred": pl.Float32}
+SHARED_TAG = "shared-"  # cache part files of the shared-embedding pass, which every worker indexes
 
 
 def _atomic_parquet(df: pl.DataFrame, path: Path) -> None:
@@ -90,7 +91,7 @@ def embed_shared(w: AtlasWorker, item: dict[str, Any]) -> dict[str, Any]:
     with torch.no_grad():
         n = w.cache.ensure(item["peaks"], perturbed_tokens("KO", 1, length))
         n += w.cache.ensure(item["ki_peaks"], perturbed_tokens("KI", w.plan["ki_level"], length))
-    w.cache.flush()
+    w.cache.flush(tag=SHARED_TAG)
     return {"index": -1, "samples": 0, "perturbed": 0, "seconds": time.perf_counter() - t0, "cache_hits": 0, "cache_misses": n}
 
 
@@ -105,7 +106,7 @@ def run_partition(w: AtlasWorker, part: dict[str, Any]) -> dict[str, Any]:
     from .perturb import bound_peaks, perturbed_predictions
 
     t0 = time.perf_counter()
-    w.cache.sync_disk()  # entries the other workers have written since (the shared ones first)
+    w.cache.sync_disk(f"part-{SHARED_TAG}*.arrow")  # the shared entries other workers have written since
     out = Path(w.plan["out"])
     root = w.tables.root
     shard, signal_entry = part["shard"], part["signal"]

@@ -91,8 +91,11 @@ def test_shared_entries_computed_once_reach_other_workers(tmp_path):
     assert first.ensure(peaks, zero) == len(peaks)
     assert first.ensure(peaks[:2], ki) == 2
     assert first.ensure(peaks, zero) == 0  # already there
+    first.flush(tag="shared-")
+    first.peak_bins(ids, atac, mask)  # a per-cell entry, flushed untagged: the other worker skips it
     first.flush()
-    assert other.sync_disk() == 1 and other.sync_disk() == 0
+    assert other.sync_disk("part-shared-*.arrow") == 1 and other.sync_disk("part-shared-*.arrow") == 0
+    assert len(other._disk) == len(peaks) + 2
     # the same knock-in signal held as int64 (as batches hold it) finds the uint8-keyed entry
     assert signal_key(ki.astype(np.int64)) == signal_key(ki)
     ki_batch = torch.full((1, 2, 1024), SIG_OFFSET + 24, dtype=torch.long)

@@ -81,13 +81,15 @@ class EmbeddingCache:
     def _store(self) -> Path | None:
         return None if self.disk_dir is None else self.disk_dir / self.weights
 
-    def sync_disk(self) -> int:
-        """Index the store's part files not seen yet (other workers' flushes, or this one's own,
-        whose entries the LRU may have evicted since); returns how many files were new."""
+    def sync_disk(self, pattern: str = "part-*.arrow") -> int:
+        """Index the store's part files matching ``pattern`` not seen yet (other workers' flushes,
+        or this one's own, whose entries the LRU may have evicted since); returns how many files
+        were new. Every indexed entry costs memory, so workers that run alongside each other sync
+        only the entries they all need (``flush(tag=...)``), not each other's per-cell ones."""
         store = self._store()
         if store is None or not store.exists():
             return 0
-        new = [p for p in sorted(store.glob("part-*.arrow")) if p.name not in self._disk_files]
+        new = [p for p in sorted(store.glob(pattern)) if p.name not in self._disk_files]
         for path in new:
             self._disk_files.add(path.name)
             table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
@@ -95,8 +97,9 @@ class EmbeddingCache:
                 self._disk[(pid, key)] = (table, row)
         return len(new)
 
-    def flush(self) -> None:
-        """Write entries computed since the last flush to the shared on-disk store (atomically)."""
+    def flush(self, tag: str = "") -> None:
+        """Write entries computed since the last flush to the shared on-disk store (atomically), as
+        ``part-{tag}{pid}-{n}.arrow``."""
         store = self._store()
         if store is None or not self._pending:
             return
@@ -105,7 +108,7 @@ class EmbeddingCache:
         flat = np.stack(vals).astype(np.float32)
         table = pa.table({"peak_id": pa.array(pids, pa.int32()), "signal": pa.array(keys, pa.binary()),
                           "bins": pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat[0].size)})
-        final = store / f"part-{os.getpid()}-{len(list(store.glob('part-*.arrow'))):06d}.arrow"
+        final = store / f"part-{tag}{os.getpid()}-{len(list(store.glob('part-*.arrow'))):06d}.arrow"
         tmp = final.with_name(".tmp-" + final.name)
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
