@@ -82,15 +82,12 @@ class AtlasWorker:
 def embed_shared(w: AtlasWorker, item: dict[str, Any]) -> dict[str, Any]:
     """Compute one slice of the entries that every partition needs (zero signal, which is also the
     knockout signal, and the knock-in level) into the shared disk cache."""
-    import torch
-
     from .perturb import perturbed_tokens
 
     t0 = time.perf_counter()
     length = w.tables.peak_dna.shape[1]
-    with torch.no_grad():
-        n = w.cache.ensure(item["peaks"], perturbed_tokens("KO", 1, length))
-        n += w.cache.ensure(item["ki_peaks"], perturbed_tokens("KI", w.plan["ki_level"], length))
+    n = w.cache.ensure(item["peaks"], perturbed_tokens("KO", 1, length))  # ensure runs without autograd
+    n += w.cache.ensure(item["ki_peaks"], perturbed_tokens("KI", w.plan["ki_level"], length))
     w.cache.flush(tag=SHARED_TAG)
     return {"index": -1, "samples": 0, "perturbed": 0, "seconds": time.perf_counter() - t0, "cache_hits": 0, "cache_misses": n}
 
@@ -240,9 +237,10 @@ def partitions(p: Prepared) -> list[dict[str, Any]]:
 
 def shared_items(p: Prepared, n_items: int, max_peaks: int = 4096) -> list[dict[str, Any]]:
     """The cache entries every partition would otherwise compute on its own, in at least
-    ``n_items`` slices of at most ``max_peaks`` peaks (a genome-wide atlas has ~1 M): each analysed peak's zero signal (also the knockout signal) and, for the peaks bound
-    by a perturbed TF's motif, the knock-in level. Analysed peaks: those within ``window_bp`` of
-    an analysed gene's TSS (all peaks when every gene is analysed)."""
+    ``n_items`` slices of at most ``max_peaks`` peaks (a genome-wide atlas has ~1 M): each
+    analysed peak's zero signal (also the knockout signal) and, for the peaks bound by a perturbed
+    TF's motif, the knock-in level. Analysed peaks: those within ``window_bp`` of an analysed
+    gene's TSS (all peaks when every gene is analysed)."""
     peaks, genes = p.tables.peaks, p.tables.genes
     if p.genes:
         half = int(p.tables.manifest.data["options"]["window_bp"])

@@ -140,7 +140,7 @@ class EmbeddingCache:
                 self.flush()
 
     @torch.no_grad()
-    def ensure(self, peak_ids: list[int], tokens: np.ndarray, chunk: int = 256) -> int:
+    def ensure(self, peak_ids: list[int], tokens: np.ndarray) -> int:
         """Compute the entries of ``peak_ids`` that all carry the same signal ``tokens`` (one row of
         1,024, e.g. zero signal or a knock-in level) and are not cached yet; returns how many.
 
@@ -148,9 +148,8 @@ class EmbeddingCache:
         do not each compute every peak's zero-signal embedding."""
         key = signal_key(tokens)
         todo = [pid for pid in peak_ids if (pid, key) not in self._lru and (pid, key) not in self._disk]
-        for i in range(0, len(todo), chunk):
-            part = todo[i:i + chunk]
-            for pid, value in zip(part, self._embed(part, np.broadcast_to(tokens, (len(part), tokens.size)))):
+        if todo:  # _embed batches the forward passes itself
+            for pid, value in zip(todo, self._embed(todo, np.broadcast_to(tokens, (len(todo), tokens.size)))):
                 self._put((pid, key), value)
         return len(todo)
 
