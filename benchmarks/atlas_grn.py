@@ -1,9 +1,10 @@
 """atlas_grn scoring throughput (cell x gene pairs/s), ratios measured in one run.
 
 Runs the Ray Data scoring stage of atlas_grn (model + attention + every TF perturbation, written as
-partitions) three times on the same inputs, each into a fresh output folder (cold cache):
-  1 worker with the embedding cache, 2 workers with it (scaling; target >= 1.8x), and 2 workers
-  without it (the cache's speed-up).
+partitions) on the same inputs, each run into a fresh output folder (cold cache): 1 worker with
+the embedding cache then 2 workers with it (scaling; target >= 1.8x), that pair --repeats times
+(this machine is shared and noisy: the reported ratios are the medians over the pairs), then 2
+workers without the cache (the cache's speed-up).
 Two rates per run: end to end (all pairs over the stage's wall time, actor start-up included) and
 steady state (the pairs of the partitions finished after each worker's first one, over the time
 since then), which is what a whole-atlas job runs at once start-up is amortized. A throwaway
@@ -11,7 +12,8 @@ Ray Data job runs first, so the first measured run does not pay Ray Data's one-t
 Inputs: a simulated atlas (tiny by default), its regulatory shards and briefly trained models are
 built under --work when missing (throughput does not depend on how well the model is trained).
 
-Usage: python benchmarks/atlas_grn.py [--preset tiny] [--cells-per-group 30] [--work runs/bench/atlas]
+Usage: python benchmarks/atlas_grn.py [--preset tiny] [--cells-per-group 30] [--repeats 1] [--work runs/bench/atlas]
+       [--cells N --skip-no-cache]   (a larger atlas, scaling only: start-up weighs less)
 """
 
 from __future__ import annotations
@@ -23,16 +25,18 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
+
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
-def build_inputs(work: Path, preset: str) -> tuple[Path, Path, Path]:
+def build_inputs(work: Path, preset: str, n_cells: int | None = None) -> tuple[Path, Path, Path]:
     from creformer.engine.simulate import simulate
     from creformer.trainer.jobs import train_elementary, train_regulatory
 
     sim = work / "sim"
     if not (sim / "truth" / "perturbations.tsv").exists():
-        simulate(sim, preset=preset, seed=0)
+        simulate(sim, preset=preset, seed=0, n_cells=n_cells)
     common = ["--config", "tiny", f"train.storage_path={work / 'train'}", "train.log_every=5"]
     el = work / "train" / "elementary" / "export" / "model.safetensors"
     if not el.exists():
@@ -82,6 +86,9 @@ def main() -> None:
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--cells-per-group", type=int, default=30)
     ap.add_argument("--work", default="runs/bench/atlas")
+    ap.add_argument("--repeats", type=int, default=1, help="1 vs 2 worker pairs; the ratios reported are their medians")
+    ap.add_argument("--cells", type=int, default=None, help="simulate this many cells (default: the preset's); use a fresh --work")
+    ap.add_argument("--skip-no-cache", action="store_true", help="measure scaling only (the run without cache is the slowest)")
     args = ap.parse_args()
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -93,19 +100,33 @@ def main() -> None:
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     ray.data.range(4, override_num_blocks=2).map_batches(lambda b: b).take_all()  # Ray Data's one-time start
-    sim, el, rg = build_inputs(work, args.preset)
-    runs = {name: measure(work, sim, el, rg, name, w, c, args.cells_per_group)
-            for name, w, c in (("1_worker", 1, True), ("2_workers", 2, True), ("2_workers_no_cache", 2, False))}
+    sim, el, rg = build_inputs(work, args.preset, args.cells)
+    # 1 and 2 workers back to back, ``repeats`` times: a slow spell of this shared machine then
+    # skews one pair, not the reported median
+    pairs = [{name: measure(work, sim, el, rg, name, w, True, args.cells_per_group) for name, w in (("1_worker", 1), ("2_workers", 2))}
+             for _ in range(args.repeats)]
+    runs = dict(pairs[-1])
+    if not args.skip_no_cache:
+        runs["2_workers_no_cache"] = measure(work, sim, el, rg, "2_workers_no_cache", 2, False, args.cells_per_group)
+
+    def ratio(pair: dict, key: str) -> float:
+        return round(pair["2_workers"][key] / pair["1_worker"][key], 3)
+
+    scaling = [ratio(pair, "pairs_per_s") for pair in pairs]
+    steady = [ratio(pair, "steady_pairs_per_s") for pair in pairs]
     result = {
         "cpu_cores": os.cpu_count(),
         "runs": {k: {"pairs": v["samples"], "wall_s": round(v["wall_s"], 2), "pairs_per_s": round(v["pairs_per_s"], 2),
                      "steady_pairs_per_s": round(v["steady_pairs_per_s"], 2),
                      "cache_hits": v["cache_hits"], "cache_misses": v["cache_misses"]} for k, v in runs.items()},
-        "scaling_2_vs_1_workers": round(runs["2_workers"]["pairs_per_s"] / runs["1_worker"]["pairs_per_s"], 3),
-        "steady_scaling_2_vs_1_workers": round(runs["2_workers"]["steady_pairs_per_s"] / runs["1_worker"]["steady_pairs_per_s"], 3),
-        "cache_speedup_2_workers": round(runs["2_workers"]["pairs_per_s"] / runs["2_workers_no_cache"]["pairs_per_s"], 3),
+        "scaling_2_vs_1_workers": float(np.median(scaling)),
+        "steady_scaling_2_vs_1_workers": float(np.median(steady)),
+        "scaling_each_repeat": scaling,
+        "steady_scaling_each_repeat": steady,
         "target_scaling": 1.8,
     }
+    if "2_workers_no_cache" in runs:
+        result["cache_speedup_2_workers"] = round(runs["2_workers"]["pairs_per_s"] / runs["2_workers_no_cache"]["pairs_per_s"], 3)
     print(json.dumps(result, indent=1))
     (work / "result.json").write_text(json.dumps(result, indent=1))
 

@@ -67,6 +67,9 @@ def test_atlas_grn_job_submit_outputs_and_resume(cluster, trained, sim_tiny, tmp
         assert (out / "grn" / name).exists()
     eff = pl.read_parquet(out / "perturbation_effects.parquet")
     assert {"KO", "KI"} == set(eff["mode"].unique()) and "TF01+TF02" in set(eff["condition"].unique())
+    # each actor's thread pools are as wide as the CPUs Ray reserved for it, not the machine's
+    for marker in (out / "partitions" / "done").glob("part-*.json"):
+        assert json.loads(marker.read_text())["threads"] == {"torch": 1, "polars": 1, "arrow": 1}
     # a rerun reuses every finished partition (in-process this time, same fingerprint)
     atlas_grn(args(sim_tiny, tmp, el, rg, out))
     meta = json.loads((out / "atlas.json").read_text())

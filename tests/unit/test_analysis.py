@@ -324,7 +324,7 @@ def test_shared_items_split_the_analysed_peaks_and_the_knock_in_ones():
                                                manifest=SimpleNamespace(data={"options": {"window_bp": 15_000}})),
                         bound=bound, genes=[0], conditions=[perturb.Condition("TF1", "KO", (0,)), perturb.Condition("TF1", "KI", (0,))])
     items = shared_items(p, 2)
-    assert [it["kind"] for it in items] == ["shared", "shared"]
+    assert [it["kind"] for it in items] == ["shared", "shared"] and [it["slice"] for it in items] == [0, 1]
     assert sorted(sum((it["peaks"] for it in items), [])) == [1, 2, 3]  # centres within 15 kb of 20 kb
     assert sorted(sum((it["ki_peaks"] for it in items), [])) == [1, 3]
     p.genes = []  # every gene: every peak, in slices of at most 3
@@ -332,3 +332,24 @@ def test_shared_items_split_the_analysed_peaks_and_the_knock_in_ones():
     assert len(items) == 3 and max(len(it["peaks"]) for it in items) <= 3
     assert sorted(sum((it["peaks"] for it in items), [])) == list(range(8))
     assert sorted(sum((it["ki_peaks"] for it in items), [])) == [1, 3, 6]
+
+
+def test_first_partition_waits_for_every_shared_slice(tmp_path):
+    """A worker starts its first partition only once all shared slices are on disk, however the
+    slices were spread over the actors."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from creformer.analysis.atlas import wait_for_shared
+
+    (tmp_path / "shared_done").mkdir()
+    (tmp_path / "shared_done" / "slice-00000").touch()
+    w = SimpleNamespace(work=tmp_path, plan={"shared_slices": 2})
+    late = threading.Timer(0.3, (tmp_path / "shared_done" / "slice-00001").touch)
+    t0 = time.perf_counter()
+    late.start()
+    wait_for_shared(w)
+    assert (tmp_path / "shared_done" / "slice-00001").exists() and time.perf_counter() - t0 >= 0.25
+    w.plan["shared_slices"] = 0  # cache off, or nothing left to run: no wait at all
+    wait_for_shared(w)

@@ -103,6 +103,10 @@ def test_shared_entries_computed_once_reach_other_workers(tmp_path):
     assert other.stats()["misses"] == 0 and other.disk_hits == 4  # 2 knock-in + 2 zero-signal entries
     want = EmbeddingCache(el, peak_dna).peak_bins(torch.tensor([peaks[:2]]), ki_batch, torch.ones(1, 2, dtype=torch.bool))
     assert torch.allclose(got, want, atol=1e-6)
+    # a worker (or a resumed run) that starts now indexes the shared file only, not the per-cell one
+    late = EmbeddingCache(el, peak_dna, disk_dir=tmp_path, index="part-shared-*.arrow")
+    assert len(late._disk) == len(peaks) + 2 and len(late._disk_files) == 1
+    assert len(EmbeddingCache(el, peak_dna, disk_dir=tmp_path)._disk) > len(peaks) + 2  # the default indexes both
 
 
 def test_weight_change_invalidates():

@@ -49,16 +49,20 @@ class EmbeddingCache:
 
     def __init__(self, elementary: Elementary, peak_dna: np.ndarray, *, capacity: int = 200_000,
                  disk_dir: str | Path | None = None, n_tracks: int = 7, atac_track: int = 0,
-                 max_pending_bytes: int = 256 << 20):
+                 max_pending_bytes: int = 256 << 20, index: str = "part-*.arrow"):
         """``max_pending_bytes``: with a disk store, new entries are written out once they hold this
         much (a training run never calls ``flush`` itself, and would otherwise keep every entry
-        it ever computed in memory until it ends)."""
+        it ever computed in memory until it ends). ``index``: the store's part files indexed
+        when the cache starts (or the weights change); every indexed entry costs memory, so a
+        job whose older entries will not be hit again (atlas_grn's per-cell ones) names only
+        the files it needs."""
         self.elementary = elementary
         self.max_pending_bytes = max_pending_bytes
         self.peak_dna = peak_dna  # (n_peaks, 1024) DNA tokens of every peak
         self.capacity = capacity
         self.n_tracks, self.atac_track = n_tracks, atac_track
         self.disk_dir = Path(disk_dir) if disk_dir else None
+        self.index = index
         self.hits = self.misses = self.disk_hits = 0
         self._lru: OrderedDict[tuple[int, bytes], torch.Tensor] = OrderedDict()
         self._disk: dict[tuple[int, bytes], tuple[pa.Table, int]] = {}
@@ -75,7 +79,7 @@ class EmbeddingCache:
             self._disk.clear()
             self._disk_files.clear()
             self._pending.clear()
-            self.sync_disk()
+            self.sync_disk(self.index)
 
     # -- disk store ---------------------------------------------------------------------------
     def _store(self) -> Path | None:
