@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from creformer.config import Config, load_config
 from creformer.engine.errors import InputError
@@ -65,8 +66,6 @@ class AtlasWorker:
         plan = json.loads((self.work / "plan.json").read_text())
         self.plan = plan
         torch.set_num_threads(plan["threads"])
-        import pyarrow as pa
-
         pa.set_cpu_count(plan["threads"])  # polars' pool is sized by the actor's env (worker_env)
         cfg = load_config(plan["config"])
         self.tables = inputs.load_tables(plan["manifest"])
@@ -74,7 +73,7 @@ class AtlasWorker:
         self.values = inputs.level_values(self.tables.atac_cuts)
         self.bound = np.load(self.work / "bound.npy")
         self.verified: set[Path] = set()
-        self.partitions_done = 0
+        self.shared_ready = False  # wait_for_shared has run: once per actor, before its first partition
         self.signal: tuple[Path, Any] | None = None  # the last signal block (partitions come in cell order)
         self.cache = EmbeddingCache(self.models.elementary, self.tables.peak_dna, n_tracks=self.models.cfg.n_tracks,
                                     capacity=200_000 if plan["cache"] else 0,
@@ -98,10 +97,7 @@ def embed_shared(w: AtlasWorker, item: dict[str, Any]) -> dict[str, Any]:
     n = w.cache.ensure(item["peaks"], perturbed_tokens("KO", 1, length))  # ensure runs without autograd
     n += w.cache.ensure(item["ki_peaks"], perturbed_tokens("KI", w.plan["ki_level"], length))
     w.cache.flush(tag=SHARED_TAG)
-    marker = w.work / "shared_done" / f"slice-{item['slice']:05d}"
-    tmp = marker.with_name(f".tmp-{os.getpid()}-{marker.name}")
-    tmp.touch()
-    os.replace(tmp, marker)  # the slice's entries are on disk (or were there already)
+    (w.work / "shared_done" / f"slice-{item['slice']:05d}").touch()  # its entries are on disk (or were already)
     return {"index": -1, "samples": 0, "perturbed": 0, "seconds": time.perf_counter() - t0, "cache_hits": 0, "cache_misses": n}
 
 
@@ -122,7 +118,6 @@ def wait_for_shared(w: AtlasWorker) -> None:
 
 
 def run_partition(w: AtlasWorker, part: dict[str, Any]) -> dict[str, Any]:
-    import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
 
@@ -133,9 +128,10 @@ def run_partition(w: AtlasWorker, part: dict[str, Any]) -> dict[str, Any]:
     from .perturb import bound_peaks, perturbed_predictions
 
     t0 = time.perf_counter()
-    if not w.partitions_done:
+    if not w.shared_ready:
         wait_for_shared(w)
-    w.cache.sync_disk(SHARED_FILES)  # the shared entries other workers have written since
+        w.shared_ready = True
+    w.cache.sync_disk()  # the shared entries (the cache's index) other workers have written since
     out = Path(w.plan["out"])
     root = w.tables.root
     shard, signal_entry = part["shard"], part["signal"]
@@ -180,7 +176,6 @@ def run_partition(w: AtlasWorker, part: dict[str, Any]) -> dict[str, Any]:
                     perturbed.append(pl.DataFrame({"cell_id": joined["cell_id"][rows], "gene_id": joined["gene_id"][rows],
                                                    "condition": name, "mode": mode, "pred": pred}, schema=PERTURB_SCHEMA))
     w.cache.flush()
-    w.partitions_done += 1
     idx = part["index"]
     sc = pl.concat(scores) if scores else pl.DataFrame(schema=SCORE_SCHEMA)
     pt = pl.concat(perturbed) if perturbed else pl.DataFrame(schema=PERTURB_SCHEMA)

@@ -79,21 +79,22 @@ class EmbeddingCache:
             self._disk.clear()
             self._disk_files.clear()
             self._pending.clear()
-            self.sync_disk(self.index)
+            self.sync_disk()
 
     # -- disk store ---------------------------------------------------------------------------
     def _store(self) -> Path | None:
         return None if self.disk_dir is None else self.disk_dir / self.weights
 
-    def sync_disk(self, pattern: str = "part-*.arrow") -> int:
-        """Index the store's part files matching ``pattern`` not seen yet (other workers' flushes,
-        or this one's own, whose entries the LRU may have evicted since); returns how many files
-        were new. Every indexed entry costs memory, so workers that run alongside each other sync
-        only the entries they all need (``flush(tag=...)``), not each other's per-cell ones."""
+    def sync_disk(self, pattern: str | None = None) -> int:
+        """Index the store's part files matching ``pattern`` (default: the cache's ``index``) not
+        seen yet (other workers' flushes, or this one's own, whose entries the LRU may have evicted
+        since); returns how many files were new. Every indexed entry costs memory, so workers that
+        run alongside each other sync only the entries they all need (``flush(tag=...)``), not
+        each other's per-cell ones."""
         store = self._store()
         if store is None or not store.exists():
             return 0
-        new = [p for p in sorted(store.glob(pattern)) if p.name not in self._disk_files]
+        new = [p for p in sorted(store.glob(pattern or self.index)) if p.name not in self._disk_files]
         for path in new:
             self._disk_files.add(path.name)
             table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
