@@ -73,7 +73,8 @@ class AtlasWorker:
         self.values = inputs.level_values(self.tables.atac_cuts)
         self.bound = np.load(self.work / "bound.npy")
         self.verified: set[Path] = set()
-        self.shared_ready = False  # wait_for_shared has run: once per actor, before its first partition
+        self.slices = json.loads((self.work / "shared_slices.json").read_text())  # shared_items, peaks per slice
+        self.shared_ready = False  # ensure_shared has run: once per actor, before its first partition
         self.signal: tuple[Path, Any] | None = None  # the last signal block (partitions come in cell order)
         self.cache = EmbeddingCache(self.models.elementary, self.tables.peak_dna, n_tracks=self.models.cfg.n_tracks,
                                     capacity=200_000 if plan["cache"] else 0,
@@ -87,27 +88,49 @@ class AtlasWorker:
         return {k: np.array([s[k] for s in stats]) for k in stats[0]}
 
 
-def embed_shared(w: AtlasWorker, item: dict[str, Any]) -> dict[str, Any]:
-    """Compute one slice of the entries that every partition needs (zero signal, which is also the
-    knockout signal, and the knock-in level) into the shared disk cache."""
+def claim_slice(work: Path, i: int) -> bool:
+    """Take shared slice ``i`` for this worker: True for exactly one caller (an exclusive create,
+    atomic on a local or NFS file system), which then computes it."""
+    try:
+        os.close(os.open(work / "shared_claim" / f"slice-{i:05d}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def embed_slice(w: AtlasWorker, i: int) -> int:
+    """Compute shared slice ``i`` (every analysed peak's zero signal, which is also the knockout
+    signal, and the knock-in level of the peaks a knock-in touches) into the shared disk cache;
+    returns the entries computed."""
     from .perturb import perturbed_tokens
 
-    t0 = time.perf_counter()
     length = w.tables.peak_dna.shape[1]
-    n = w.cache.ensure(item["peaks"], perturbed_tokens("KO", 1, length))  # ensure runs without autograd
-    n += w.cache.ensure(item["ki_peaks"], perturbed_tokens("KI", w.plan["ki_level"], length))
+    part = w.slices[i]
+    n = w.cache.ensure(part["peaks"], perturbed_tokens("KO", 1, length))  # ensure runs without autograd
+    n += w.cache.ensure(part["ki_peaks"], perturbed_tokens("KI", w.plan["ki_level"], length))
     w.cache.flush(tag=SHARED_TAG)
-    (w.work / "shared_done" / f"slice-{item['slice']:05d}").touch()  # its entries are on disk (or were already)
+    (w.work / "shared_done" / f"slice-{i:05d}").touch()  # its entries are on disk
+    return n
+
+
+def embed_shared(w: AtlasWorker, item: dict[str, Any]) -> dict[str, Any]:
+    """A shared-slice work item: computes the slice unless a worker already took it."""
+    t0 = time.perf_counter()
+    n = embed_slice(w, item["slice"]) if claim_slice(w.work, item["slice"]) else 0
     return {"index": -1, "samples": 0, "perturbed": 0, "seconds": time.perf_counter() - t0, "cache_hits": 0, "cache_misses": n}
 
 
-def wait_for_shared(w: AtlasWorker) -> None:
-    """Before a worker's first partition: wait until every shared slice is on disk. Ray Data may
-    queue several slices on the actor that started first while another one already takes the
-    first partitions; without the slices that one would compute the same entries again. Items
-    are dispatched in order, so every slice sits ahead of any partition in its actor's queue, and
-    the wait ends after at most one slice's time."""
+def ensure_shared(w: AtlasWorker) -> None:
+    """Before a worker's first partition: every shared slice on disk. The worker computes the
+    slices nobody has taken yet, then waits for the ones other workers are computing. Ray Data
+    does not keep the input order per actor (measured: an actor got partition 0 before the
+    shared slice queued ahead of it), so waiting for slices another actor merely has queued could
+    wait on itself; a taken slice is always being computed, so this wait ends. Past
+    SHARED_WAIT_S (a worker died mid-slice) the worker computes what it needs itself."""
     n = w.plan["shared_slices"]
+    for i in range(n):
+        if claim_slice(w.work, i):
+            embed_slice(w, i)
     t0 = time.perf_counter()
     while len(list((w.work / "shared_done").glob("slice-*"))) < n:
         if time.perf_counter() - t0 > SHARED_WAIT_S:
@@ -128,8 +151,9 @@ def run_partition(w: AtlasWorker, part: dict[str, Any]) -> dict[str, Any]:
     from .perturb import bound_peaks, perturbed_predictions
 
     t0 = time.perf_counter()
+    hits0, miss0 = w.cache.hits, w.cache.misses  # shared slices this partition computes count as its misses
     if not w.shared_ready:
-        wait_for_shared(w)
+        ensure_shared(w)
         w.shared_ready = True
     w.cache.sync_disk()  # the shared entries (the cache's index) other workers have written since
     out = Path(w.plan["out"])
@@ -148,7 +172,6 @@ def run_partition(w: AtlasWorker, part: dict[str, Any]) -> dict[str, Any]:
     signal = w.signal[1]
     conds = [(c["name"], c["mode"], bound_peaks(w.bound, tuple(c["motifs"]))) for c in w.plan["conditions"]]
     scores, perturbed = [], []
-    hits0, miss0 = w.cache.hits, w.cache.misses
     bs = w.plan["batch_size"]
     with torch.no_grad():
         for rb in table.to_batches(max_chunksize=bs):
@@ -324,10 +347,13 @@ def run_partitions(p: Prepared, config_path: Path) -> dict[str, Any]:
         marker.unlink(missing_ok=True)
         todo.append(it)
     workers = min(a.workers, max(1, len(todo)))
-    # Shared entries first, one slice per worker at least (the items are dispatched in order).
+    # Shared entries first, one slice per worker at least; a worker whose first partition comes
+    # before some slice has been taken takes it then (ensure_shared).
     shared = shared_items(p, workers) if a.cache and todo else []
-    shutil.rmtree(work / "shared_done", ignore_errors=True)
-    (work / "shared_done").mkdir()
+    for sub in ("shared_claim", "shared_done"):
+        shutil.rmtree(work / sub, ignore_errors=True)
+        (work / sub).mkdir()
+    (work / "shared_slices.json").write_text(json.dumps([{k: s[k] for k in ("peaks", "ki_peaks")} for s in shared]))
     plan["shared_slices"] = len(shared)
     (work / "plan.json").write_text(json.dumps(plan, indent=1))
     # partitions of an older, different run (more items then) must not leak into this one
@@ -339,7 +365,7 @@ def run_partitions(p: Prepared, config_path: Path) -> dict[str, Any]:
              "cache_hits": 0, "cache_misses": 0, "timeline": []}  # timeline: (seconds, samples) per finished partition
     t0 = time.perf_counter()
     if todo:
-        run = shared + todo
+        run = [{"kind": "shared", "slice": s["slice"]} for s in shared] + todo
         # our own tqdm bar counts items; Ray's per-operator bars would print a log line every 10 s off a TTY
         ray.data.DataContext.get_current().enable_progress_bars = False
         ds = ray.data.from_items([{"item": json.dumps(it)} for it in run], override_num_blocks=len(run)).map_batches(

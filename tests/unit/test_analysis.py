@@ -334,22 +334,38 @@ def test_shared_items_split_the_analysed_peaks_and_the_knock_in_ones():
     assert sorted(sum((it["ki_peaks"] for it in items), [])) == [1, 3, 6]
 
 
-def test_first_partition_waits_for_every_shared_slice(tmp_path):
-    """A worker starts its first partition only once all shared slices are on disk, however the
-    slices were spread over the actors."""
+def test_each_shared_slice_is_computed_once_and_a_first_partition_waits_for_all(tmp_path):
+    """Before its first partition a worker computes the shared slices nobody has taken, waits for
+    the ones another worker is computing, and a queued shared item of a taken slice does nothing
+    (Ray Data may hand an actor a partition before the slice queued ahead of it)."""
     import threading
-    import time
     from types import SimpleNamespace
 
-    from creformer.analysis.atlas import wait_for_shared
+    from creformer.analysis import atlas
 
-    (tmp_path / "shared_done").mkdir()
+    for sub in ("shared_claim", "shared_done"):
+        (tmp_path / sub).mkdir()
+    computed = []
+
+    class Cache:
+        def ensure(self, peaks, tokens):
+            computed.append(list(peaks))
+            return len(peaks)
+
+        def flush(self, tag=""):
+            assert tag == atlas.SHARED_TAG
+
+    slices = [{"peaks": [0, 1], "ki_peaks": [1]}, {"peaks": [2], "ki_peaks": []}, {"peaks": [3], "ki_peaks": [3]}, {"peaks": [4], "ki_peaks": []}]
+    w = SimpleNamespace(work=tmp_path, plan={"shared_slices": 4, "ki_level": 20}, slices=slices, cache=Cache(),
+                        tables=SimpleNamespace(peak_dna=np.zeros((5, 1024), np.uint16)))
+    assert atlas.claim_slice(tmp_path, 0) and atlas.claim_slice(tmp_path, 1)  # another worker took 0 (done) and 1 (running)
+    assert not atlas.claim_slice(tmp_path, 0)
     (tmp_path / "shared_done" / "slice-00000").touch()
-    w = SimpleNamespace(work=tmp_path, plan={"shared_slices": 2})
-    late = threading.Timer(0.3, (tmp_path / "shared_done" / "slice-00001").touch)
-    t0 = time.perf_counter()
-    late.start()
-    wait_for_shared(w)
-    assert (tmp_path / "shared_done" / "slice-00001").exists() and time.perf_counter() - t0 >= 0.25
-    w.plan["shared_slices"] = 0  # cache off, or nothing left to run: no wait at all
-    wait_for_shared(w)
+    threading.Timer(0.3, (tmp_path / "shared_done" / "slice-00001").touch).start()
+    atlas.ensure_shared(w)
+    assert computed == [[3], [3], [4], []]  # slices 2 and 3 only: zero signal, then knock-in
+    assert len(list((tmp_path / "shared_done").iterdir())) == 4  # returned only once the other worker's slice 1 was done
+    assert atlas.embed_shared(w, {"kind": "shared", "slice": 2})["cache_misses"] == 0 and len(computed) == 4
+    w.plan["shared_slices"] = 0  # cache off, or nothing left to run: nothing to compute or wait for
+    atlas.ensure_shared(w)
+    assert len(computed) == 4
