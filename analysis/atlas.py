@@ -120,24 +120,23 @@ def embed_shared(w: AtlasWorker, item: dict[str, Any]) -> dict[str, Any]:
     return {"index": -1, "samples": 0, "perturbed": 0, "seconds": time.perf_counter() - t0, "cache_hits": 0, "cache_misses": n}
 
 
-def ensure_shared(w: AtlasWorker) -> None:
+def ensure_shared(w: AtlasWorker) -> int:
     """Before a worker's first partition: every shared slice on disk. The worker computes the
-    slices nobody has taken yet, then waits for the ones other workers are computing. Ray Data
-    does not keep the input order per actor (measured: an actor got partition 0 before the
-    shared slice queued ahead of it), so waiting for slices another actor merely has queued could
-    wait on itself; a taken slice is always being computed, so this wait ends. Past
-    SHARED_WAIT_S (a worker died mid-slice) the worker computes what it needs itself."""
+    slices nobody has taken yet (returns how many entries), then waits for the ones other workers
+    are computing. Ray Data does not keep the input order per actor (measured: an actor got
+    partition 0 before the shared slice queued ahead of it), so waiting for slices another actor
+    merely has queued could wait on itself; a taken slice is always being computed, so this wait
+    ends. Past SHARED_WAIT_S (a worker died mid-slice) the worker computes what it needs itself."""
     n = w.plan["shared_slices"]
-    for i in range(n):
-        if claim_slice(w.work, i):
-            embed_slice(w, i)
+    computed = sum(embed_slice(w, i) for i in range(n) if claim_slice(w.work, i))
     t0 = time.perf_counter()
     while len(list((w.work / "shared_done").glob("slice-*"))) < n:
         if time.perf_counter() - t0 > SHARED_WAIT_S:
             print(f"[atlas_grn] shared embeddings not all on disk after {SHARED_WAIT_S:.0f} s; this worker computes "
                   f"the ones it needs itself", flush=True)
-            return
+            break
         time.sleep(0.05)
+    return computed
 
 
 def run_partition(w: AtlasWorker, part: dict[str, Any]) -> dict[str, Any]:
@@ -151,9 +150,9 @@ def run_partition(w: AtlasWorker, part: dict[str, Any]) -> dict[str, Any]:
     from .perturb import bound_peaks, perturbed_predictions
 
     t0 = time.perf_counter()
-    hits0, miss0 = w.cache.hits, w.cache.misses  # shared slices this partition computes count as its misses
+    shared = 0  # entries of shared slices this partition computes, counted as its misses
     if not w.shared_ready:
-        ensure_shared(w)
+        shared = ensure_shared(w)
         w.shared_ready = True
     w.cache.sync_disk()  # the shared entries (the cache's index) other workers have written since
     out = Path(w.plan["out"])
@@ -172,6 +171,7 @@ def run_partition(w: AtlasWorker, part: dict[str, Any]) -> dict[str, Any]:
     signal = w.signal[1]
     conds = [(c["name"], c["mode"], bound_peaks(w.bound, tuple(c["motifs"]))) for c in w.plan["conditions"]]
     scores, perturbed = [], []
+    hits0, miss0 = w.cache.hits, w.cache.misses
     bs = w.plan["batch_size"]
     with torch.no_grad():
         for rb in table.to_batches(max_chunksize=bs):
@@ -206,7 +206,7 @@ def run_partition(w: AtlasWorker, part: dict[str, Any]) -> dict[str, Any]:
     _atomic_parquet(pt, out / "partitions" / "perturb" / f"part-{idx:05d}.parquet")
     secs = time.perf_counter() - t0
     done = {"fingerprint": w.plan["fingerprint"], "samples": sc.height, "perturbed": pt.height, "seconds": secs,
-            "cache_hits": w.cache.hits - hits0, "cache_misses": w.cache.misses - miss0,
+            "cache_hits": w.cache.hits - hits0, "cache_misses": w.cache.misses - miss0 + shared,
             "threads": {"torch": torch.get_num_threads(), "polars": pl.thread_pool_size(), "arrow": pa.cpu_count()}}
     marker = out / "partitions" / "done" / f"part-{idx:05d}.json"
     atomic_write_json(marker, done)  # written last: the partition counts as finished only now

@@ -362,10 +362,9 @@ def test_each_shared_slice_is_computed_once_and_a_first_partition_waits_for_all(
     assert not atlas.claim_slice(tmp_path, 0)
     (tmp_path / "shared_done" / "slice-00000").touch()
     threading.Timer(0.3, (tmp_path / "shared_done" / "slice-00001").touch).start()
-    atlas.ensure_shared(w)
+    assert atlas.ensure_shared(w) == 3  # entries computed
     assert computed == [[3], [3], [4], []]  # slices 2 and 3 only: zero signal, then knock-in
     assert len(list((tmp_path / "shared_done").iterdir())) == 4  # returned only once the other worker's slice 1 was done
     assert atlas.embed_shared(w, {"kind": "shared", "slice": 2})["cache_misses"] == 0 and len(computed) == 4
     w.plan["shared_slices"] = 0  # cache off, or nothing left to run: nothing to compute or wait for
-    atlas.ensure_shared(w)
-    assert len(computed) == 4
+    assert atlas.ensure_shared(w) == 0 and len(computed) == 4
