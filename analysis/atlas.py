@@ -105,9 +105,9 @@ def embed_slice(w: AtlasWorker, i: int) -> int:
     from .perturb import perturbed_tokens
 
     length = w.tables.peak_dna.shape[1]
-    part = w.slices[i]
-    n = w.cache.ensure(part["peaks"], perturbed_tokens("KO", 1, length))  # ensure runs without autograd
-    n += w.cache.ensure(part["ki_peaks"], perturbed_tokens("KI", w.plan["ki_level"], length))
+    peaks = w.slices[i]
+    n = w.cache.ensure(peaks["peaks"], perturbed_tokens("KO", 1, length))  # ensure runs without autograd
+    n += w.cache.ensure(peaks["ki_peaks"], perturbed_tokens("KI", w.plan["ki_level"], length))
     w.cache.flush(tag=SHARED_TAG)
     (w.work / "shared_done" / f"slice-{i:05d}").touch()  # its entries are on disk
     return n
