@@ -105,9 +105,9 @@ def embed_slice(w: AtlasWorker, i: int) -> int:
     from .perturb import perturbed_tokens
 
     length = w.tables.peak_dna.shape[1]
-    peaks = w.slices[i]
-    n = w.cache.ensure(peaks["peaks"], perturbed_tokens("KO", 1, length))  # ensure runs without autograd
-    n += w.cache.ensure(peaks["ki_peaks"], perturbed_tokens("KI", w.plan["ki_level"], length))
+    spec = w.slices[i]
+    n = w.cache.ensure(spec["peaks"], perturbed_tokens("KO", 1, length))  # ensure runs without autograd
+    n += w.cache.ensure(spec["ki_peaks"], perturbed_tokens("KI", w.plan["ki_level"], length))
     w.cache.flush(tag=SHARED_TAG)
     (w.work / "shared_done" / f"slice-{i:05d}").touch()  # its entries are on disk
     return n
@@ -127,7 +127,7 @@ def ensure_shared(w: AtlasWorker) -> int:
     partition 0 before the shared slice queued ahead of it), so waiting for slices another actor
     merely has queued could wait on itself; a taken slice is always being computed, so this wait
     ends. Past SHARED_WAIT_S (a worker died mid-slice) the worker computes what it needs itself."""
-    n = w.plan["shared_slices"]
+    n = len(w.slices)
     computed = sum(embed_slice(w, i) for i in range(n) if claim_slice(w.work, i))
     t0 = time.perf_counter()
     while len(list((w.work / "shared_done").glob("slice-*"))) < n:
@@ -354,7 +354,6 @@ def run_partitions(p: Prepared, config_path: Path) -> dict[str, Any]:
         shutil.rmtree(work / sub, ignore_errors=True)
         (work / sub).mkdir()
     (work / "shared_slices.json").write_text(json.dumps([{k: s[k] for k in ("peaks", "ki_peaks")} for s in shared]))
-    plan["shared_slices"] = len(shared)
     (work / "plan.json").write_text(json.dumps(plan, indent=1))
     # partitions of an older, different run (more items then) must not leak into this one
     for sub in ("scores", "perturb", "done"):

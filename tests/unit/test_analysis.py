@@ -356,7 +356,7 @@ def test_each_shared_slice_is_computed_once_and_a_first_partition_waits_for_all(
             assert tag == atlas.SHARED_TAG
 
     slices = [{"peaks": [0, 1], "ki_peaks": [1]}, {"peaks": [2], "ki_peaks": []}, {"peaks": [3], "ki_peaks": [3]}, {"peaks": [4], "ki_peaks": []}]
-    w = SimpleNamespace(work=tmp_path, plan={"shared_slices": 4, "ki_level": 20}, slices=slices, cache=Cache(),
+    w = SimpleNamespace(work=tmp_path, plan={"ki_level": 20}, slices=slices, cache=Cache(),
                         tables=SimpleNamespace(peak_dna=np.zeros((5, 1024), np.uint16)))
     assert atlas.claim_slice(tmp_path, 0) and atlas.claim_slice(tmp_path, 1)  # another worker took 0 (done) and 1 (running)
     assert not atlas.claim_slice(tmp_path, 0)
@@ -366,5 +366,5 @@ def test_each_shared_slice_is_computed_once_and_a_first_partition_waits_for_all(
     assert computed == [[3], [3], [4], []]  # slices 2 and 3 only: zero signal, then knock-in
     assert len(list((tmp_path / "shared_done").iterdir())) == 4  # returned only once the other worker's slice 1 was done
     assert atlas.embed_shared(w, {"kind": "shared", "slice": 2})["cache_misses"] == 0 and len(computed) == 4
-    w.plan["shared_slices"] = 0  # cache off, or nothing left to run: nothing to compute or wait for
+    w.slices = []  # cache off, or nothing left to run: nothing to compute or wait for
     assert atlas.ensure_shared(w) == 0 and len(computed) == 4
