@@ -77,3 +77,45 @@ def test_causal_enhancers_not_all_nearest():
                 total += 1
                 far += e not in near
     assert far / total >= 0.2
+
+
+def test_element_states_are_per_cell_and_make_causal_elements_identifiable():
+    """Per-cell element states: their mean is OPEN_MAX x the rulebook's openness, elements of one TF
+    no longer open together, and within a cell type a gene's expression follows its causal elements'
+    states (not its inert ones'), which shared openness hid (noise-free states here; the fragments
+    the model sees are far noisier)."""
+    from creformer.analysis.metrics import auprc
+    from creformer.engine.simulate_cells import OPEN_MAX, cell_states, element_states
+
+    book = make_rulebook("small", 0)
+    rng = np.random.default_rng(0)
+    types, act = cell_states(book, 2000, rng)
+    openness = book.element_activity(act)
+    state = element_states(book, act, rng)
+    assert set(np.unique(state)) <= {0.0, 0.5, 1.0}
+    active = openness.mean(0) > 0.2
+    assert np.allclose(state.mean(0)[active], OPEN_MAX * openness.mean(0)[active], rtol=0.1)
+    same_tf = [j for j, e in enumerate(book.elements) if e.kind == "inert" and e.tf == book.elements[0].tf]
+    assert len(same_tf) >= 2 and not np.array_equal(state[:, same_tf[0]], state[:, same_tf[1]])
+
+    def within_type(x):
+        x = x.astype(float).copy()
+        for t in np.unique(types):
+            x[types == t] -= x[types == t].mean(0)
+        return x
+
+    def scores(states):
+        expr = within_type(book.expression(states))
+        st = within_type(states)
+        y, s = [], []
+        for gi, g in enumerate(book.genes):
+            for j, e in enumerate(book.elements):
+                if e.chrom == g.chrom and abs(e.center - g.tss) <= 150_000 and e.kind != "decoy":
+                    y.append(e.gene == gi and e.weight > 0)
+                    d = np.sqrt((expr[:, gi] ** 2).sum() * (st[:, j] ** 2).sum())
+                    s.append((expr[:, gi] * st[:, j]).sum() / d if d > 0 else 0.0)
+        return auprc(np.array(s), np.array(y)), float(np.mean(y))
+
+    per_cell, prevalence = scores(state)
+    shared, _ = scores(OPEN_MAX * openness)  # openness shared by a TF's elements: the old simulator
+    assert per_cell > 0.8 and per_cell > 2 * shared and shared > prevalence
