@@ -54,10 +54,16 @@ def cell_states(book: Rulebook, n_cells: int, rng: np.random.Generator) -> tuple
     return types, np.clip(act, 0.0, 1.0)
 
 
+def mean_element_states(book: Rulebook, act: np.ndarray) -> np.ndarray:
+    """Each element's mean state (= an allele's probability of being open) for TF activity ``act``:
+    ``OPEN_MAX`` x the rulebook's openness."""
+    return OPEN_MAX * book.element_activity(act)
+
+
 def element_states(book: Rulebook, act: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Each cell's element states (cells, elements) in {0, 1/2, 1}: two alleles, each open with
-    probability ``OPEN_MAX`` x the rulebook's openness for the cell's TF activity ``act``."""
-    return rng.binomial(2, OPEN_MAX * book.element_activity(act)) / 2.0
+    the probability ``mean_element_states`` gives for the cell's TF activity ``act``."""
+    return rng.binomial(2, mean_element_states(book, act)) / 2.0
 
 
 def peak_set(book: Rulebook, rng: np.random.Generator) -> list[tuple[str, int, int, str]]:
@@ -197,13 +203,13 @@ def _write_truth_cells(out: Path, book: Rulebook, barcodes, types, peaks, elem_i
     _write_tsv(truth / "tf_targets.tsv", ["tf", "gene_id", "weight"], [(t, g, f"{w:.4f}") for (t, g), w in sorted(edges.items())])
     # Perturbations from the generative model itself: TF activity forced to 0 (KO) or 1 (KI), at
     # each cell type's mean element state.
-    base = book.expression(OPEN_MAX * book.element_activity(book.activity))
+    base = book.expression(mean_element_states(book, book.activity))
     rows = []
     for ti, tf in enumerate(book.tfs):
         for mode, level in (("KO", 0.0), ("KI", 1.0)):
             act = book.activity.copy()
             act[:, ti] = level
-            pert = book.expression(OPEN_MAX * book.element_activity(act))
+            pert = book.expression(mean_element_states(book, act))
             lfc = np.log2((pert + 0.1) / (base + 0.1))
             for c in range(len(ct)):
                 for gi, g in enumerate(book.genes):
