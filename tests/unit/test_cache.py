@@ -121,3 +121,25 @@ def test_weight_change_invalidates():
     after = cache.peak_bins(ids, atac, mask)
     assert not torch.allclose(after, before)
     assert torch.allclose(reg.forward_bins(after, rank, mask), uncached(reg, peak_dna, ids, atac, mask, rank), atol=1e-5)
+
+
+def test_cell_signal_misses_rerun_only_the_changed_bins():
+    """A (cell, peak) miss runs transformer-1 on the bins its insertions reach, from the peak's held
+    zero-signal outputs; a whole-peak change (knock-in level) takes the full pass. Both equal it."""
+    el, reg, peak_dna, ids, atac, mask, rank = setup()
+    cache = EmbeddingCache(el, peak_dna)
+    cache.peak_bins(ids, atac, mask)  # zero signal of every peak, and one miss with insertions
+    rows = []
+    hook = el.t1.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[0]))
+    pid = int(ids[0, 2])
+    one = torch.full((1, 1, 1024), SIG_OFFSET, dtype=torch.long)
+    one[0, 0, 700:706] = SIG_OFFSET + 5  # bin 5 only
+    got = cache.peak_bins(torch.tensor([[pid]]), one, torch.ones(1, 1, dtype=torch.bool))
+    assert rows == [1]  # one bin through transformer-1, not 8
+    want = EmbeddingCache(el, peak_dna)._embed_full([pid], one[0].numpy())
+    assert torch.allclose(got[0, 0, 0], want[0], atol=1e-5)
+    rows.clear()
+    ki = torch.full((1, 1, 1024), SIG_OFFSET + 20, dtype=torch.long)
+    cache.peak_bins(torch.tensor([[pid]]), ki, torch.ones(1, 1, dtype=torch.bool))
+    hook.remove()
+    assert rows == [8]  # every bin changed: the full pass

@@ -197,3 +197,32 @@ def test_local_convolution_mixes_only_nearby_tokens():
         el.encode(dna, sig), el.encode(dna2, sig)
     changed = (seen[0] != seen[1]).any(-1).nonzero().flatten().tolist()
     assert changed == [198, 199, 200, 201, 202]  # the token and its neighbours within the 5-wide kernel
+
+
+@pytest.mark.parametrize("kernel", [11, 3, 0])
+def test_changed_bins_shortcut_equals_the_full_pass(kernel):
+    """embed_changed re-runs transformer-1 only on the bins a signal change reaches, and equals embed
+    exactly; changed_bins marks exactly the bins within the convolution's reach of a change."""
+    torch.manual_seed(0)
+    el = Elementary(tiny_cfg(local_kernel=kernel)).eval()
+    dna, _ = random_tokens(4, 1024, seed=3)
+    ref = torch.zeros(4, 7, 1024, dtype=torch.long)
+    ref[:, 0] = SIG_OFFSET
+    sig = ref.clone()
+    sig[0, 0, 300:306] = SIG_OFFSET + 7  # inside bin 2, far from its edges
+    sig[1, 0, 0:6] = SIG_OFFSET + 3  # first tokens of the peak (the convolution's zero padding)
+    sig[1, 0, 1020:1024] = SIG_OFFSET + 30  # last tokens
+    sig[2, 0, 126:128] = SIG_OFFSET + 12  # end of bin 0: reaches bin 1 through the convolution
+    with torch.no_grad():
+        changed = el.changed_bins(sig, ref)
+        assert changed[0].nonzero().flatten().tolist() == [2]
+        assert changed[1].nonzero().flatten().tolist() == [0, 7]
+        assert changed[2].nonzero().flatten().tolist() == ([0] if kernel == 0 else [0, 1])
+        assert not changed[3].any()  # no change: the reference's outputs as they are
+        parts = el.bin_parts(dna, ref)
+        assert torch.allclose(el.embed_from_parts(parts), el.embed(dna, ref), atol=1e-5)
+        assert torch.allclose(el.embed_changed(dna, sig, parts, changed), el.embed(dna, sig), atol=1e-5)
+        # a bin left out of `changed` keeps the reference's outputs: the shortcut then differs
+        wrong = changed.clone()
+        wrong[0, 2] = False
+        assert not torch.allclose(el.embed_changed(dna, sig, parts, wrong)[0], el.embed(dna, sig)[0], atol=1e-4)

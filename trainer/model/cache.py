@@ -68,6 +68,10 @@ class EmbeddingCache:
         self._disk: dict[tuple[int, bytes], tuple[pa.Table, int]] = {}
         self._disk_files: set[str] = set()  # part files already indexed in ``_disk``
         self._pending: list[tuple[int, bytes, np.ndarray]] = []
+        # zero-signal transformer-1 outputs per peak (``_zero_parts``), capped at ~256 MB
+        n_bins = peak_dna.shape[1] // elementary.cfg.bin_size
+        self._parts: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self.parts_capacity = max(1, (256 << 20) // (n_bins * 2 * elementary.cfg.d_model * 4))
         self.refresh()
 
     def refresh(self) -> None:
@@ -79,6 +83,7 @@ class EmbeddingCache:
             self._disk.clear()
             self._disk_files.clear()
             self._pending.clear()
+            self._parts.clear()
             self.sync_disk()
 
     # -- disk store ---------------------------------------------------------------------------
@@ -201,16 +206,57 @@ class EmbeddingCache:
             out[bi, pi, 1] = zero[int(ids[bi, pi])]
         return out
 
-    def _embed(self, peak_ids: list[int], atac: np.ndarray) -> torch.Tensor:
-        """Frozen Elementary bins (n, 8, d) of peaks with the given ATAC tokens (n, 1024)."""
-        dna = torch.from_numpy(self.peak_dna[peak_ids].astype(np.int64))
-        tracks = torch.zeros(len(peak_ids), self.n_tracks, dna.shape[1], dtype=torch.long)
+    def _tracks(self, atac: np.ndarray) -> torch.Tensor:
+        """(n, tracks, 1024) signal input: the ATAC tokens on their track, every other track [PAD]."""
+        tracks = torch.zeros(atac.shape[0], self.n_tracks, atac.shape[1], dtype=torch.long)
         tracks[:, self.atac_track] = torch.from_numpy(atac.astype(np.int64))
+        return tracks
+
+    def _zero_parts(self, peak_ids: list[int]) -> torch.Tensor:
+        """transformer-1 bin outputs (n, 8, 2, d) of the peaks under zero signal (``Elementary.bin_parts``),
+        kept per peak: the reference every cell's embedding of that peak starts from."""
+        todo = list(dict.fromkeys(pid for pid in peak_ids if pid not in self._parts))
+        for i in range(0, len(todo), 256):
+            chunk = todo[i:i + 256]
+            dna = torch.from_numpy(self.peak_dna[chunk].astype(np.int64))
+            parts = self.elementary.bin_parts(dna, self._tracks(np.full(dna.shape, SIG_OFFSET, np.uint8)))
+            for pid, value in zip(chunk, parts):
+                self._parts[pid] = value
+        out = torch.stack([self._parts[pid] for pid in peak_ids])
+        for pid in peak_ids:
+            self._parts.move_to_end(pid)
+        while len(self._parts) > self.parts_capacity:
+            self._parts.popitem(last=False)
+        return out
+
+    def _embed(self, peak_ids: list[int], atac: np.ndarray) -> torch.Tensor:
+        """Frozen Elementary bins (n, 8, d) of peaks with the given ATAC tokens (n, 1024).
+
+        Exact shortcut (``Elementary.embed_changed``): starting from the peak's zero-signal
+        transformer-1 outputs, only the bins the cell's insertions reach are recomputed, ~3x faster
+        for single-cell ATAC (measured; a cell × peak pair has ~3 insertions). Batches where most
+        bins change (a knock-in level over whole peaks) take the plain full pass."""
         was = self.elementary.training
         self.elementary.eval()
-        emb = torch.cat([self.elementary.embed(dna[i:i + 256], tracks[i:i + 256]) for i in range(0, len(peak_ids), 256)])
+        out = []
+        for i in range(0, len(peak_ids), 256):
+            ids = peak_ids[i:i + 256]
+            dna = torch.from_numpy(self.peak_dna[ids].astype(np.int64))
+            tracks = self._tracks(atac[i:i + 256])
+            zero = self._tracks(np.full(dna.shape, SIG_OFFSET, np.uint8))
+            changed = self.elementary.changed_bins(tracks, zero)
+            if float(changed.float().mean()) > 0.5:
+                out.append(self.elementary.embed(dna, tracks))
+            else:
+                out.append(self.elementary.embed_changed(dna, tracks, self._zero_parts(ids), changed))
         self.elementary.train(was)
-        return emb
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def _embed_full(self, peak_ids: list[int], atac: np.ndarray) -> torch.Tensor:
+        """``_embed`` by the full Elementary pass alone (the reference the shortcut is checked against)."""
+        dna = torch.from_numpy(self.peak_dna[peak_ids].astype(np.int64))
+        return self.elementary.embed(dna, self._tracks(atac))
 
     def stats(self) -> dict[str, float]:
         total = self.hits + self.misses

@@ -38,23 +38,36 @@ class Elementary(nn.Module):
     def encode(self, dna: torch.Tensor, sig: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """dna (B, L), sig (B, A, L) → per-token (B, L, d) and per-bin (B, L/128, d) outputs."""
         b, length = dna.shape
+        h = self._t1_outputs(dna, sig)
+        nb, d = h.shape[0] // b, h.shape[-1]
+        bins = h[:, 0].view(b, nb, d) + self.pos2.weight[:nb][None]
+        return h[:, 1:].reshape(b, length, d), self.t2(bins)
+
+    def _t1_outputs(self, dna: torch.Tensor, sig: torch.Tensor) -> torch.Tensor:
+        """transformer-1 outputs (B × L/128, 1 + 128, d) of every bin, [CLS] first."""
+        b, length = dna.shape
         bs = self.cfg.bin_size
         if length % bs:
             raise ValueError(f"sequence length {length} is not a multiple of the bin size {bs}")
         nb = length // bs
         if nb > self.cfg.max_bins:
             raise ValueError(f"{nb} bins exceed model.max_bins={self.cfg.max_bins}")
-        x = self.dna_emb(dna.long())
-        for a, emb in enumerate(self.sig_emb):
-            x = x + emb(sig[:, a].long())
+        x = self._token_inputs(dna, sig.transpose(1, 2))
         if self.local is not None:
             x = x + self.local(x.transpose(1, 2)).transpose(1, 2)
-        d = x.shape[-1]
-        x = x.view(b * nb, bs, d)
-        x = torch.cat([self.cls.expand(b * nb, 1, d), x], 1) + self.pos1.weight[None]
-        h = self.t1(x)
-        bins = h[:, 0].view(b, nb, d) + self.pos2.weight[:nb][None]
-        return h[:, 1:].reshape(b, length, d), self.t2(bins)
+        return self._t1(x.view(b * nb, bs, x.shape[-1]))
+
+    def _token_inputs(self, dna: torch.Tensor, sig: torch.Tensor) -> torch.Tensor:
+        """Summed token embeddings (..., d) of dna (...) and sig (..., A), before the convolution."""
+        x = self.dna_emb(dna.long())
+        for a, emb in enumerate(self.sig_emb):
+            x = x + emb(sig[..., a].long())
+        return x
+
+    def _t1(self, x: torch.Tensor) -> torch.Tensor:
+        """transformer-1 over bins of tokens (n, bin_size, d) with [CLS] and position 1 → (n, 1 + bin_size, d)."""
+        n, _, d = x.shape
+        return self.t1(torch.cat([self.cls.expand(n, 1, d), x], 1) + self.pos1.weight[None])
 
     def embed(self, dna: torch.Tensor, sig: torch.Tensor) -> torch.Tensor:
         """Per-bin representations (B, L/128, d), e.g. (B, 8, d) for a 1,024-bp peak: transformer-2's
@@ -68,6 +81,52 @@ class Elementary(nn.Module):
         tokens, bins = self.encode(dna, sig)
         b, length, d = tokens.shape
         return bins + tokens.view(b, length // self.cfg.bin_size, self.cfg.bin_size, d).mean(2)
+
+    def bin_parts(self, dna: torch.Tensor, sig: torch.Tensor) -> torch.Tensor:
+        """transformer-1's per-bin outputs (B, L/128, 2, d): [CLS] output and mean token output, all
+        ``embed`` needs besides transformer-2 (``embed_from_parts``)."""
+        h = self._t1_outputs(dna, sig)
+        return torch.stack([h[:, 0], h[:, 1:].mean(1)], 1).view(dna.shape[0], -1, 2, h.shape[-1])
+
+    def embed_from_parts(self, parts: torch.Tensor) -> torch.Tensor:
+        """``embed`` from ``bin_parts`` (B, nb, 2, d): transformer-2 over the bins' [CLS] outputs plus
+        the bins' mean token outputs."""
+        nb = parts.shape[1]
+        return self.t2(parts[:, :, 0] + self.pos2.weight[:nb][None]) + parts[:, :, 1]
+
+    def changed_bins(self, sig: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        """(B, nb) True for the bins whose transformer-1 input differs between signal tokens ``sig``
+        and ``ref`` (B, A, L): a changed token reaches the bins within the convolution's reach."""
+        diff = (sig != ref).any(1).float()[:, None]  # (B, 1, L)
+        k = self.cfg.local_kernel
+        if self.local is not None and k > 1:
+            reach = max(k // 2, k - 1 - k // 2)
+            diff = F.max_pool1d(diff, 2 * reach + 1, stride=1, padding=reach)
+        b, _, length = diff.shape
+        return diff.view(b, length // self.cfg.bin_size, self.cfg.bin_size).amax(-1) > 0
+
+    def embed_changed(self, dna: torch.Tensor, sig: torch.Tensor, ref_parts: torch.Tensor, changed: torch.Tensor) -> torch.Tensor:
+        """``embed(dna, sig)`` computed from the ``bin_parts`` of the same DNA under a reference signal,
+        re-running transformer-1 only on the ``changed`` bins (``changed_bins``); the others keep the
+        reference's outputs, which they equal exactly: transformer-1 sees one bin, and the
+        convolution only its reach beyond it. Single-cell ATAC touches a few bins of a peak (a
+        Tn5 insertion is 6 tokens), so per-cell peak embeddings cost a fraction of a full pass."""
+        bs = self.cfg.bin_size
+        parts = ref_parts.clone()
+        bi, ni = torch.nonzero(changed, as_tuple=True)
+        if bi.numel():
+            k = self.cfg.local_kernel if self.local is not None else 1
+            pad = k // 2
+            pos = ni[:, None] * bs - pad + torch.arange(bs + k - 1)[None]  # the bin plus the convolution's reach
+            inside = (pos >= 0) & (pos < dna.shape[1])
+            at = pos.clamp(0, dna.shape[1] - 1)
+            x = self._token_inputs(dna[bi[:, None], at], sig.transpose(1, 2)[bi[:, None], at]) * inside[..., None]
+            win = x[:, pad:pad + bs]
+            if self.local is not None:
+                win = win + F.conv1d(x.transpose(1, 2), self.local.weight, self.local.bias).transpose(1, 2)
+            h = self._t1(win)
+            parts[bi, ni] = torch.stack([h[:, 0], h[:, 1:].mean(1)], 1)
+        return self.embed_from_parts(parts)
 
     def forward(self, batch: MaskedBatch) -> dict[str, torch.Tensor]:
         tokens, bins = self.encode(batch.dna, batch.sig)
