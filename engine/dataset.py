@@ -197,6 +197,18 @@ def join_samples(samples: dict[str, np.ndarray], peak_dna: np.ndarray | None, si
     return out
 
 
+PEAK_COLUMNS = ("peak_ids", "tss_rank", "mask", "atac", "dna")
+
+
+def trim_peak_columns(batch: dict) -> dict:
+    """The joined batch (numpy or torch) with its per-peak columns cut to the widest sample's real
+    peaks. A sample's real peaks come first and the Regulatory head zero-pads to peak_m itself, so
+    predictions are unchanged, while the model no longer runs on up to peak_m padded slots (genes
+    have far fewer peaks: ~35 of 150 in the simulated atlas)."""
+    width = max(1, int(batch["mask"].sum(1).max()))
+    return {k: v[:, :width] if k in PEAK_COLUMNS else v for k, v in batch.items()}
+
+
 def load_peak_dna(root: str | Path) -> np.ndarray:
     """DNA tokens of every peak of a regulatory shard set, (peaks, tokens per peak)."""
     import pyarrow.parquet as pq

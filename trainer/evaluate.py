@@ -66,7 +66,7 @@ def predict_holdout(cfg: Config, manifest: Path, elementary_weights: Path, head_
     import torch
     from safetensors.torch import load_file
 
-    from creformer.engine.dataset import iter_regulatory_batches
+    from creformer.engine.dataset import iter_regulatory_batches, trim_peak_columns
     from creformer.engine.shards import Manifest
 
     from .model.cache import frozen_cache
@@ -85,13 +85,14 @@ def predict_holdout(cfg: Config, manifest: Path, elementary_weights: Path, head_
         for batch in iter_regulatory_batches(man, batch_size=cfg.train.micro_batch * 4, holdout=holdout,
                                              shuffle_seed=cfg.train.seed):
             take = min(len(batch["cell_id"]), max_samples - n)
-            mask = torch.from_numpy(batch["mask"][:take])
-            bins = cache.peak_bins(torch.from_numpy(batch["peak_ids"][:take].astype(np.int64)),
-                                   torch.from_numpy(batch["atac"][:take].astype(np.int64)), mask)
-            pred = head(bins, torch.from_numpy(batch["tss_rank"][:take].astype(np.int64)), mask)
+            batch = trim_peak_columns({k: v[:take] for k, v in batch.items()})
+            mask = torch.from_numpy(batch["mask"])
+            bins = cache.peak_bins(torch.from_numpy(batch["peak_ids"].astype(np.int64)),
+                                   torch.from_numpy(batch["atac"].astype(np.int64)), mask)
+            pred = head(bins, torch.from_numpy(batch["tss_rank"].astype(np.int64)), mask)
             out["pred"].append(pred.numpy().astype(np.float32))
             for k in ("cell_id", "gene_id", "expression"):
-                out[k].append(batch[k][:take])
+                out[k].append(batch[k])
             n += take
             if n >= max_samples:
                 break

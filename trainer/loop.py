@@ -86,6 +86,9 @@ class RegulatoryStage:
             self.model.signal_scale.fill_(context["signal_scale"])  # measured once by the driver, like the mean
 
     def loss(self, engine, batch: dict[str, torch.Tensor], step: int, rank: int) -> tuple[torch.Tensor, dict[str, float]]:
+        from creformer.engine.dataset import trim_peak_columns
+
+        batch = trim_peak_columns(batch)
         bins = self.cache.peak_bins(batch["peak_ids"].long(), batch["atac"].long(), batch["mask"])
         pred = engine(bins, batch["tss_rank"], batch["mask"])
         loss = torch.nn.functional.mse_loss(pred, batch["expression"].float())

@@ -115,6 +115,23 @@ def test_regulatory_padding_invariance_and_attention():
     assert (scores[1, 3:] == 0).all()
 
 
+def test_trimmed_peak_columns_predict_the_same():
+    """Training and evaluation cut a batch's peak columns to its widest sample (the stream pads to
+    peak_m): same predictions, other columns untouched."""
+    from creformer.engine.dataset import trim_peak_columns
+
+    _, _, reg, (_, _, rank, mask), bins = eval_regulatory_with_bins()
+    pad = 6
+    bins2 = torch.cat([bins, torch.zeros(2, pad, *bins.shape[2:])], 1)
+    batch = {"mask": torch.cat([mask, torch.zeros(2, pad, dtype=torch.bool)], 1),
+             "tss_rank": torch.cat([rank, torch.zeros(2, pad, dtype=rank.dtype)], 1),
+             "peak_ids": torch.cat([torch.arange(5).repeat(2, 1), torch.full((2, pad), -1)], 1), "expression": torch.ones(2)}
+    cut = trim_peak_columns(batch)
+    assert cut["mask"].shape == (2, 5) and cut["peak_ids"].shape == (2, 5) and cut["expression"] is batch["expression"]
+    assert torch.allclose(reg.forward_bins(bins2[:, :5], cut["tss_rank"], cut["mask"]),
+                          reg.forward_bins(bins2, batch["tss_rank"], batch["mask"]), atol=1e-5)
+
+
 def test_cell_signal_enters_as_scaled_difference_from_zero_signal():
     cfg, el, reg, (dna, sig, rank, mask), bins = eval_regulatory_with_bins()
     assert bins.shape == (2, 5, 2, 8, cfg.d_model)
