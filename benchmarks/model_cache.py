@@ -80,6 +80,7 @@ def miss_rates(manifest: Path, batches: list[dict], preset: str, max_pairs: int 
     from creformer.config import load_config
     from creformer.engine.dataset import load_peak_dna
     from creformer.trainer.model import Elementary
+    from creformer.engine.tokenize import SIG_OFFSET
     from creformer.trainer.model.cache import EmbeddingCache
 
     torch.manual_seed(0)
@@ -87,7 +88,7 @@ def miss_rates(manifest: Path, batches: list[dict], preset: str, max_pairs: int 
     peak_dna = load_peak_dna(manifest.parent)
     ids, atac, seen = [], [], set()
     for b in batches:
-        has = (b["atac"] > 2).any(-1) & b["mask"]
+        has = (b["atac"] > SIG_OFFSET).any(-1) & b["mask"]
         for bi, pi in zip(*np.nonzero(has.numpy())):
             key = (int(b["peak_ids"][bi, pi]), bytes(b["atac"][bi, pi].numpy().astype(np.uint8)))
             if key not in seen:
@@ -105,7 +106,7 @@ def miss_rates(manifest: Path, batches: list[dict], preset: str, max_pairs: int 
             t0 = time.perf_counter()
             fast = cache._embed(ids, atac)
             times.append(time.perf_counter() - t0)
-        changed = el.changed_bins(cache._tracks(atac), cache._tracks(np.full(atac.shape, 2, np.uint8)))
+        changed = el.changed_bins(cache._tracks(atac), cache._tracks(np.full(atac.shape, SIG_OFFSET, np.uint8)))
     return {"pairs": len(ids), "distinct_peaks": len(set(ids)), "changed_bin_fraction": float(changed.float().mean()),
             "full_pairs_per_s": len(ids) / t_full, "shortcut_cold_pairs_per_s": len(ids) / times[0],
             "shortcut_warm_pairs_per_s": len(ids) / times[1], "speedup_cold": t_full / times[0],
