@@ -124,8 +124,9 @@ def test_weight_change_invalidates():
 
 
 def test_cell_signal_misses_rerun_only_the_changed_bins():
-    """A (cell, peak) miss runs transformer-1 on the bins its insertions reach, from the peak's held
-    zero-signal outputs; a whole-peak change (knock-in level) takes the full pass. Both equal it."""
+    """A (cell, peak) miss runs transformer-1 only on the bins its insertions reach, from the peak's
+    held zero-signal outputs, and equals the full pass; a whole-peak change (a knock-in level)
+    takes the full pass."""
     el, reg, peak_dna, ids, atac, mask, rank = setup()
     cache = EmbeddingCache(el, peak_dna)
     cache.peak_bins(ids, atac, mask)  # zero signal of every peak, and one miss with insertions
