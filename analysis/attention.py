@@ -24,16 +24,18 @@ def score_batch(head, cache, batch: dict[str, np.ndarray], values: np.ndarray) -
 
     Only the peak columns some sample uses are computed (genes have far fewer than peak_m peaks);
     the head zero-pads to peak_m itself."""
-    mask_np = batch["mask"]
-    p = max(1, int(mask_np.sum(1).max()))
-    ids = torch.from_numpy(batch["peak_ids"][:, :p].astype(np.int64))
-    atac = torch.from_numpy(batch["atac"][:, :p].astype(np.int64))
-    mask = torch.from_numpy(mask_np[:, :p])
-    rank = torch.from_numpy(batch["tss_rank"][:, :p].astype(np.int64))
+    from creformer.engine.dataset import trim_peak_columns
+
+    batch = trim_peak_columns(batch)
+    p = batch["mask"].shape[1]
+    ids = torch.from_numpy(batch["peak_ids"].astype(np.int64))
+    atac = torch.from_numpy(batch["atac"].astype(np.int64))
+    mask = torch.from_numpy(batch["mask"])
+    rank = torch.from_numpy(batch["tss_rank"].astype(np.int64))
     bins = cache.peak_bins(ids, atac, mask)
     pred = head.forward_bins(bins, rank, mask)
     att = head.attention_scores(bins, rank, mask)
-    mass = values[batch["atac"][:, :p]].mean(-1) * mask_np[:, :p]
+    mass = values[batch["atac"]].mean(-1) * batch["mask"]
     return {"pred": pred.numpy().astype(np.float32), "attention": att.numpy().astype(np.float32),
             "atac": mass.astype(np.float32), "ablation": ablation(head, bins, rank, mask, pred),
             "bins": bins, "rank": rank, "mask": mask, "width": p}

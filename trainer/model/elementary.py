@@ -78,15 +78,18 @@ class Elementary(nn.Module):
         when a peak's ATAC is zeroed, 0.3 % for another peak's DNA), while the token outputs, trained
         to fill in masked DNA and signal, change by 3.8 % and 28 %. The Regulatory model must see both
         the sequence and the cell's accessibility."""
-        tokens, bins = self.encode(dna, sig)
-        b, length, d = tokens.shape
-        return bins + tokens.view(b, length // self.cfg.bin_size, self.cfg.bin_size, d).mean(2)
+        return self.embed_from_parts(self.bin_parts(dna, sig))
 
     def bin_parts(self, dna: torch.Tensor, sig: torch.Tensor) -> torch.Tensor:
         """transformer-1's per-bin outputs (B, L/128, 2, d): [CLS] output and mean token output, all
         ``embed`` needs besides transformer-2 (``embed_from_parts``)."""
         h = self._t1_outputs(dna, sig)
-        return torch.stack([h[:, 0], h[:, 1:].mean(1)], 1).view(dna.shape[0], -1, 2, h.shape[-1])
+        return self._summary(h).view(dna.shape[0], -1, 2, h.shape[-1])
+
+    @staticmethod
+    def _summary(h: torch.Tensor) -> torch.Tensor:
+        """(n, 2, d) per bin from transformer-1 outputs (n, 1 + 128, d): [CLS] output, mean token output."""
+        return torch.stack([h[:, 0], h[:, 1:].mean(1)], 1)
 
     def embed_from_parts(self, parts: torch.Tensor) -> torch.Tensor:
         """``embed`` from ``bin_parts`` (B, nb, 2, d): transformer-2 over the bins' [CLS] outputs plus
@@ -98,9 +101,8 @@ class Elementary(nn.Module):
         """(B, nb) True for the bins whose transformer-1 input differs between signal tokens ``sig``
         and ``ref`` (B, A, L): a changed token reaches the bins within the convolution's reach."""
         diff = (sig != ref).any(1).float()[:, None]  # (B, 1, L)
-        k = self.cfg.local_kernel
-        if self.local is not None and k > 1:
-            reach = max(k // 2, k - 1 - k // 2)
+        if self.local is not None:  # an odd kernel (the config checks it) reaches k // 2 tokens each way
+            reach = self.cfg.local_kernel // 2
             diff = F.max_pool1d(diff, 2 * reach + 1, stride=1, padding=reach)
         b, _, length = diff.shape
         return diff.view(b, length // self.cfg.bin_size, self.cfg.bin_size).amax(-1) > 0
@@ -124,8 +126,7 @@ class Elementary(nn.Module):
             win = x[:, pad:pad + bs]
             if self.local is not None:
                 win = win + F.conv1d(x.transpose(1, 2), self.local.weight, self.local.bias).transpose(1, 2)
-            h = self._t1(win)
-            parts[bi, ni] = torch.stack([h[:, 0], h[:, 1:].mean(1)], 1)
+            parts[bi, ni] = self._summary(self._t1(win))
         return self.embed_from_parts(parts)
 
     def forward(self, batch: MaskedBatch) -> dict[str, torch.Tensor]:
