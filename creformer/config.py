@@ -82,6 +82,9 @@ class TrainConfig:
     max_steps: int = 200
     clip_grad: float = 1.0
     zero_stage: int = 3  # DeepSpeed ZeRO stage; 0 is plain data parallel (the DDP baseline of benchmarks/training.py)
+    # torch threads per worker (0: Ray's default, the CPUs reserved per worker). More than reserved
+    # pays off where workers idle at ZeRO-3's per-layer gathers, waiting for each other (demo preset)
+    torch_threads: int = 0
     checkpoint_every: int = 50
     max_failures: int = 2
     storage_path: str = "runs/train"
@@ -305,6 +308,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"data.{name} must be positive")
     if cfg.train.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"train.zero_stage={cfg.train.zero_stage} must be 0, 1, 2 or 3")
+    if cfg.train.torch_threads < 0:
+        raise ConfigError(f"train.torch_threads={cfg.train.torch_threads} must be >= 0 (0: the CPUs Ray reserves per worker)")
     if not 0 <= cfg.train.holdout_cells < 1:
         raise ConfigError(f"train.holdout_cells={cfg.train.holdout_cells} must be in [0, 1) (the fraction of cells held out)")
     a = cfg.analysis

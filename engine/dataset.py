@@ -159,6 +159,38 @@ def _load_signal(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     return keys[order], order, offsets, pos.values.to_numpy(), tok.values.to_numpy()
 
 
+PEAK_TOKENS = 1024  # tokens per peak (DESIGN §3: every peak's DNA is 1,024 tokens)
+# A packed signal token (``pack_samples``): slot << 18 | position << 8 | token, as uint32.
+_POS_SHIFT, _SLOT_SHIFT = 8, 18
+
+
+def _peak_slots(samples: dict, peak_m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """peak_ids (-1 = padding), tss_rank and mask, each [B, peak_m], from the samples' peak lists."""
+    b = len(samples["cell_id"])
+    ids = np.full((b, peak_m), -1, np.int32)
+    rank = np.zeros((b, peak_m), np.int16)
+    for i, (p, r) in enumerate(zip(samples["peak_ids"], samples["tss_rank"])):
+        ids[i, : len(p)] = p
+        rank[i, : len(r)] = r
+    return ids, rank, ids >= 0
+
+
+def _signal_tokens(cell_id: np.ndarray, ids: np.ndarray, mask: np.ndarray, signal) -> tuple[np.ndarray, ...]:
+    """(sample, slot, position, token) of every non-zero signal token on the batch's real peaks,
+    sorted by sample: the join of the samples with a cell block's sparse signal (``_load_signal``)."""
+    keys, order, offsets, pos, tok = signal
+    if not keys.size:
+        z = np.zeros(0, np.int64)
+        return z, z, z, np.zeros(0, np.uint8)
+    want = cell_id.astype(np.int64)[:, None] * (1 << 32) + np.maximum(ids, 0)
+    at = np.clip(np.searchsorted(keys, want), 0, keys.size - 1)
+    bi, pi = np.nonzero(mask & (keys[at] == want))
+    rows = order[at[bi, pi]]
+    starts, n = offsets[rows], offsets[rows + 1] - offsets[rows]
+    flat = np.repeat(starts - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))  # each row's [start, end) in turn
+    return np.repeat(bi, n), np.repeat(pi, n), pos[flat].astype(np.int64), tok[flat]
+
+
 def join_samples(samples: dict[str, np.ndarray], peak_dna: np.ndarray | None, signal, peak_m: int) -> dict[str, np.ndarray]:
     """Dense model inputs for a batch of samples (the streaming join, also usable directly).
 
@@ -168,25 +200,11 @@ def join_samples(samples: dict[str, np.ndarray], peak_dna: np.ndarray | None, si
     """
     from .tokenize import SIG_OFFSET, SIG_PAD
 
-    keys, order, offsets, pos, tok = signal
-    b = len(samples["cell_id"])
-    ids = np.full((b, peak_m), -1, np.int32)
-    rank = np.zeros((b, peak_m), np.int16)
-    for i, (p, r) in enumerate(zip(samples["peak_ids"], samples["tss_rank"])):
-        ids[i, : len(p)] = p
-        rank[i, : len(r)] = r
-    mask = ids >= 0
-    width = 1024
-    atac = np.full((b, peak_m, width), SIG_PAD, np.uint8)
+    ids, rank, mask = _peak_slots(samples, peak_m)
+    atac = np.full((len(ids), peak_m, PEAK_TOKENS), SIG_PAD, np.uint8)
     atac[mask] = SIG_OFFSET
-    if keys.size:
-        want = samples["cell_id"].astype(np.int64)[:, None] * (1 << 32) + np.maximum(ids, 0)
-        at = np.clip(np.searchsorted(keys, want), 0, keys.size - 1)
-        found = mask & (keys[at] == want)
-        for bi, pi in zip(*np.nonzero(found)):
-            row = order[at[bi, pi]]
-            a, e = offsets[row], offsets[row + 1]
-            atac[bi, pi, pos[a:e]] = tok[a:e]
+    sb, sp, spos, stok = _signal_tokens(samples["cell_id"], ids, mask, signal)
+    atac[sb, sp, spos] = stok
     out = {"cell_id": samples["cell_id"].astype(np.int32), "gene_id": samples["gene_id"].astype(np.int32),
            "expression": samples["expression"].astype(np.float32), "peak_ids": ids, "tss_rank": rank, "mask": mask,
            "atac": atac}
@@ -194,6 +212,42 @@ def join_samples(samples: dict[str, np.ndarray], peak_dna: np.ndarray | None, si
         dna = peak_dna[np.maximum(ids, 0)].astype(np.int32)
         dna[~mask] = 0
         out["dna"] = dna
+    return out
+
+
+def pack_samples(samples: dict[str, np.ndarray], signal, peak_m: int) -> dict[str, np.ndarray]:
+    """``join_samples`` without the dense signal: ``atac_packed`` holds, per sample, its non-zero
+    signal tokens as packed uint32 bytes (slot, position, token), about 40x fewer bytes than the
+    dense [peak_m, 1024] array on single-cell ATAC. ``unpack_samples`` rebuilds the dense batch.
+    Training streams this layout: the bytes Ray Data moves per batch, not the model, had bounded
+    its throughput (the dense layout kept the split coordinator busy on a core of its own)."""
+    if peak_m >= 1 << (32 - _SLOT_SHIFT):
+        raise ValueError(f"peak_m={peak_m} exceeds the packed layout's {1 << (32 - _SLOT_SHIFT)} peak slots")
+    ids, rank, mask = _peak_slots(samples, peak_m)
+    sb, sp, spos, stok = _signal_tokens(samples["cell_id"], ids, mask, signal)
+    packed = ((sp.astype(np.uint32) << _SLOT_SHIFT) | (spos.astype(np.uint32) << _POS_SHIFT) | stok.astype(np.uint32))
+    ends = np.cumsum(np.bincount(sb, minlength=len(ids)))
+    blobs = np.empty(len(ids), dtype=object)
+    blobs[:] = [chunk.tobytes() for chunk in np.split(packed, ends[:-1])]
+    return {"cell_id": samples["cell_id"].astype(np.int32), "gene_id": samples["gene_id"].astype(np.int32),
+            "expression": samples["expression"].astype(np.float32), "peak_ids": ids, "tss_rank": rank, "mask": mask,
+            "atac_packed": blobs}
+
+
+def unpack_samples(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The dense batch of ``join_samples`` (without dna) from a ``pack_samples`` batch, its peak
+    columns cut to the widest sample's real peaks (``trim_peak_columns``)."""
+    from .tokenize import SIG_OFFSET, SIG_PAD
+
+    out = trim_peak_columns({k: v for k, v in batch.items() if k != "atac_packed"})
+    mask = out["mask"]
+    chunks = [np.frombuffer(b, np.uint32) for b in batch["atac_packed"]]
+    packed = np.concatenate(chunks) if chunks else np.zeros(0, np.uint32)
+    sample = np.repeat(np.arange(len(chunks)), [c.size for c in chunks])
+    atac = np.full(mask.shape + (PEAK_TOKENS,), SIG_PAD, np.uint8)
+    atac[mask] = SIG_OFFSET
+    atac[sample, packed >> _SLOT_SHIFT, (packed >> _POS_SHIFT) & (PEAK_TOKENS - 1)] = (packed & 0xFF).astype(np.uint8)
+    out["atac"] = atac
     return out
 
 
@@ -238,9 +292,11 @@ class _JoinShard:
     """Ray Data actor: one sample shard in, joined batches out (peaks loaded once per actor)."""
 
     def __init__(self, root: str, peak_m: int, with_dna: bool, batch_size: int, verify: bool,
-                 holdout: tuple[float, int, str] | None = None, shuffle_seed: int | None = None):
+                 holdout: tuple[float, int, str] | None = None, shuffle_seed: int | None = None, packed: bool = False):
         self.root, self.peak_m, self.batch_size, self.verify = Path(root), peak_m, batch_size, verify
-        self.holdout, self.shuffle_seed = holdout, shuffle_seed
+        self.holdout, self.shuffle_seed, self.packed = holdout, shuffle_seed, packed
+        if packed and with_dna:
+            raise ValueError("the packed layout carries no DNA (the embedding cache reads peak DNA itself)")
         self.dna = load_peak_dna(self.root) if with_dna else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
@@ -266,7 +322,7 @@ class _JoinShard:
                 samples = {"cell_id": cols["cell_id"].to_numpy(), "gene_id": cols["gene_id"].to_numpy(),
                            "expression": cols["expression"].to_numpy(),
                            "peak_ids": _split_list(cols["peak_ids"]), "tss_rank": _split_list(cols["tss_rank"])}
-                yield join_samples(samples, self.dna, signal, self.peak_m)
+                yield pack_samples(samples, signal, self.peak_m) if self.packed else join_samples(samples, self.dna, signal, self.peak_m)
 
     def _batches(self, pf, name: str):
         """The shard's rows in record batches: in file order, or (``shuffle_seed``) shuffled.
@@ -325,13 +381,16 @@ def _regulatory_manifest(manifest: str | Path | Manifest) -> Manifest:
 
 def regulatory_dataset(manifest: str | Path | Manifest, *, batch_size: int = 32, with_dna: bool = True,
                        verify: bool = True, concurrency: int = 1, holdout: tuple[float, int, str] | None = None,
-                       shuffle_seed: int | None = None):
+                       shuffle_seed: int | None = None, packed: bool = False):
     """A streaming ``ray.data.Dataset`` of joined Regulatory samples (one row per cell × gene):
     dna [150, 1024], atac [150, 1024], tss_rank [150], mask [150], peak_ids [150], expression,
     cell_id, gene_id. Sample shards and their cell block's signal are checksummed when opened.
     ``holdout=(fraction, seed, "train" | "holdout")`` keeps only the cells outside / inside the
     held-out split (``is_holdout``). ``shuffle_seed`` (training) visits shards and their rows in a
-    seeded random order (``_JoinShard._batches``); without it the stream is in shard order."""
+    seeded random order (``_JoinShard._batches``); without it the stream is in shard order.
+    ``packed`` (training) streams ``pack_samples`` rows instead: the signal as packed non-zero
+    tokens (``atac_packed``) in place of the dense atac, expanded where it is consumed
+    (``unpack_samples``)."""
     import ray.data
 
     man = _regulatory_manifest(manifest)
@@ -341,7 +400,7 @@ def regulatory_dataset(manifest: str | Path | Manifest, *, batch_size: int = 32,
         _JoinShard, batch_size=1, compute=ray.data.ActorPoolStrategy(size=concurrency),
         fn_constructor_kwargs={"root": str(man.root), "peak_m": peak_m, "with_dna": with_dna,
                                "batch_size": batch_size, "verify": verify, "holdout": holdout,
-                               "shuffle_seed": shuffle_seed})
+                               "shuffle_seed": shuffle_seed, "packed": packed})
 
 
 def iter_regulatory_batches(manifest: str | Path | Manifest, *, batch_size: int = 32, with_dna: bool = False,

@@ -160,7 +160,7 @@ def train_regulatory(argv: list[str] | None = None) -> Path:
     from creformer.engine.dataset import expression_mean, regulatory_dataset
 
     # Held-out cells never reach the workers; they are scored after training (eval.json).
-    ds = regulatory_dataset(manifest, batch_size=cfg.train.micro_batch, with_dna=False,
+    ds = regulatory_dataset(manifest, batch_size=cfg.train.micro_batch, with_dna=False, packed=True,
                             holdout=(cfg.train.holdout_cells, cfg.train.seed, "train") if cfg.train.holdout_cells > 0 else None,
                             shuffle_seed=cfg.train.seed)
     context = {"elementary_weights": str(Path(weights).resolve()), "regulatory_root": str(man.root.resolve()),

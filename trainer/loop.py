@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
 
 from creformer.config import Config, TrainConfig, config_from_dict
 
@@ -45,6 +46,7 @@ def lr_factor(step: int, train: TrainConfig) -> float:
 
 class ElementaryStage:
     name = "elementary"
+    collate_fn = None  # crops stream as fixed-shape columns: iter_torch_batches' own conversion
 
     def __init__(self, cfg: Config, context: dict[str, Any]):
         from .model import Elementary
@@ -73,6 +75,7 @@ class RegulatoryStage:
         from .model.regulatory import RegulatoryHead
 
         self.cfg = cfg
+        self.collate_fn = UnpackCollate()
         # The frozen Elementary stays outside the ZeRO-3 engine (whole on every worker), behind the cache.
         self.cache = frozen_cache(cfg.model, context["elementary_weights"], context["regulatory_root"],
                                   disk_dir=context.get("cache_dir"))
@@ -86,9 +89,7 @@ class RegulatoryStage:
             self.model.signal_scale.fill_(context["signal_scale"])  # measured once by the driver, like the mean
 
     def loss(self, engine, batch: dict[str, torch.Tensor], step: int, rank: int) -> tuple[torch.Tensor, dict[str, float]]:
-        from creformer.engine.dataset import trim_peak_columns
-
-        batch = trim_peak_columns(batch)
+        # the batch comes trimmed to its widest sample's peaks (UnpackCollate)
         bins = self.cache.peak_bins(batch["peak_ids"].long(), batch["atac"].long(), batch["mask"])
         pred = engine(bins, batch["tss_rank"], batch["mask"])
         loss = torch.nn.functional.mse_loss(pred, batch["expression"].float())
@@ -102,6 +103,19 @@ class RegulatoryStage:
 STAGES = {"elementary": ElementaryStage, "regulatory": RegulatoryStage}
 
 
+class UnpackCollate(NumpyBatchCollateFn):
+    """Regulatory batches arrive packed (``engine.dataset.pack_samples``: ~180x fewer bytes through
+    Ray Data than the dense signal); each worker expands its own, in iter_torch_batches' prefetch
+    thread, into the dense, trimmed tensors the stage reads. A dense stream passes through trimmed."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        from creformer.engine.dataset import trim_peak_columns, unpack_samples
+
+        dense = unpack_samples(batch) if "atac_packed" in batch else trim_peak_columns(batch)
+        # np.require: columns Ray hands over zero-copy are read-only, which torch warns about
+        return {k: torch.from_numpy(np.require(v, requirements="W")) for k, v in dense.items()}
+
+
 def _save(engine, step: int, rank: int, metrics: dict[str, float]):
     """Every rank saves its ZeRO-3 partition; Ray merges the ranks' folders into one checkpoint."""
     import ray.train
@@ -113,7 +127,7 @@ def _save(engine, step: int, rank: int, metrics: dict[str, float]):
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def _my_batches(shard, cfg: Config, rank: int, world: int, step: int):
+def _my_batches(shard, cfg: Config, rank: int, world: int, step: int, collate_fn=None):
     """This worker's batches, pass after pass over the stream. With ``train.deterministic`` the
     shard is the whole ordered stream: global batch i (counted across passes) goes to rank
     i % world, and a run resumed at ``step`` skips the step * world batches consumed before its
@@ -121,7 +135,7 @@ def _my_batches(shard, cfg: Config, rank: int, world: int, step: int):
     skip, i = step * world, 0
     while True:
         seen = 0
-        for batch in shard.iter_torch_batches(batch_size=cfg.train.micro_batch, drop_last=True):
+        for batch in shard.iter_torch_batches(batch_size=cfg.train.micro_batch, drop_last=True, collate_fn=collate_fn):
             seen += 1
             if not cfg.train.deterministic:
                 yield batch
@@ -142,6 +156,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     context = config["context"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if cfg.train.torch_threads > 0:
+        torch.set_num_threads(cfg.train.torch_threads)
     torch.manual_seed(cfg.train.seed)
     np.random.seed(cfg.train.seed + rank)
     stage = STAGES[config["stage"]](cfg, context)
@@ -164,7 +180,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
     log = (run_dir / "metrics.jsonl").open("a") if rank == 0 else None
     t_last, tokens = time.perf_counter(), 0
-    for batch in ([] if step >= cfg.train.max_steps else _my_batches(shard, cfg, rank, world, step)):
+    for batch in ([] if step >= cfg.train.max_steps else _my_batches(shard, cfg, rank, world, step, stage.collate_fn)):
         torch.manual_seed(cfg.train.seed * 1_000_003 + step * 101 + rank)  # dropout: the same after a resume
         if cfg.train.fail_at_step == step + 1 and not fault_marker.exists():
             fault_marker.write_text(f"fault injected at step {step + 1} on rank {rank}\n")

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from creformer.engine.cells import PEAK_SPAN, RegulatoryOptions, prepare_regulatory
-from creformer.engine.dataset import _load_signal, join_samples, regulatory_dataset
+from creformer.engine.dataset import _load_signal, join_samples, regulatory_dataset, unpack_samples
 from creformer.engine.errors import InputError
 from creformer.engine.io.fasta import Genome
 from creformer.engine.shards import Manifest
@@ -133,6 +133,15 @@ def test_streaming_join_equals_direct_on_simulated_atlas(sim_tiny, tmp_path, ray
             expected = direct_tokens(frag_rows, bc, libs[bc], peaks["chrom"][pid], ws, cuts)
             assert np.array_equal(r["atac"][slot], expected)
         assert (r["atac"][~r["mask"]] == SIG_PAD).all() and (r["dna"][~r["mask"]] == 0).all()
+    # the packed layout training streams: every sample, token for token, once unpacked
+    packed = regulatory_dataset(man, batch_size=64, with_dna=False, packed=True).take_all()
+    assert len(packed) == len(rows)
+    by_key = {(int(r["cell_id"]), int(r["gene_id"])): r for r in packed}
+    for r in rows[::7]:
+        p = by_key[(int(r["cell_id"]), int(r["gene_id"]))]
+        out = unpack_samples({k: np.array([v], dtype=object if k == "atac_packed" else None) for k, v in p.items()})
+        width = max(1, int(r["mask"].sum()))  # trim_peak_columns keeps one column at least
+        assert out["atac"].shape[1] == width and np.array_equal(out["atac"][0], r["atac"][:width])
 
 
 def test_reuse_and_resume(tmp_path):
