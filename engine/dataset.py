@@ -217,8 +217,8 @@ def join_samples(samples: dict[str, np.ndarray], peak_dna: np.ndarray | None, si
 
 def pack_samples(samples: dict[str, np.ndarray], signal, peak_m: int) -> dict[str, np.ndarray]:
     """``join_samples`` without the dense signal: ``atac_packed`` holds, per sample, its non-zero
-    signal tokens as packed uint32 bytes (slot, position, token), about 40x fewer bytes than the
-    dense [peak_m, 1024] array on single-cell ATAC. ``unpack_samples`` rebuilds the dense batch.
+    signal tokens as packed uint32 bytes (slot, position, token): 27 KB per 32 demo samples against
+    4.9 MB for the dense [peak_m, 1024] array. ``unpack_samples`` rebuilds the dense batch.
     Training streams this layout: the bytes Ray Data moves per batch, not the model, had bounded
     its throughput (the dense layout kept the split coordinator busy on a core of its own)."""
     if peak_m >= 1 << (32 - _SLOT_SHIFT):
@@ -228,7 +228,7 @@ def pack_samples(samples: dict[str, np.ndarray], signal, peak_m: int) -> dict[st
     packed = ((sp.astype(np.uint32) << _SLOT_SHIFT) | (spos.astype(np.uint32) << _POS_SHIFT) | stok.astype(np.uint32))
     ends = np.cumsum(np.bincount(sb, minlength=len(ids)))
     blobs = np.empty(len(ids), dtype=object)
-    blobs[:] = [chunk.tobytes() for chunk in np.split(packed, ends[:-1])]
+    blobs[:] = [chunk.tobytes() for chunk in np.split(packed, ends[:-1])] if len(ids) else []
     return {"cell_id": samples["cell_id"].astype(np.int32), "gene_id": samples["gene_id"].astype(np.int32),
             "expression": samples["expression"].astype(np.float32), "peak_ids": ids, "tss_rank": rank, "mask": mask,
             "atac_packed": blobs}
