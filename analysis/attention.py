@@ -33,17 +33,18 @@ def score_batch(head, cache, batch: dict[str, np.ndarray], values: np.ndarray) -
     mask = torch.from_numpy(batch["mask"])
     rank = torch.from_numpy(batch["tss_rank"].astype(np.int64))
     bins = cache.peak_bins(ids, atac, mask)
-    pred = head.forward_bins(bins, rank, mask)
+    x = head._inputs(bins, rank, mask)  # per-peak inputs, shared by the prediction, ablation and perturbations
+    pred = head.forward_inputs(x, mask)
     att = head.attention_scores(bins, rank, mask)
     mass = values[batch["atac"]].mean(-1) * batch["mask"]
     return {"pred": pred.numpy().astype(np.float32), "attention": att.numpy().astype(np.float32),
-            "atac": mass.astype(np.float32), "ablation": ablation(head, bins, rank, mask, pred),
-            "bins": bins, "rank": rank, "mask": mask, "width": p}
+            "atac": mass.astype(np.float32), "ablation": ablation(head, bins, rank, mask, pred, inputs=x),
+            "bins": bins, "inputs": x, "rank": rank, "mask": mask, "width": p}
 
 
 @torch.no_grad()
 def ablation(head, bins: torch.Tensor, rank: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor,
-             chunk: int = 512) -> np.ndarray:
+             chunk: int = 512, inputs: torch.Tensor | None = None) -> np.ndarray:
     """(B, P) predicted expression minus the prediction with peak j's cell signal set to zero
     signal; 0 where the peak has no signal in the cell (its two halves are equal) or is padding.
     Works on the per-peak inputs: only peak j's input changes, to its zero-signal input."""
@@ -52,7 +53,7 @@ def ablation(head, bins: torch.Tensor, rank: torch.Tensor, mask: torch.Tensor, p
     rows, cols = np.nonzero(has)
     if rows.size == 0:
         return out
-    x = head._inputs(bins, rank, mask)
+    x = head._inputs(bins, rank, mask) if inputs is None else inputs
     x_zero = head._inputs(bins[:, :, 1:].expand(-1, -1, 2, -1, -1), rank, mask)  # every peak at zero signal
     for s in range(0, rows.size, chunk):
         r, c = torch.from_numpy(rows[s:s + chunk]), torch.from_numpy(cols[s:s + chunk])

@@ -71,12 +71,14 @@ def perturbed_tokens(mode: str, ki_level: int, length: int) -> np.ndarray:
 
 
 def perturbed_predictions(head, cache, bins, ids: np.ndarray, mask: np.ndarray, rank, touched: np.ndarray,
-                          mode: str, ki_level: int, length: int):
+                          mode: str, ki_level: int, length: int, inputs=None):
     """Predictions for the rows with a touched peak, reusing the unperturbed peak bins of a batch.
 
     Exact shortcut of perturb_atac + a full embedding pass: untouched peaks keep their inputs, and a
     touched peak's perturbed signal does not depend on the cell, so one Elementary embedding per
-    distinct touched peak (cached) replaces them all. Returns (rows, predictions)."""
+    distinct touched peak (cached) replaces them all. A peak's input to the head depends on its own
+    bins and rank only (``Regulatory._inputs``), so only the touched peaks' inputs are recomputed;
+    ``inputs`` are the batch's unperturbed ones when the caller has them. Returns (rows, predictions)."""
     import torch
 
     rows = np.flatnonzero(touched.any(1))
@@ -85,11 +87,15 @@ def perturbed_predictions(head, cache, bins, ids: np.ndarray, mask: np.ndarray, 
     uniq, inverse = np.unique(ids[rows][touched[rows]], return_inverse=True)
     sig = np.broadcast_to(perturbed_tokens(mode, ki_level, length), (1, uniq.size, length))
     emb = cache.peak_bins(torch.from_numpy(uniq[None].astype(np.int64)), torch.from_numpy(sig.astype(np.int64)),
-                          torch.ones(1, uniq.size, dtype=torch.bool))[0]
-    new = bins[torch.from_numpy(rows)].clone()
+                          torch.ones(1, uniq.size, dtype=torch.bool))[0]  # (peaks, [perturbed, zero signal], bins, d)
+    if inputs is None:
+        inputs = head._inputs(bins, rank, torch.from_numpy(mask))
     r, c = np.nonzero(touched[rows])
-    new[torch.from_numpy(r), torch.from_numpy(c)] = emb[torch.from_numpy(inverse)]
-    pred = head.forward_bins(new, rank[torch.from_numpy(rows)], torch.from_numpy(mask[rows]))
+    tr, tc = torch.from_numpy(rows[r]), torch.from_numpy(c)
+    slots = head._inputs(emb[torch.from_numpy(inverse)][None], rank[tr, tc][None], torch.ones(1, r.size, dtype=torch.bool))[0]
+    x = inputs[torch.from_numpy(rows)].clone()
+    x[torch.from_numpy(r), tc] = slots
+    pred = head.forward_inputs(x, torch.from_numpy(mask[rows]))
     return rows, pred.numpy().astype(np.float32)
 
 

@@ -302,8 +302,13 @@ def test_perturbation_shortcut_equals_the_full_token_path(mode):
         full_bins = cache.peak_bins(torch.from_numpy(ids.clip(0)), torch.from_numpy(new.astype(np.int64)), torch.from_numpy(mask))
         full = head.forward_bins(full_bins, rank, torch.from_numpy(mask)).numpy()
         rows, fast = perturb.perturbed_predictions(head, cache, bins, ids, mask, rank, touched, mode, 20, 1024)
-    assert rows.tolist() == [0, 1, 2]
+        # the batch's own per-peak inputs reused (atlas_grn's path): only the touched peaks' are recomputed
+        inputs = head._inputs(bins, rank, torch.from_numpy(mask))
+        rows2, reused = perturb.perturbed_predictions(head, cache, bins, ids, mask, rank, touched, mode, 20, 1024, inputs=inputs)
+    assert rows.tolist() == rows2.tolist() == [0, 1, 2]
     assert fast == pytest.approx(full[rows], abs=1e-5)
+    assert reused == pytest.approx(full[rows], abs=1e-5)
+    assert not np.allclose(full[rows], head.forward_bins(bins, rank, torch.from_numpy(mask)).detach().numpy()[rows], atol=1e-5)
 
 
 # --- atlas_grn work items -------------------------------------------------------------------
