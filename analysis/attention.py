@@ -35,7 +35,7 @@ def score_batch(head, cache, batch: dict[str, np.ndarray], values: np.ndarray) -
     bins = cache.peak_bins(ids, atac, mask)
     x = head._inputs(bins, rank, mask)  # per-peak inputs, shared by the prediction, ablation and perturbations
     pred = head.forward_inputs(x, mask)
-    att = head.attention_scores(bins, rank, mask)
+    att = head.attention_scores(bins, rank, mask, inputs=x)
     mass = values[batch["atac"]].mean(-1) * batch["mask"]
     return {"pred": pred.numpy().astype(np.float32), "attention": att.numpy().astype(np.float32),
             "atac": mass.astype(np.float32), "ablation": ablation(head, bins, rank, mask, pred, inputs=x),

@@ -33,18 +33,23 @@ def enrichment_pvalues(hits: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, 
     return np.where(k_high > 0, p, 1.0), k_high
 
 
-def window_tests(group_att: pl.DataFrame, bound: np.ndarray, tfs: list[TF], high_k: int, by: str = "attention"):
+def window_tests(group_att: pl.DataFrame, bound: np.ndarray, tfs: list[TF], high_k: int | None, by: str = "attention"):
     """Per (group, gene) window: (group, gene_id, peak ids, high mask, motif hits, p (TFs,), k (TFs,));
-    the high peaks are the ``high_k`` with the largest ``by`` column."""
+    the high peaks are the ``high_k`` with the largest ``by`` column, or with ``high_k=None`` every
+    peak whose ``by`` is positive (a window with none, or only such peaks, tests nothing)."""
     motif_idx = np.array([t.motif for t in tfs])
     for (group, gene_id), df in group_att.group_by("group", "gene_id"):
         pids = df["peak_id"].to_numpy()
         if pids.size < 2:
             continue
         att = df[by].to_numpy()
-        k = min(high_k, pids.size - 1)
-        high = np.zeros(pids.size, bool)
-        high[np.argsort(-att, kind="stable")[:k]] = True
+        if high_k is None:
+            high = att > 0
+            if not 0 < high.sum() < pids.size:
+                continue
+        else:
+            high = np.zeros(pids.size, bool)
+            high[np.argsort(-att, kind="stable")[:min(high_k, pids.size - 1)]] = True
         hits = bound[pids][:, motif_idx]
         p, kh = enrichment_pvalues(hits, high)
         yield str(group), int(gene_id), pids, high, hits, p, kh
@@ -62,10 +67,11 @@ def grn_edges(group_att: pl.DataFrame, bound: np.ndarray, tfs: list[TF], gene_na
     return pl.DataFrame(rows, schema=EDGE_SCHEMA, orient="row").sort("group", "tf", "score", descending=[False, False, True])
 
 
-def pair_scores(group_att: pl.DataFrame, bound: np.ndarray, tfs: list[TF], high_k: int = 5,
+def pair_scores(group_att: pl.DataFrame, bound: np.ndarray, tfs: list[TF], high_k: int | None = 5,
                 by: str = "attention") -> dict[tuple[str, int], float]:
     """(tf, gene_id) → the best −log10 p over groups, for every pair with a motif in a high peak
-    (high by ``by``: attention for the model, ablation for the scorecard's model_ablation).
+    (high by ``by``: attention for the model, ablation for the scorecard's model_ablation, the
+    simulator's causal peaks with ``high_k=None`` for its ceiling).
 
     No p cutoff: the scorecard ranks all pairs, and a cutoff would tie every pair it drops at 0
     (a TF with one site in a 30-peak window never reaches p ≤ 0.05 with 5 high peaks, so the

@@ -12,7 +12,7 @@ import polars as pl
 
 from creformer.trainer.evaluate import pearson
 
-from .validate import BASELINES, MODEL_VARIANTS
+from .validate import BASELINES, CEILINGS, MODEL_VARIANTS
 
 
 def _plt():
@@ -172,9 +172,11 @@ def plot_scorecard(card: dict, path: Path) -> Path:
     for ax, m in zip(axes[0], metrics):
         entry = card[m]
         variants = [k for k in MODEL_VARIANTS if k in entry]
-        keys = ["model", *variants] + [k for k in BASELINES if k in entry]
-        vals = [entry[k] for k in keys]
-        ax.bar(keys, vals, color=["tab:red"] + ["salmon"] * len(variants) + ["tab:grey"] * (len(keys) - 1 - len(variants)))
+        baselines = [k for k in BASELINES if k in entry]
+        ceilings = [k for k in CEILINGS if k in entry]
+        keys = ["model", *variants, *baselines, *ceilings]
+        ax.bar(keys, [entry[k] for k in keys], color=["tab:red"] + ["salmon"] * len(variants) + ["tab:grey"] * len(baselines)
+               + ["white"] * len(ceilings), edgecolor="k", linewidth=0.4, hatch=[""] * (len(keys) - len(ceilings)) + ["//"] * len(ceilings))
         ax.axhline(entry["target"], c="k", ls="--", lw=0.8, label=f"target {entry['target']:.2f}")
         ax.set_title(m.replace("_", " "), fontsize=9)
         ax.tick_params(axis="x", rotation=30, labelsize=7)
@@ -186,12 +188,13 @@ def plot_scorecard(card: dict, path: Path) -> Path:
 
 
 def scorecard_table(card: dict) -> str:
-    """The scorecard as an HTML table: model, its baselines, target, met."""
+    """The scorecard as an HTML table: model, its baselines, target (and any truth-derived ceiling), met."""
     rows = "".join(
         f"<tr><td>{html.escape(k)}</td><td><b>{v['model']:.3f}</b>"
         + "".join(f"<br>{m[6:]} {v[m]:.3f}" for m in MODEL_VARIANTS if m in v) + "</td><td>"
         + ", ".join(f"{b} {v[b]:.3f}" for b in BASELINES if b in v)
-        + f"</td><td>{v['target']:.3f}</td><td>{'met' if v['met'] else '<b>not met</b>'}</td></tr>"
+        + f"</td><td>{v['target']:.3f}" + "".join(f"<br>({c.replace('_', ' ')} {v[c]:.3f})" for c in CEILINGS if c in v)
+        + f"</td><td>{'met' if v['met'] else '<b>not met</b>'}</td></tr>"
         for k, v in card.items() if not k.startswith("_"))
     return f"<table><tr><th>metric</th><th>model</th><th>baselines</th><th>target</th><th></th></tr>{rows}</table>"
 

@@ -119,7 +119,8 @@ def run_analyses(p, stats: dict[str, Any], seconds: float) -> Path:
     sig0 = tables.root / tables.manifest.data["tables"]["signal"][0]["file"]
     results["sanity"] = embedding_sensitivity(p.models.elementary, tables.peak_dna, sig0, seed=a.seed)
     meta = {"manifest": str(tables.manifest.path.resolve()), "cells": cells.height, "groups": names,
-            "genes": int(len(mats.genes)), "tfs": [t.name for t in p.tfs], "conditions": len(p.conditions),
+            "genes": int(len(mats.genes)), "tfs": [t.name for t in p.tfs], "tf_motifs": [t.motif for t in p.tfs],
+            "conditions": len(p.conditions),
             "ki_level": p.ki_level, "stats": stats, "seconds": seconds, "sanity": results["sanity"],
             "elementary_weights": p.elementary_weights, "regulatory_weights": p.regulatory_weights}
     (out / "atlas.json").write_text(json.dumps(meta, indent=1, default=str))

@@ -86,6 +86,7 @@ def test_attention_scores_are_column_sums_over_real_queries():
     x = head._inputs(bins, rank, mask)
     a = head.t3.layers[0].attention_weights(x, key_padding=~mask).mean(1)
     assert s[1, :3].tolist() == pytest.approx(a[1, :3, :3].sum(0).tolist(), abs=1e-6)
+    assert torch.equal(head.attention_scores(bins, rank, mask, inputs=x), s)  # shared inputs: the same scores
 
 
 # --- features ---------------------------------------------------------------------------------
@@ -137,6 +138,14 @@ def test_grn_edges_from_high_attention_peaks():
     # ranked by ablation, peaks 4 and 5 are the high ones: B enriched, A absent, C one of two sites
     by_abl = grn.pair_scores(gatt, bound, tfs, high_k=2, by="ablation")
     assert by_abl.keys() == {("B", 0), ("C", 0)} and by_abl[("B", 0)] == pytest.approx(-math.log10(1 / 15))
+    # high_k=None: exactly the peaks flagged positive are high (the scorecard's causal-peak ceiling)
+    exact = grn.pair_scores(gatt.with_columns(pl.Series("causal", [0.0, 0.0, 0.0, 0.0, 1.0, 1.0])), bound, tfs,
+                            high_k=None, by="causal")
+    assert exact == pytest.approx(by_abl)  # the same high set as the top 2 by ablation
+    flags = [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]  # one high peak holding A's and C's motifs
+    one = grn.pair_scores(gatt.with_columns(pl.Series("causal", flags)), bound, tfs, high_k=None, by="causal")
+    assert one == pytest.approx({("A", 0): -math.log10(2 / 6), ("C", 0): -math.log10(4 / 6)})
+    assert grn.pair_scores(gatt.with_columns(pl.lit(0.0).alias("causal")), bound, tfs, high_k=None, by="causal") == {}
     table = grn.score_table(best, {0: np.arange(6)}, bound, tfs, {0: "T"}, np.zeros((3, 1)), np.array([0]),
                             variants={"model_ablation": by_abl})
     assert table["model_ablation"].to_list() == pytest.approx([0.0, -math.log10(1 / 15), by_abl[("C", 0)]])

@@ -112,10 +112,12 @@ class Regulatory(nn.Module):
         return F.mse_loss(pred, expression.float())
 
     @torch.no_grad()
-    def attention_scores(self, bins: torch.Tensor, rank: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def attention_scores(self, bins: torch.Tensor, rank: torch.Tensor, mask: torch.Tensor,
+                         inputs: torch.Tensor | None = None) -> torch.Tensor:
         """DESIGN §7: first-layer softmax attention averaged over heads, summed over real queries i:
-        score_j = sum_i A_ij (B, P); padded peaks score 0."""
-        x = self._inputs(bins, rank, mask)
+        score_j = sum_i A_ij (B, P); padded peaks score 0. ``inputs``: the batch's ``_inputs``
+        when the caller already has them (atlas scoring shares one computation)."""
+        x = self._inputs(bins, rank, mask) if inputs is None else inputs
         att = self.t3.layers[0].attention_weights(x, key_padding=~mask).mean(1)  # (B, P, P)
         return (att * mask[:, :, None]).sum(1) * mask
 
