@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -30,6 +31,9 @@ import polars as pl
 from creformer.engine.errors import InputError
 
 from .metrics import auprc, precision_at_recall, top_k_precision
+
+if TYPE_CHECKING:
+    from .inputs import TF
 
 MIN_KO_EFFECT = 0.1
 BASELINES = ("gene_activity", "motif_only", "correlation", "distance", "abc")  # scorecard keys, in display order
@@ -72,7 +76,8 @@ def grn_metric(scores: pl.DataFrame, truth: Path) -> dict:
             "prevalence": float(y.mean())}
 
 
-def grn_ceiling(scores: pl.DataFrame, out: Path, peaks: pl.DataFrame, genes: pl.DataFrame, tfs: list, truth: Path) -> pl.DataFrame:
+def grn_ceiling(scores: pl.DataFrame, out: Path, peaks: pl.DataFrame, genes: pl.DataFrame, tfs: list[TF],
+                truth: Path) -> pl.DataFrame:
     """``scores`` with a ``ceiling_causal_peaks`` column: ``grn.pair_scores`` with each (group,
     gene) window's planted causal peaks (the enhancer–gene labels) as the high set, on atlas_grn's
     own attention windows and motif hits (``tfs``: analysis.inputs.TF of the run)."""
