@@ -59,9 +59,22 @@ case "$cmd" in
     session="$(basename "$(cat "$file" 2>/dev/null)" 2>/dev/null || true)"
     case "$session" in
       session_*)
-        pkill -TERM -f "/tmp/ray/$session" || true
-        for _ in 1 2 3 4 5; do pgrep -f "/tmp/ray/$session" >/dev/null || break; sleep 1; done
-        pkill -KILL -f "/tmp/ray/$session" || true ;;
+        # The agents a raylet starts rename themselves (ray::DashboardAgent, ray::RuntimeEnvAgent),
+        # so their command lines lack the session folder: take every descendant of the matching
+        # processes too, before the raylets die and the agents are re-parented (they then linger,
+        # using CPU, until the next `ray stop`).
+        pids="$(pgrep -f "/tmp/ray/$session" || true)"
+        todo="$pids"
+        while [ -n "$todo" ]; do
+          kids="$(for p in $todo; do pgrep -P "$p" || true; done)"
+          pids="$pids $kids"; todo="$kids"
+        done
+        [ -n "${pids// /}" ] && kill -TERM $pids 2>/dev/null || true
+        for _ in 1 2 3 4 5; do
+          alive=""; for p in $pids; do kill -0 "$p" 2>/dev/null && alive="$alive $p"; done
+          [ -z "$alive" ] && break; sleep 1
+        done
+        [ -n "${alive:-}" ] && kill -KILL $alive 2>/dev/null || true ;;
       *) echo "no session recorded in $file (was the head started by this script?); nothing stopped" >&2; exit 1 ;;
     esac
     ;;
