@@ -84,7 +84,7 @@ def grn_ceiling(scores: pl.DataFrame, out: Path, peaks: pl.DataFrame, genes: pl.
     from .grn import pair_scores
 
     windows = pl.read_parquet(out / "tables" / "attention_groups.parquet")
-    lab = enhancer_labels(windows.with_columns(pl.col("gene_id").cast(pl.Int64)), peaks, genes, truth)
+    lab = enhancer_labels(windows, peaks, genes, truth)
     best = pair_scores(lab.with_columns(pl.col("label").cast(pl.Float64)), np.load(out / "work" / "bound.npy"), tfs,
                        high_k=None, by="label")
     return scores.with_columns(pl.Series("ceiling_causal_peaks", [best.get((t, g), 0.0) for t, g in
