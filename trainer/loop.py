@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +96,7 @@ class RegulatoryStage:
         pred = engine(bins, batch["tss_rank"], batch["mask"])
         loss = torch.nn.functional.mse_loss(pred, batch["expression"].float())
         stats = self.cache.stats()
-        return loss, {"loss_mse": float(loss), "cache_hit_rate": stats["hit_rate"]}
+        return loss, {"loss_mse": float(loss.detach()), "cache_hit_rate": stats["hit_rate"]}
 
     def tokens(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch["mask"].sum()) * self.cfg.model.peak_bp
@@ -114,6 +116,14 @@ class UnpackCollate(NumpyBatchCollateFn):
         dense = unpack_samples(batch) if "atac_packed" in batch else trim_peak_columns(batch)
         # np.require: columns Ray hands over zero-copy are read-only, which torch warns about
         return {k: torch.from_numpy(np.require(v, requirements="W")) for k, v in dense.items()}
+
+
+def _say(line: str) -> None:
+    """One progress line on the worker's stdout. Not ``print``: Ray Train v2 patches print in its
+    workers to log each call and, because every Ray worker replaces ``sys.stdout``, also to echo it,
+    so each line reached the driver twice."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def _save(engine, step: int, rank: int, metrics: dict[str, float]):
@@ -152,6 +162,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import deepspeed
     import ray.train
 
+    # DeepSpeed 0.19's ZeRO-3 still calls the collectives torch renamed (all_gather_into_tensor,
+    # reduce_scatter_tensor); the FutureWarning each call raises buried the training log
+    warnings.filterwarnings("ignore", category=FutureWarning, message=r"`torch\.distributed\.\w+` is deprecated")
     cfg = config_from_dict(config["cfg"])
     context = config["context"]
     ctx = ray.train.get_context()
@@ -174,7 +187,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             engine.load_checkpoint(d, tag=state["tag"])
             step = state["step"]
         if rank == 0:
-            print(f"[{stage.name}] resumed from step {step}", flush=True)
+            _say(f"[{stage.name}] resumed from step {step}")
     run_dir = Path(context["run_dir"])
     fault_marker = run_dir / "fault_injected"
     shard = ray.train.get_dataset_shard("train")
@@ -190,7 +203,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         engine.step()
         step += 1
         tokens += stage.tokens(batch)
-        metrics = {"step": step, "loss": float(loss), "lr": sched.get_last_lr()[0], **parts}
+        metrics = {"step": step, "loss": float(loss.detach()), "lr": sched.get_last_lr()[0], **parts}
         if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
             now = time.perf_counter()
             metrics["tokens_per_s"] = tokens * world / max(1e-9, now - t_last)
@@ -198,8 +211,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if log is not None:
                 log.write(json.dumps(metrics) + "\n")
                 log.flush()
-                print(f"[{stage.name}] step {step}/{cfg.train.max_steps} loss {metrics['loss']:.4f} "
-                      f"lr {metrics['lr']:.2e} {metrics['tokens_per_s']:.0f} tok/s", flush=True)
+                _say(f"[{stage.name}] step {step}/{cfg.train.max_steps} loss {metrics['loss']:.4f} "
+                     f"lr {metrics['lr']:.2e} {metrics['tokens_per_s']:.0f} tok/s")
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.max_steps:
             _save(engine, step, rank, metrics)
         if step >= cfg.train.max_steps:
