@@ -260,7 +260,7 @@ def prepare(cfg: Config) -> Prepared:
     el = cfg.train.elementary_weights or _default_weights(cfg, "elementary")
     rg = a.regulatory_weights or _default_weights(cfg, "regulatory")
     models = inputs.load_models(el, rg, cfg, tables)  # fails here, not in a worker, when artifacts do not fit
-    hits = scan(decode_dna(tables.peak_dna), motifs, a.motif_threshold)
+    hits = scan(decode_dna(tables.peak_dna), motifs, a.motif_threshold, pvalue=a.motif_pvalue or None)
     conds = conditions(tfs, a.multi_tf)
     import pyarrow.parquet as pq
 

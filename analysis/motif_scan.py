@@ -1,9 +1,16 @@
 """Vectorized PWM scanning of peak sequences (both strands), from the DNA tokens in the peaks table.
 
 Peaks are stored as overlapping 6-mer tokens (DESIGN §2); bases are decoded back exactly (token i
-holds bases i..i+5), so scanning needs no FASTA. Scores are log-odds against a uniform background;
-a site is a hit when its score reaches ``threshold`` of the way from the motif's minimum to its
-maximum score (MOODS/FIMO-like relative threshold; 0.85 by default).
+holds bases i..i+5), so scanning needs no FASTA. Scores are log-odds against a uniform background.
+Two hit rules:
+- ``pvalue`` (FIMO's and MOODS' rule; FIMO's default 1e-4): a site is a hit when a random uniform
+  sequence reaches its score with at most that chance, from the exact score distribution of the
+  matrix discretized to 1/100 bit (dynamic programming over positions). The cut adapts to motif
+  length: a 12-bp motif admits two mismatches from its consensus at 1e-4, an 8-bp one none.
+- ``threshold``: the score reaches that fraction of the way from the motif's minimum to its maximum
+  (MOODS' and Biopython's relative score). One fraction for every motif lets a short motif hit far
+  more often than a long one (measured on the demo atlas at 0.85: an 8-bp motif in 64 % of peaks at
+  17 % precision against its planted sites).
 """
 
 from __future__ import annotations
@@ -33,10 +40,38 @@ def decode_dna(tokens: np.ndarray) -> np.ndarray:
     return bases
 
 
+SCORE_STEP = 0.01  # bits per integer score unit in the p-value rule
+
+
 def log_odds(pwm: np.ndarray, pseudo: float = 0.01) -> np.ndarray:
     p = (pwm + pseudo) / (pwm + pseudo).sum(1, keepdims=True)
     lo = np.log2(p / 0.25)
     return np.concatenate([lo, np.full((len(lo), 1), lo.min() - 10.0)], 1)  # N never scores
+
+
+def integer_scores(lo: np.ndarray) -> np.ndarray:
+    """``log_odds`` in integer units of ``SCORE_STEP`` (the N column stays far below any site)."""
+    out = np.round(lo / SCORE_STEP).astype(np.int64)
+    out[:, 4] = out[:, :4].min() * len(lo) - 1  # one N anywhere puts a site below the lowest real score
+    return out
+
+
+def pvalue_cut(ilo: np.ndarray, pvalue: float) -> int:
+    """The lowest integer score whose chance under a uniform background is at most ``pvalue``
+    (the score distribution by dynamic programming over the positions of ``ilo`` (w, 4 + N));
+    a score above the maximum when even the best site is likelier than ``pvalue``."""
+    lo4 = ilo[:, :4]
+    mins = lo4.min(1)
+    dist = np.ones(1)
+    for k in range(len(lo4)):
+        shift = lo4[k] - mins[k]
+        new = np.zeros(len(dist) + int(shift.max()))
+        for b in range(4):
+            new[shift[b]:shift[b] + len(dist)] += 0.25 * dist
+        dist = new
+    tail = np.cumsum(dist[::-1])[::-1]  # tail[i] = P(score >= i + sum(mins))
+    ok = np.flatnonzero(tail <= pvalue * (1 + 1e-9))
+    return int(ok[0] if ok.size else len(dist)) + int(mins.sum())
 
 
 @dataclass
@@ -55,9 +90,13 @@ class MotifHits:
         raise KeyError(name)
 
 
-def scan(bases: np.ndarray, motifs: list[Motif], threshold: float = 0.85, chunk: int = 512) -> MotifHits:
-    """Count sites per (peak, motif) on both strands."""
-    if not 0.0 < threshold <= 1.0:
+def scan(bases: np.ndarray, motifs: list[Motif], threshold: float = 0.85, chunk: int = 512,
+         pvalue: float | None = None) -> MotifHits:
+    """Count sites per (peak, motif) on both strands: hits by ``pvalue`` when given, else by the
+    relative ``threshold`` (module docstring)."""
+    if pvalue is not None and not 0.0 < pvalue < 1.0:
+        raise ValueError(f"motif p-value {pvalue} must be in (0, 1)")
+    if pvalue is None and not 0.0 < threshold <= 1.0:
         raise ValueError(f"motif threshold {threshold} must be in (0, 1]")
     n, length = bases.shape
     counts = np.zeros((n, len(motifs)), np.int32)
@@ -67,12 +106,16 @@ def scan(bases: np.ndarray, motifs: list[Motif], threshold: float = 0.85, chunk:
             w = len(lo)
             if w > length:
                 continue
-            best, worst = lo[:, :4].max(1).sum(), lo[:, :4].min(1).sum()
-            cut = worst + threshold * (best - worst)
+            if pvalue is None:
+                best, worst = lo[:, :4].max(1).sum(), lo[:, :4].min(1).sum()
+                cut = worst + threshold * (best - worst) - 1e-9
+            else:  # integer scores: the cut is exact for the discretized matrix
+                lo = integer_scores(lo)
+                cut = pvalue_cut(lo, pvalue)
             for a in range(0, n, chunk):
                 b = bases[a:a + chunk]
-                score = np.zeros((b.shape[0], length - w + 1))
+                score = np.zeros((b.shape[0], length - w + 1), lo.dtype)
                 for k in range(w):
                     score += lo[k][b[:, k:length - w + 1 + k]]
-                counts[a:a + chunk, mi] += (score >= cut - 1e-9).sum(1).astype(np.int32)
+                counts[a:a + chunk, mi] += (score >= cut).sum(1).astype(np.int32)
     return MotifHits(motifs, counts)

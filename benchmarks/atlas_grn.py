@@ -118,6 +118,7 @@ def main() -> None:
         "cpu_cores": os.cpu_count(),
         "runs": {k: {"pairs": v["samples"], "wall_s": round(v["wall_s"], 2), "pairs_per_s": round(v["pairs_per_s"], 2),
                      "steady_pairs_per_s": round(v["steady_pairs_per_s"], 2),
+                     "first_partition_s": round(v["timeline"][0][0], 2),  # start-up: actors, models, shared slices
                      "cache_hits": v["cache_hits"], "cache_misses": v["cache_misses"]} for k, v in runs.items()},
         "scaling_2_vs_1_workers": float(np.median(scaling)),
         "steady_scaling_2_vs_1_workers": float(np.median(steady)),

@@ -128,7 +128,10 @@ class AnalysisConfig:
     genes: list[str] = field(default_factory=list)  # restrict to these genes (names or ids; empty: all)
     tfs: list[str] = field(default_factory=list)  # restrict to these TFs (empty: every motif with a gene)
     multi_tf: list[str] = field(default_factory=list)  # combined perturbations, e.g. ["TF01+TF02"]
-    motif_threshold: float = 0.85  # PWM hit: fraction of the way from min to max log-odds score
+    # PWM hit: a site at most this likely in random sequence (FIMO's rule and default); 0: use
+    # motif_threshold, the fraction of the way from a motif's min to max log-odds score, instead
+    motif_pvalue: float = 1e-4
+    motif_threshold: float = 0.85
     high_attention_peaks: int = 5  # peaks per window tested for motif enrichment
     max_edge_p: float = 0.05
     # peaks summed into gene activity / the attention feature: promoter-proximal, as Signac's and
@@ -318,6 +321,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"analysis.{name}={getattr(a, name)} must be positive")
     if not 0.0 < a.motif_threshold <= 1.0:
         raise ConfigError(f"analysis.motif_threshold={a.motif_threshold} must lie in (0, 1]")
+    if not 0.0 <= a.motif_pvalue < 1.0:
+        raise ConfigError(f"analysis.motif_pvalue={a.motif_pvalue} must lie in [0, 1) (0: use analysis.motif_threshold)")
     if not 0.0 < a.ki_quantile < 1.0:
         raise ConfigError(f"analysis.ki_quantile={a.ki_quantile} must lie in (0, 1)")
     if a.cells_per_group < 0 or a.min_cells_per_group < 2:

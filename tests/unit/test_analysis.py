@@ -61,6 +61,44 @@ def test_decode_dna_roundtrip_and_scan_both_strands():
     assert hits.counts[0, 0] == 2 and hits.index("tfx") == 0
 
 
+def test_pvalue_cut_is_exact_on_every_sequence():
+    import itertools
+
+    pwm = np.array([[0.7, 0.1, 0.1, 0.1], [0.25, 0.25, 0.25, 0.25], [0.1, 0.1, 0.1, 0.7],
+                    [0.4, 0.4, 0.1, 0.1], [0.1, 0.1, 0.8, 0.0]])
+    ilo = motif_scan.integer_scores(motif_scan.log_odds(pwm))
+    every = np.array(list(itertools.product(range(4), repeat=5)))  # all 1,024 5-mers
+    scores = ilo[np.arange(5), every].sum(1)
+    for p in (1 / 1024, 1e-2, 0.1, 0.5):
+        cut = motif_scan.pvalue_cut(ilo, p)
+        assert (scores >= cut).mean() <= p < (scores >= cut - 1).mean()
+    assert motif_scan.pvalue_cut(ilo, 1e-6) > scores.max()  # rarer than any 5-mer: no site can hit
+
+
+def test_scan_pvalue_admits_mismatches_by_motif_length():
+    # consensus probability 0.88 per position: each mismatch costs the same score, so at p 1e-4 an
+    # 8-mer needs its consensus (4^-8 = 1.5e-5; one mismatch 24 x 4^-8 more) and a 12-mer may
+    # carry two mismatches (sum over j <= 2 of C(12, j) 3^j 4^-12 = 3.6e-5; three: 3.9e-4)
+    def motif(cons):
+        pwm = np.full((len(cons), 4), 0.04)
+        pwm[np.arange(len(cons)), ["ACGT".index(b) for b in cons]] = 0.88
+        return Motif(f"M{len(cons)}", f"TF{len(cons)}", pwm)
+
+    def mutate(cons, k):
+        return "".join(("C" if b != "C" else "G") if i < k else b for i, b in enumerate(cons))
+
+    short, long = "AGGTCAGT", "TTGACGTCATGA"
+    spacer = "A" * 30
+    for cons, allowed in ((short, 0), (long, 2)):
+        for k in range(4):
+            seq = spacer + mutate(cons, k) + spacer
+            bases = motif_scan.decode_dna(dna_tokens(seq.encode())[None])
+            n = motif_scan.scan(bases, [motif(cons)], pvalue=1e-4).counts[0, 0]
+            assert (n > 0) == (k <= allowed), (cons, k)
+    with pytest.raises(ValueError, match="p-value"):
+        motif_scan.scan(bases, [motif(short)], pvalue=1.5)
+
+
 def test_level_values_follow_the_cut_points():
     cuts = default_cutpoints()
     v = level_values(cuts)

@@ -30,6 +30,7 @@ def test_dotted_overrides_are_typed():
     (["model.n_heads=5"], "divisible"),
     (["model.local_kernel=4"], "odd width"),
     (["train.holdout_cells=1.0"], r"must be in \[0, 1\)"),
+    (["analysis.motif_pvalue=2"], r"motif_pvalue=2.0 must lie in \[0, 1\)"),
 ])
 def test_bad_overrides_are_explained(override, message):
     with pytest.raises(ConfigError, match=message):
