@@ -101,21 +101,23 @@ def scan(bases: np.ndarray, motifs: list[Motif], threshold: float = 0.85, chunk:
     n, length = bases.shape
     counts = np.zeros((n, len(motifs)), np.int32)
     for mi, m in enumerate(motifs):
-        for pwm in (m.pwm, m.pwm[::-1, ::-1]):  # forward, reverse complement
-            lo = log_odds(pwm)
-            w = len(lo)
-            if w > length:
-                continue
-            if pvalue is None:
-                best, worst = lo[:, :4].max(1).sum(), lo[:, :4].min(1).sum()
-                cut = worst + threshold * (best - worst) - 1e-9
-            else:  # integer scores: the cut is exact for the discretized matrix
-                lo = integer_scores(lo)
-                cut = pvalue_cut(lo, pvalue)
+        w = len(m.pwm)
+        if w > length:
+            continue
+        lo = log_odds(m.pwm)
+        if pvalue is None:
+            best, worst = lo[:, :4].max(1).sum(), lo[:, :4].min(1).sum()
+            cut = worst + threshold * (best - worst) - 1e-9
+        else:  # integer scores: the cut is exact for the discretized matrix
+            lo = integer_scores(lo)
+            cut = pvalue_cut(lo, pvalue)
+        # the reverse complement (positions reversed, A<->T, C<->G, N kept) has the same scores
+        # permuted, so one cut serves both strands
+        for strand in (lo, lo[::-1][:, [3, 2, 1, 0, 4]]):
             for a in range(0, n, chunk):
                 b = bases[a:a + chunk]
-                score = np.zeros((b.shape[0], length - w + 1), lo.dtype)
+                score = np.zeros((b.shape[0], length - w + 1), strand.dtype)
                 for k in range(w):
-                    score += lo[k][b[:, k:length - w + 1 + k]]
+                    score += strand[k][b[:, k:length - w + 1 + k]]
                 counts[a:a + chunk, mi] += (score >= cut).sum(1).astype(np.int32)
     return MotifHits(motifs, counts)
