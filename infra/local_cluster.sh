@@ -74,7 +74,15 @@ case "$cmd" in
           alive=""; for p in $pids; do kill -0 "$p" 2>/dev/null && alive="$alive $p"; done
           [ -z "$alive" ] && break; sleep 1
         done
-        [ -n "${alive:-}" ] && kill -KILL $alive 2>/dev/null || true ;;
+        [ -n "${alive:-}" ] && kill -KILL $alive 2>/dev/null || true
+        # `ray start` recorded the head as the machine's current cluster; Ray's address
+        # auto-detection (the State API, used by Ray Train's placement-group cleaner) would keep
+        # trying that dead address, so forget it as `ray stop` does, unless its GCS still runs.
+        current=/tmp/ray/ray_current_cluster
+        if [ -f "$current" ]; then
+          port="$(sed -n '1s/.*://p' "$current")"
+          pgrep -f "gcs_server.*--gcs_server_port=$port( |$)" >/dev/null || rm -f "$current"
+        fi ;;
       *) echo "no session recorded in $file (was the head started by this script?); nothing stopped" >&2; exit 1 ;;
     esac
     ;;

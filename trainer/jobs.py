@@ -129,9 +129,18 @@ def run_training(cfg: Config, stage: str, dataset, context: dict[str, Any]) -> P
     return export
 
 
+def _start_ray(cfg: Config) -> None:
+    ensure_ray(cfg.ray)
+    import ray.data
+
+    # The loop prints its own step lines; Ray Data's per-operator bars, redrawn by the stream's
+    # split coordinator, would interleave with them on every line of a job's log.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
 def train_elementary(argv: list[str] | None = None) -> Path:
     cfg = _parse("train_elementary", argv)
-    ensure_ray(cfg.ray)
+    _start_ray(cfg)
     manifest = ensure_elementary_shards(cfg)
     from creformer.engine.dataset import elementary_dataset
 
@@ -151,7 +160,7 @@ def train_regulatory(argv: list[str] | None = None) -> Path:
     cfg = _parse("train_regulatory", argv)
     weights = cfg.train.elementary_weights
     check_elementary_weights(cfg, weights)
-    ensure_ray(cfg.ray)
+    _start_ray(cfg)
     manifest = ensure_regulatory_shards(cfg)
     man = Manifest(manifest)
     if man.data["options"]["peak_m"] != cfg.model.peak_m:

@@ -18,3 +18,29 @@ def test_job_submit_two_nodes_and_resume(cluster, tiny_shards, tmp_path):
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == [3, 6, 9]  # the rerun resumed after step 6
     assert json.loads((run_dir / "export" / "meta.json").read_text())["step"] == 9
+
+
+def test_stop_forgets_the_head(tmp_path):
+    """`ray start` records the head as the machine's current cluster; `stop` removes that record,
+    or Ray's address auto-detection (the State API in Ray Train's placement-group cleaner) keeps
+    trying the dead head."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.integration.conftest import SCRIPT, free_port
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "CREFORMER_SESSION_FILE": str(tmp_path / "session"), "RAY_NUM_CPUS": "1"}
+    port = free_port()
+    run = [str(SCRIPT), "start", port, free_port(), free_port(), free_port()]
+    started = subprocess.run(list(map(str, run)), env=env, capture_output=True, text=True, timeout=300)
+    record = Path("/tmp/ray/ray_current_cluster")
+    try:
+        assert started.returncode == 0, started.stderr[-2000:]
+        assert record.read_text().strip() == f"127.0.0.2:{port}"
+    finally:
+        stopped = subprocess.run([str(SCRIPT), "stop"], env=env, capture_output=True, text=True, timeout=300)
+    assert stopped.returncode == 0, stopped.stderr[-2000:]
+    assert not record.exists() or record.read_text().strip() != f"127.0.0.2:{port}"
