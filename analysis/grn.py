@@ -3,8 +3,8 @@ TSS window are tested for motif enrichment against the window's other peaks → 
 
 Enrichment is a one-sided hypergeometric test: of the window's N peaks, K carry the motif; of the
 n high-attention peaks, k do; p = P(X ≥ k). Edge score = −log10 p; edges keep p ≤ max_p, while
-the all-pairs table the scorecard ranks keeps every score (``pair_scores``). Baselines scored the
-same way downstream: motif-only (motif-bearing peaks in the window, no model) and expression
+the all-pairs table the scorecard ranks keeps every score (``pair_scores``). Beside it, the model's
+in-silico knockouts read as edges (``knockout_scores``). Baselines scored the same way downstream: motif-only (motif-bearing peaks in the window, no model) and expression
 correlation (Pearson r of TF and target expression across the analysed cells).
 """
 
@@ -82,6 +82,16 @@ def pair_scores(group_att: pl.DataFrame, bound: np.ndarray, tfs: list[TF], high_
             key = (tfs[j].name, gene_id)
             best[key] = max(best.get(key, 0.0), float(-np.log10(max(p[j], 1e-300))))
     return best
+
+
+def knockout_scores(effects: pl.DataFrame, tfs: list[TF]) -> dict[tuple[str, int], float]:
+    """(tf, gene_id) → the largest |predicted log2FC| of the gene over groups when the TF alone is
+    knocked out (``perturb.group_effects``): the model's in-silico knockout read as a GRN, as
+    PertFormer does. The size, not the sign, ranks edges: a repressor's target goes up."""
+    names = {t.name for t in tfs}
+    ko = (effects.filter((pl.col("mode") == "KO") & pl.col("condition").is_in(list(names)))
+          .group_by("condition", "gene_id").agg(pl.col("log2fc").abs().max()))
+    return {(tf, int(g)): float(v) for tf, g, v in ko.select("condition", "gene_id", "log2fc").iter_rows()}
 
 
 def motif_only_scores(windows: dict[int, np.ndarray], bound: np.ndarray, tfs: list[TF]) -> np.ndarray:

@@ -71,8 +71,9 @@ def run_analyses(p, stats: dict[str, Any], seconds: float) -> Path:
                for (g,), df in sorted(records.group_by("gene_id"), key=lambda kv: kv[0])}
     best = grn.pair_scores(gatt, p.bound, p.tfs, a.high_attention_peaks)
     by_ablation = grn.pair_scores(gatt, p.bound, p.tfs, a.high_attention_peaks, by="ablation")
+    effects = perturb.group_effects(records, pert, cells)  # per group; also written below
     scores = grn.score_table(best, windows, p.bound, p.tfs, gene_names, mats.expression, mats.genes,
-                             variants={"model_ablation": by_ablation})
+                             variants={"model_ablation": by_ablation, "model_knockout": grn.knockout_scores(effects, p.tfs)})
     scores = scores.with_columns(pl.col("gene_id").replace_strict(gene_keys, return_dtype=pl.Utf8).alias("gene"))
     scores.write_parquet(out / "grn" / "scores.parquet")
     wb = scores.filter(pl.col("motif_only") > 0).select("tf", "gene_id")
@@ -88,7 +89,6 @@ def run_analyses(p, stats: dict[str, Any], seconds: float) -> Path:
         results["crispri"] = cr
 
     # perturbations: per group effects
-    effects = perturb.group_effects(records, pert, cells)
     effects.write_parquet(out / "perturbation_effects.parquet")
 
     # transitions and therapeutic targets

@@ -6,8 +6,9 @@ the target (with `met`):
   model = attention features, baseline gene_activity. Target 0.9.
 - grn_auprc: all (TF, gene) pairs, positives = planted TF→target edges; model = the best motif
   enrichment −log10 p over groups among each window's high-attention peaks (no p cutoff: every
-  pair ranked), model_ablation = the same with peaks ranked by ablation; baselines motif_only and
-  correlation. Target 2 × motif_only. ceiling_causal_peaks (not a model): the same scan and test
+  pair ranked), model_ablation = the same with peaks ranked by ablation, model_knockout = the
+  largest |predicted log2FC| of the target over groups under the TF's in-silico knockout; baselines
+  motif_only and correlation. Target 2 × motif_only. ceiling_causal_peaks (not a model): the same scan and test
   with exactly each window's planted causal peaks as the high ones, the best a model could reach
   through this pipeline.
 - enhancer_gene_auprc: all (gene, peak-in-window) pairs, positives = the gene's causal elements;
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
 MIN_KO_EFFECT = 0.1
 BASELINES = ("gene_activity", "motif_only", "correlation", "distance", "abc")  # scorecard keys, in display order
-MODEL_VARIANTS = ("model_ablation",)  # other model-derived rankings shown beside `model`
+MODEL_VARIANTS = ("model_ablation", "model_knockout")  # other model-derived rankings shown beside `model`
 CEILINGS = ("ceiling_causal_peaks",)  # truth-derived upper references, neither model nor baseline
 
 

@@ -49,7 +49,8 @@ def test_atlas_grn_job_submit_outputs_and_resume(cluster, trained, sim_tiny, tmp
     assert len(images) >= 7 and all((out / img).exists() for img in images)
     # the scorecard: one entry per metric with the model, its baselines and the target
     card = json.loads((out / "scorecard.json").read_text())
-    expected = {"master_tf_top3_precision": ["gene_activity"], "grn_auprc": ["model_ablation", "motif_only", "correlation", "ceiling_causal_peaks"],
+    expected = {"master_tf_top3_precision": ["gene_activity"],
+                "grn_auprc": ["model_ablation", "model_knockout", "motif_only", "correlation", "ceiling_causal_peaks"],
                 "enhancer_gene_auprc": ["model_ablation", "distance", "abc"], "ko_direction_accuracy": ["motif_only"]}
     for metric, baselines in expected.items():
         entry = card[metric]

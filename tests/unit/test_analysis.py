@@ -197,6 +197,19 @@ def test_correlation_baseline():
     assert r[:, 0] == pytest.approx([1.0, 1.0, np.corrcoef(expr[:, 0], expr[:, 2])[0, 1]])
 
 
+def test_knockout_edges_take_the_largest_effect_size_over_groups():
+    effects = pl.DataFrame({
+        "group": ["g1", "g2", "g1", "g1", "g1", "g2"],
+        "condition": ["A", "A", "B", "A", "A+B", "B"],
+        "mode": ["KO", "KO", "KO", "KI", "KO", "KO"],
+        "gene_id": [5, 5, 5, 6, 6, 6],
+        "log2fc": [-0.2, -0.7, 0.3, 2.0, -5.0, 0.0]})
+    got = grn.knockout_scores(effects, [TF("A", 0, 1), TF("B", 1, 2)])
+    # A→5: max(|−0.2|, |−0.7|); B→5: a repressor's target goes up, its size counts; the knock-in
+    # and the two-TF knockout are not single-TF knockouts; B→6 is there with no effect
+    assert got == pytest.approx({("A", 5): 0.7, ("B", 5): 0.3, ("B", 6): 0.0})
+
+
 # --- perturbations ----------------------------------------------------------------------------
 def test_perturbation_changes_exactly_the_bound_real_peaks():
     rng = np.random.default_rng(0)
