@@ -3,9 +3,10 @@ TSS window are tested for motif enrichment against the window's other peaks → 
 
 Enrichment is a one-sided hypergeometric test: of the window's N peaks, K carry the motif; of the
 n high-attention peaks, k do; p = P(X ≥ k). Edge score = −log10 p; edges keep p ≤ max_p, while
-the all-pairs table the scorecard ranks keeps every score (``pair_scores``). Beside it, the model's
-in-silico knockouts read as edges (``knockout_scores``). Baselines scored the same way downstream: motif-only (motif-bearing peaks in the window, no model) and expression
-correlation (Pearson r of TF and target expression across the analysed cells).
+the all-pairs table the scorecard ranks keeps every score (``pair_scores``). Beside it, the
+model's in-silico knockouts read as edges (``knockout_scores``). Baselines scored the same way
+downstream: motif-only (motif-bearing peaks in the window, no model) and expression correlation
+(Pearson r of TF and target expression across the analysed cells).
 """
 
 from __future__ import annotations

@@ -7,10 +7,10 @@ the target (with `met`):
 - grn_auprc: all (TF, gene) pairs, positives = planted TF→target edges; model = the best motif
   enrichment −log10 p over groups among each window's high-attention peaks (no p cutoff: every
   pair ranked), model_ablation = the same with peaks ranked by ablation, model_knockout = the
-  largest |predicted log2FC| of the target over groups under the TF's in-silico knockout; baselines
-  motif_only and correlation. Target 2 × motif_only. ceiling_causal_peaks (not a model): the same scan and test
-  with exactly each window's planted causal peaks as the high ones, the best a model could reach
-  through this pipeline.
+  largest |predicted log2FC| of the target over groups under the TF's in-silico knockout;
+  baselines motif_only and correlation. Target 2 × motif_only. ceiling_causal_peaks (not a
+  model): the same scan and test with exactly each window's planted causal peaks as the high
+  ones, the best a model could reach through this pipeline.
 - enhancer_gene_auprc: all (gene, peak-in-window) pairs, positives = the gene's causal elements;
   model = attention score (DESIGN §7; `met` is judged on it), model_ablation = the model's
   in-silico ablation effect (analysis.attention.ablation), shown beside it; baselines distance and

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -11,14 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from creformer.ray_utils import free_loopback_port as free_port
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "infra" / "local_cluster.sh"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
