@@ -29,13 +29,18 @@ class Cluster:
         return self.script("submit", self.dashboard, "--", *cmd, timeout=timeout)
 
 
+def cluster_env(session_file: Path, cpus: int) -> dict:
+    """The environment of `infra/local_cluster.sh` for one cluster: this venv first on PATH, its
+    own session record, ``cpus`` CPUs per node."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+            "CREFORMER_SESSION_FILE": str(session_file), "RAY_NUM_CPUS": str(cpus)}
+
+
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
     """A head on 127.0.0.2 plus a second node on 127.0.0.3 (2 CPUs each), stopped at the end."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "CREFORMER_SESSION_FILE": str(tmp_path_factory.mktemp("session") / "session"), "RAY_NUM_CPUS": "2"}
     port, dash, client = free_port(), free_port(), free_port()
-    c = Cluster(env, dash)
+    c = Cluster(cluster_env(tmp_path_factory.mktemp("session") / "session", 2), dash)
     # free agent ports too: a Ray that just exited on 127.0.0.2 may still hold the default 52365
     started = c.script("start", port, dash, client, free_port())
     assert started.returncode == 0, started.stderr[-2000:]

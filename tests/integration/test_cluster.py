@@ -24,23 +24,18 @@ def test_stop_forgets_the_head(tmp_path):
     """`ray start` records the head as the machine's current cluster; `stop` removes that record,
     or Ray's address auto-detection (the State API in Ray Train's placement-group cleaner) keeps
     trying the dead head."""
-    import os
-    import subprocess
-    import sys
     from pathlib import Path
 
-    from tests.integration.conftest import SCRIPT, free_port
+    from tests.integration.conftest import Cluster, cluster_env, free_port
 
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "CREFORMER_SESSION_FILE": str(tmp_path / "session"), "RAY_NUM_CPUS": "1"}
-    port = free_port()
-    run = [str(SCRIPT), "start", port, free_port(), free_port(), free_port()]
-    started = subprocess.run(list(map(str, run)), env=env, capture_output=True, text=True, timeout=300)
+    port, dash = free_port(), free_port()
+    c = Cluster(cluster_env(tmp_path / "session", 1), dash)
+    started = c.script("start", port, dash, free_port(), free_port(), timeout=300)
     record = Path("/tmp/ray/ray_current_cluster")
     try:
         assert started.returncode == 0, started.stderr[-2000:]
         assert record.read_text().strip() == f"127.0.0.2:{port}"
     finally:
-        stopped = subprocess.run([str(SCRIPT), "stop"], env=env, capture_output=True, text=True, timeout=300)
+        stopped = c.script("stop", timeout=300)
     assert stopped.returncode == 0, stopped.stderr[-2000:]
     assert not record.exists() or record.read_text().strip() != f"127.0.0.2:{port}"
