@@ -3,8 +3,49 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from .config import RayConfig
+
+# Ray's dashboard asks cloud metadata endpoints (169.254.169.254, metadata.google.internal) which
+# cloud it runs on whenever it starts, usage stats on or off, and a `ray start` head also tells
+# usage-stats.ray.io that usage stats are off (ray/_common/usage/usage_lib.py). Both are plain
+# HTTP through `requests`, so a local Ray's own processes get a proxy that is a closed loopback
+# port, loopback exempt, and a loopback report URL: those calls fail at once and nothing leaves
+# the machine. Ray's gRPC ignores proxy variables (Ray sets grpc.enable_http_proxy=0) and the
+# dashboard's aiohttp client does not read them; the tasks and actors of the run get the
+# caller's own proxy settings back (``worker_proxy_env``).
+CLOSED_LOOPBACK_URL = "http://127.0.0.1:9"  # the discard port: nothing listens there
+PROXY_VARS = ("http_proxy", "HTTP_PROXY")
+NO_PROXY = "localhost,127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.0/8,::1"
+
+
+def offline_daemon_env() -> dict[str, str]:
+    """The environment additions that keep a local Ray's own processes off the network."""
+    return {**dict.fromkeys(PROXY_VARS, CLOSED_LOOPBACK_URL), "no_proxy": NO_PROXY, "NO_PROXY": NO_PROXY,
+            "RAY_USAGE_STATS_REPORT_URL": f"{CLOSED_LOOPBACK_URL}/"}
+
+
+def worker_proxy_env() -> dict[str, str]:
+    """The caller's own proxy settings (empty: none), for the tasks and actors of a local Ray,
+    which otherwise inherit ``offline_daemon_env`` from the raylet."""
+    return {k: os.environ.get(k, "") for k in (*PROXY_VARS, "no_proxy", "NO_PROXY")}
+
+
+@contextmanager
+def _environ(updates: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``updates`` inside the block, as it was after it."""
+    saved = {k: os.environ.get(k) for k in updates}
+    os.environ.update(updates)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def runtime_env(cfg: RayConfig) -> dict:
@@ -37,11 +78,15 @@ def ensure_ray(cfg: RayConfig) -> None:
     # process of this Ray through RAY_API_SERVER_ADDRESS.
     port = free_loopback_port()
     env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-    # One logical CPU beyond the cores: training workers hold one each, and Ray Data's read
-    # tasks must still be schedulable beside them or the stream stalls.
-    ray.init(address="local", _node_ip_address=cfg.node_ip,  # "local": never attach to a stray `ray start` head
-             include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, runtime_env={"env_vars": env},
-             num_cpus=cfg.num_cpus or (os.cpu_count() or 1) + 1, **kwargs)
+    env.update(worker_proxy_env())
+    # Ray's processes start inside ray.init and keep the environment they started with; this
+    # driver's own environment is restored afterwards.
+    with _environ(offline_daemon_env()):
+        # One logical CPU beyond the cores: training workers hold one each, and Ray Data's read
+        # tasks must still be schedulable beside them or the stream stalls.
+        ray.init(address="local", _node_ip_address=cfg.node_ip,  # "local": never attach to a stray `ray start` head
+                 include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, runtime_env={"env_vars": env},
+                 num_cpus=cfg.num_cpus or (os.cpu_count() or 1) + 1, **kwargs)
 
 
 def free_loopback_port() -> int:

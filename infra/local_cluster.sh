@@ -20,11 +20,19 @@ export RAY_ENABLE_UV_RUN_RUNTIME_ENV=0
 # Ray 2.5x+ clusters require a token; head and clients both read it from ~/.ray/auth_token.
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
 [ "$RAY_AUTH_MODE" = token ] && ray get-auth-token --generate >/dev/null
+# Ray's own processes stay off the network (the why: creformer/ray_utils.py, offline_daemon_env):
+# its plain-HTTP calls (cloud metadata probes, the "usage stats disabled" report) go to a closed
+# loopback port; jobs get the caller's proxy settings back (job_env).
+closed="http://127.0.0.1:9"; noproxy="localhost,127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.0/8,::1"
+offline=(env "http_proxy=$closed" "HTTP_PROXY=$closed" "no_proxy=$noproxy" "NO_PROXY=$noproxy"
+         "RAY_USAGE_STATS_REPORT_URL=$closed/")
+job_env="{\"env_vars\": {\"GLOO_SOCKET_IFNAME\": \"lo\", \"DS_ACCELERATOR\": \"cpu\", \"http_proxy\": \"${http_proxy:-}\",
+  \"HTTP_PROXY\": \"${HTTP_PROXY:-}\", \"no_proxy\": \"${no_proxy:-}\", \"NO_PROXY\": \"${NO_PROXY:-}\"}}"
 cmd="${1:-}"; shift || true
 case "$cmd" in
   start)
     port="${1:-6390}"; dash="${2:-8265}"; client="${3:-10001}"; agent="${4:-52365}"
-    ray start --head --node-ip-address=127.0.0.2 --port="$port" --dashboard-host=127.0.0.1 \
+    "${offline[@]}" ray start --head --node-ip-address=127.0.0.2 --port="$port" --dashboard-host=127.0.0.1 \
       --dashboard-port="$dash" --ray-client-server-port="$client" --dashboard-agent-listen-port="$agent" \
       --num-cpus="${RAY_NUM_CPUS:-$(( $(nproc) + 1 ))}" --disable-usage-stats
     readlink -f /tmp/ray/session_latest > "${CREFORMER_SESSION_FILE:-/tmp/creformer_ray_session}"
@@ -32,7 +40,7 @@ case "$cmd" in
     ;;
   add-node)
     port="${1:-6390}"; ip="${2:-127.0.0.3}"; agent="${3:-52365}"
-    ray start --address="127.0.0.2:$port" --node-ip-address="$ip" --num-cpus="${RAY_NUM_CPUS:-2}" \
+    "${offline[@]}" ray start --address="127.0.0.2:$port" --node-ip-address="$ip" --num-cpus="${RAY_NUM_CPUS:-2}" \
       --dashboard-agent-listen-port="$agent" --disable-usage-stats
     ;;
   submit)
@@ -43,7 +51,7 @@ case "$cmd" in
     for attempt in 1 2 3 4 5 6 7 8 9 10; do
       set +e
       RAY_API_SERVER_ADDRESS="http://127.0.0.1:$dash" ray job submit --working-dir "$here" \
-        --runtime-env-json '{"env_vars": {"GLOO_SOCKET_IFNAME": "lo", "DS_ACCELERATOR": "cpu"}}' -- "$@" 2>&1 | tee "$log"
+        --runtime-env-json "$job_env" -- "$@" 2>&1 | tee "$log"
       rc=${PIPESTATUS[0]}
       set -e
       if [ "$rc" -ne 0 ] && grep -q "No available agent" "$log"; then
