@@ -87,6 +87,51 @@ def ensure_ray(cfg: RayConfig) -> None:
         ray.init(address="local", _node_ip_address=cfg.node_ip,  # "local": never attach to a stray `ray start` head
                  include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, runtime_env={"env_vars": env},
                  num_cpus=cfg.num_cpus or (os.cpu_count() or 1) + 1, **kwargs)
+    import atexit
+
+    atexit.register(shutdown_ray)  # runs before Ray's own exit hook (registered at import)
+
+
+def _started_processes() -> list:
+    """The processes this driver's Ray started (its daemons) and all their descendants, as
+    psutil.Process; empty for a driver that joined a running cluster."""
+    import psutil
+    import ray
+
+    node = getattr(ray._private.worker.global_worker, "node", None)
+    roots = [info.process.pid for infos in (getattr(node, "all_processes", None) or {}).values() for info in infos]
+    out = []
+    for pid in roots:
+        try:
+            root = psutil.Process(pid)
+            out += [root, *root.children(recursive=True)]
+        except psutil.Error:
+            continue
+    return out
+
+
+def shutdown_ray(grace_s: float = 10.0) -> int:
+    """``ray.shutdown()``, then kill whatever of the local Ray this driver started outlives it by
+    ``grace_s``; returns how many were killed. Why: a worker whose actor has ended can stay alive
+    when a thread keeps its interpreter from exiting; once its raylet is gone nothing reaps it
+    (seen once in a test run: a ``ray::TrainController`` left running for 20 minutes). The
+    processes are listed before the shutdown, while they are still the daemons' descendants. A
+    cluster this driver only joined is only disconnected from."""
+    import psutil
+    import ray
+
+    if not ray.is_initialized():
+        return 0
+    procs = _started_processes()
+    ray.shutdown()
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    return len(alive)
 
 
 def free_loopback_port() -> int:

@@ -36,11 +36,11 @@ def ray_local():
     import ray
 
     from creformer.config import RayConfig
-    from creformer.ray_utils import ensure_ray
+    from creformer.ray_utils import ensure_ray, shutdown_ray
 
     ensure_ray(RayConfig(node_ip="127.0.0.2"))  # cores + 1 logical CPUs (see ensure_ray)
     yield ray
-    ray.shutdown()
+    shutdown_ray()
 
 
 @pytest.fixture(scope="session")
