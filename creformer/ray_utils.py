@@ -114,7 +114,7 @@ def shutdown_ray(grace_s: float = 10.0) -> int:
     """``ray.shutdown()``, then kill whatever of the local Ray this driver started outlives it by
     ``grace_s``; returns how many were killed. Why: a worker whose actor has ended can stay alive
     when a thread keeps its interpreter from exiting; once its raylet is gone nothing reaps it
-    (seen once in a test run: a ``ray::TrainController`` left running for 20 minutes). The
+    (seen once: a ``ray::TrainController`` still running after the test run that started it). The
     processes are listed before the shutdown, while they are still the daemons' descendants. A
     cluster this driver only joined is only disconnected from."""
     import psutil
