@@ -122,7 +122,7 @@ def main() -> None:
 
     from creformer.config import RayConfig
     from creformer.engine.dataset import elementary_dataset
-    from creformer.ray_utils import ensure_ray
+    from creformer.ray_utils import ensure_ray, shutdown_ray
 
     ensure_ray(RayConfig(num_cpus=2))
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -138,7 +138,7 @@ def main() -> None:
     results["stream_tokens_per_s"] = rows * args.stream_length * streams / stream_s
     results["stream_note"] = (f"tokens = rows x L ({args.stream_length}) x {streams} streams, {per_window} crops per "
                               "window, checksums verified, incl. Ray Data start-up")
-    ray.shutdown()
+    shutdown_ray()
 
     print(json.dumps(results, indent=1))
     print(f"\nbuild / raw read (one core): {results['build_over_raw_ratio']:.2f}x  (target >= 0.5x)")

@@ -146,7 +146,7 @@ def main() -> None:
     from creformer.config import RayConfig
     from creformer.engine.cells import RegulatoryOptions, prepare_regulatory
     from creformer.engine.simulate import simulate
-    from creformer.ray_utils import ensure_ray
+    from creformer.ray_utils import ensure_ray, shutdown_ray
 
     work = Path(args.work)
     sim = work / f"sim_{args.preset}"
@@ -171,7 +171,7 @@ def main() -> None:
         res["muon_pbmc"]["note"] = "real peaks and real scATAC; the DNA of these peaks is not in the shared FASTA ([N] tokens), which does not change the cost"
     else:
         res["muon_pbmc"] = f"skipped: no real data at {data} (set CREFORMER_DATA)"
-    ray.shutdown()
+    shutdown_ray()
     res["elementary_small_fwd_bwd_tokens_per_s"] = elementary_tokens_per_s("small")
     res["torch_threads"] = torch.get_num_threads()
     print(json.dumps(res, indent=1))

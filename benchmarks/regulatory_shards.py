@@ -154,7 +154,7 @@ def main() -> None:
 
     from creformer.config import RayConfig, load_config
     from creformer.engine.dataset import regulatory_dataset
-    from creformer.ray_utils import ensure_ray
+    from creformer.ray_utils import ensure_ray, shutdown_ray
     from creformer.trainer.model import build_models
 
     ensure_ray(RayConfig(num_cpus=2))
@@ -167,7 +167,7 @@ def main() -> None:
         n += batch["expression"].shape[0]
     join_s = time.perf_counter() - t0
     res["join_samples_per_s"] = n / join_s
-    ray.shutdown()
+    shutdown_ray()
     cfg = load_config("tiny").model
     _, reg = build_models(cfg)
     opt = torch.optim.AdamW([p for p in reg.parameters() if p.requires_grad], lr=1e-3)
