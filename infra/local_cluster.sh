@@ -26,8 +26,10 @@ export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
 closed="http://127.0.0.1:9"; noproxy="localhost,127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.0/8,::1"
 offline=(env "http_proxy=$closed" "HTTP_PROXY=$closed" "no_proxy=$noproxy" "NO_PROXY=$noproxy"
          "RAY_USAGE_STATS_REPORT_URL=$closed/")
-job_env="{\"env_vars\": {\"GLOO_SOCKET_IFNAME\": \"lo\", \"DS_ACCELERATOR\": \"cpu\", \"http_proxy\": \"${http_proxy:-}\",
-  \"HTTP_PROXY\": \"${HTTP_PROXY:-}\", \"no_proxy\": \"${no_proxy:-}\", \"NO_PROXY\": \"${NO_PROXY:-}\"}}"
+job_env() {  # JSON by python, so a proxy URL with quotes or backslashes stays valid
+  python -c 'import json, os; print(json.dumps({"env_vars": {"GLOO_SOCKET_IFNAME": "lo", "DS_ACCELERATOR": "cpu",
+    **{k: os.environ.get(k, "") for k in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY")}}}))'
+}
 cmd="${1:-}"; shift || true
 case "$cmd" in
   start)
@@ -51,7 +53,7 @@ case "$cmd" in
     for attempt in 1 2 3 4 5 6 7 8 9 10; do
       set +e
       RAY_API_SERVER_ADDRESS="http://127.0.0.1:$dash" ray job submit --working-dir "$here" \
-        --runtime-env-json "$job_env" -- "$@" 2>&1 | tee "$log"
+        --runtime-env-json "$(job_env)" -- "$@" 2>&1 | tee "$log"
       rc=${PIPESTATUS[0]}
       set -e
       if [ "$rc" -ne 0 ] && grep -q "No available agent" "$log"; then
