@@ -71,15 +71,14 @@ def _wait_usage_module(logs: Path, timeout: float = 90) -> None:
 
 
 LOCAL_RAY = """
-import sys, time
-from pathlib import Path
+import sys
 import ray
 from creformer.config import RayConfig
-from creformer.ray_utils import ensure_ray
+from creformer.ray_utils import ensure_ray, shutdown_ray
 ensure_ray(RayConfig(num_cpus=1, node_ip="127.0.0.2"))
 print(ray._private.worker.global_worker.node.get_session_dir_path(), flush=True)
 sys.stdin.readline()  # the test has seen the usage-stats module run
-ray.shutdown()
+shutdown_ray()  # every traced process ends, so strace exits
 """
 
 
