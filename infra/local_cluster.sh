@@ -20,21 +20,26 @@ export RAY_ENABLE_UV_RUN_RUNTIME_ENV=0
 # Ray 2.5x+ clusters require a token; head and clients both read it from ~/.ray/auth_token.
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
 [ "$RAY_AUTH_MODE" = token ] && ray get-auth-token --generate >/dev/null
-# Ray's own processes stay off the network (the why: creformer/ray_utils.py, offline_daemon_env):
-# its plain-HTTP calls (cloud metadata probes, the "usage stats disabled" report) go to a closed
-# loopback port; jobs get the caller's proxy settings back (job_env).
-closed="http://127.0.0.1:9"; noproxy="localhost,127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.0/8,::1"
-offline=(env "http_proxy=$closed" "HTTP_PROXY=$closed" "no_proxy=$noproxy" "NO_PROXY=$noproxy"
-         "RAY_USAGE_STATS_REPORT_URL=$closed/")
+# Ray's own processes stay off the network, and jobs get the caller's proxy settings back: both
+# environments come from creformer/ray_utils.py (offline_daemon_env, worker_proxy_env), which says why.
+offline_env() {  # KEY=VALUE words for `env` (no value holds a space)
+  python -c 'from creformer.ray_utils import offline_daemon_env
+print(" ".join(f"{k}={v}" for k, v in offline_daemon_env().items()))'
+}
 job_env() {  # JSON by python, so a proxy URL with quotes or backslashes stays valid
-  python -c 'import json, os; print(json.dumps({"env_vars": {"GLOO_SOCKET_IFNAME": "lo", "DS_ACCELERATOR": "cpu",
-    **{k: os.environ.get(k, "") for k in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY")}}}))'
+  python -c 'import json
+from creformer.config import RayConfig
+from creformer.ray_utils import runtime_env, worker_proxy_env
+env = runtime_env(RayConfig())
+env["env_vars"].update(worker_proxy_env())
+print(json.dumps(env))'
 }
 cmd="${1:-}"; shift || true
 case "$cmd" in
   start)
     port="${1:-6390}"; dash="${2:-8265}"; client="${3:-10001}"; agent="${4:-52365}"
-    "${offline[@]}" ray start --head --node-ip-address=127.0.0.2 --port="$port" --dashboard-host=127.0.0.1 \
+    off="$(offline_env)"  # an assignment, so a failing python stops the script (set -e)
+    env $off ray start --head --node-ip-address=127.0.0.2 --port="$port" --dashboard-host=127.0.0.1 \
       --dashboard-port="$dash" --ray-client-server-port="$client" --dashboard-agent-listen-port="$agent" \
       --num-cpus="${RAY_NUM_CPUS:-$(( $(nproc) + 1 ))}" --disable-usage-stats
     readlink -f /tmp/ray/session_latest > "${CREFORMER_SESSION_FILE:-/tmp/creformer_ray_session}"
@@ -42,7 +47,8 @@ case "$cmd" in
     ;;
   add-node)
     port="${1:-6390}"; ip="${2:-127.0.0.3}"; agent="${3:-52365}"
-    "${offline[@]}" ray start --address="127.0.0.2:$port" --node-ip-address="$ip" --num-cpus="${RAY_NUM_CPUS:-2}" \
+    off="$(offline_env)"
+    env $off ray start --address="127.0.0.2:$port" --node-ip-address="$ip" --num-cpus="${RAY_NUM_CPUS:-2}" \
       --dashboard-agent-listen-port="$agent" --disable-usage-stats
     ;;
   submit)
