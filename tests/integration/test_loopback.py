@@ -15,7 +15,7 @@ import pytest
 
 from creformer.ray_utils import free_loopback_port
 
-from .conftest import SCRIPT, cluster_env
+from .conftest import SCRIPT, Cluster, cluster_env
 
 STRACE = shutil.which("strace")
 
@@ -115,7 +115,7 @@ def test_script_head_stays_on_loopback(tmp_path):
         session = Path((tmp_path / "session").read_text().strip())
         _wait_usage_module(session / "logs")
     finally:
-        stopped = subprocess.run([str(SCRIPT), "stop"], env=env, capture_output=True, text=True, timeout=120)
+        stopped = Cluster(env, dash).script("stop", timeout=120)
         try:
             tracer.wait(timeout=120)
         except subprocess.TimeoutExpired:
