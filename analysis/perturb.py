@@ -118,6 +118,26 @@ def group_effects(base: pl.DataFrame, perturbed: pl.DataFrame, cells: pl.DataFra
             .sort("group", "condition", "mode", "gene_id"))
 
 
+def ko_mediators(group_att: pl.DataFrame, bound: np.ndarray, conds: list[Condition]) -> pl.DataFrame:
+    """Through which peaks each knockout acts: per (group, KO condition, gene) every peak of the
+    window the knockout touches, with its own single-peak knockout effect, the group mean of
+    −ablation / ln 2 over all the group's cells (cells where the peak has no signal count 0, as
+    they do in the knockout). The single-peak effects need not add up to the knockout's effect
+    (the head is not additive), but show which peaks carry it. ``group_att``: attention.group_attention."""
+    frames = []
+    for c in conds:
+        if c.mode != "KO":
+            continue
+        hit = np.flatnonzero(bound_peaks(bound, c.motifs)).tolist()
+        frames.append(group_att.filter(pl.col("peak_id").is_in(hit)).select(
+            "group", pl.lit(c.name).alias("condition"), "gene_id", "peak_id",
+            (-pl.col("ablation_all_cells").cast(pl.Float64) / LN2).alias("log2fc")))
+    schema = {"group": pl.Utf8, "condition": pl.Utf8, "gene_id": pl.Int32, "peak_id": pl.Int32, "log2fc": pl.Float64}
+    if not frames:
+        return pl.DataFrame(schema=schema)
+    return pl.concat(frames).cast(schema).sort("group", "condition", "gene_id", "peak_id")
+
+
 def perturbed_states(base: pl.DataFrame, perturbed: pl.DataFrame, condition: str, mode: str,
                      cell_ids: np.ndarray, gene_ids: np.ndarray) -> np.ndarray:
     """(cells, genes) predicted expression of the given cells under one condition."""

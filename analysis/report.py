@@ -206,7 +206,26 @@ def _table(df: pl.DataFrame, n: int = 15) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def write_report(out: Path, p, records, gatt, masters, edges, effects, trans, card, curves: list[Path], results: dict[str, Any]) -> Path:
+def top_mediators(effects: pl.DataFrame, mediators: pl.DataFrame, gene_names: dict[int, str], peaks: pl.DataFrame,
+                  n: int = 15) -> pl.DataFrame:
+    """The ``n`` strongest single-TF knockout effects, each with the touched peak whose own
+    knockout moves the gene most in the same direction (its main mediator)."""
+    ko = (effects.filter((pl.col("mode") == "KO") & ~pl.col("condition").str.contains(r"\+", literal=False))
+          .with_columns(pl.col("log2fc").abs().alias("size")).sort("size", descending=True).head(n))
+    med = (mediators.join(ko.select("group", "condition", "gene_id", pl.col("log2fc").alias("ko")), on=["group", "condition", "gene_id"])
+           .with_columns((pl.col("log2fc") * pl.col("ko").sign()).alias("along"))
+           .sort("along", descending=True).group_by("group", "condition", "gene_id", maintain_order=True).first()
+           .join(peaks.select("peak_id", (pl.col("chrom") + ":" + pl.col("start").cast(pl.Utf8) + "-" + pl.col("end").cast(pl.Utf8)).alias("peak")),
+                 on="peak_id"))
+    return (ko.join(med.select("group", "condition", "gene_id", "peak", pl.col("log2fc").alias("peak_log2fc")),
+                    on=["group", "condition", "gene_id"], how="left")
+            .with_columns(pl.col("gene_id").replace_strict(gene_names, default="?", return_dtype=pl.Utf8).alias("gene"))
+            .sort("size", descending=True)
+            .select("group", pl.col("condition").alias("knockout"), "gene", "log2fc", pl.col("peak").alias("main_peak"), "peak_log2fc"))
+
+
+def write_report(out: Path, p, records, gatt, masters, edges, effects, trans, card, curves: list[Path], results: dict[str, Any],
+                 mediators: pl.DataFrame | None = None) -> Path:
     figs = out / "figures"
     tables = p.tables
     gene_names = dict(zip(tables.genes["gene_id"].to_list(), tables.genes["name"].to_list()))
@@ -239,6 +258,10 @@ def write_report(out: Path, p, records, gatt, masters, edges, effects, trans, ca
                  f"<p>{edges.height} edges (p ≤ {p.cfg.analysis.max_edge_p}); grn/edges.parquet, grn/scenicplus_eregulons.tsv, "
                  f"grn/celloracle_links.tsv.</p>{_table(edges.sort('score', descending=True).drop('peaks'))}")
     parts.append(f"<h2>Knockouts</h2><img src='figures/{plot_ko_heatmap(effects, gene_names, figs / 'ko_heatmap.png').name}' width='100%'>")
+    if mediators is not None and mediators.height:
+        parts.append("<p>The strongest knockout effects and the peak each acts through most (its own knockout's log2FC "
+                     "in that group; every touched peak: <code>ko_mediators.parquet</code>):</p>"
+                     + _table(top_mediators(effects, mediators, gene_names, tables.peaks)))
     tr = results["transition"]
     parts.append(f"<h2>Cell-state transition</h2><p>Source {html.escape(tr['source'])} → target {html.escape(tr['target'])}; "
                  f"the perturbation moving the source furthest toward the target is {html.escape(tr['best']['condition'])} "

@@ -88,8 +88,10 @@ def run_analyses(p, stats: dict[str, Any], seconds: float) -> Path:
         (out / "crispri.json").write_text(json.dumps(cr, indent=1))
         results["crispri"] = cr
 
-    # perturbations: per group effects
+    # perturbations: per group effects, and the peaks each knockout acts through
     effects.write_parquet(out / "perturbation_effects.parquet")
+    mediators = perturb.ko_mediators(gatt, p.bound, p.conditions)
+    mediators.write_parquet(out / "ko_mediators.parquet")
 
     # transitions and therapeutic targets
     src, tgt = _groups_pair(p, names)
@@ -139,4 +141,4 @@ def run_analyses(p, stats: dict[str, Any], seconds: float) -> Path:
             dst = figs / f"loss_{Path(w).parent.parent.name}.png"
             shutil.copyfile(png, dst)
             curves.append(dst)
-    return write_report(out, p, records, gatt, masters, edges, effects, trans, card, curves, results)
+    return write_report(out, p, records, gatt, masters, edges, effects, trans, card, curves, results, mediators)

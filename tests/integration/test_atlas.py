@@ -68,6 +68,9 @@ def test_atlas_grn_job_submit_outputs_and_resume(cluster, trained, sim_tiny, tmp
         assert (out / "grn" / name).exists()
     eff = pl.read_parquet(out / "perturbation_effects.parquet")
     assert {"KO", "KI"} == set(eff["mode"].unique()) and "TF01+TF02" in set(eff["condition"].unique())
+    med = pl.read_parquet(out / "ko_mediators.parquet")
+    assert set(med["condition"].unique()) <= set(eff.filter(pl.col("mode") == "KO")["condition"].unique()) and med.height > 0
+    assert {"right", "wrong"} <= set(card["ko_direction_accuracy"]["decomposition"]) and "main_peak" in page
     # each actor's thread pools are as wide as the CPUs Ray reserved for it, not the machine's
     for marker in (out / "partitions" / "done").glob("part-*.json"):
         assert json.loads(marker.read_text())["threads"] == {"torch": 1, "polars": 1, "arrow": 1}

@@ -244,6 +244,51 @@ def test_group_effects_average_log2fc_with_untouched_as_zero():
     assert eff["n_touched"][0] == 1
 
 
+def test_ko_mediators_are_the_touched_peaks_single_knockouts():
+    gatt = pl.DataFrame({"group": ["g"] * 4, "gene_id": [5, 5, 5, 6], "peak_id": [0, 1, 2, 1],
+                         "ablation_all_cells": [0.2, -0.1, 0.4, 0.3]})
+    bound = np.array([[True, False], [False, True], [True, True]])  # peak x motif
+    conds = perturb.conditions([TF("A", 0, 1), TF("B", 1, 2)], ["A+B"])
+    med = perturb.ko_mediators(gatt, bound, conds)
+    got = {(c, g, p): v for c, g, p, v in med.select("condition", "gene_id", "peak_id", "log2fc").iter_rows()}
+    ln2 = math.log(2)
+    # A touches peaks 0 and 2, B peaks 1 and 2, A+B all three; knock-ins are not knockouts
+    assert got == pytest.approx({("A", 5, 0): -0.2 / ln2, ("A", 5, 2): -0.4 / ln2, ("B", 5, 1): 0.1 / ln2,
+                                 ("B", 5, 2): -0.4 / ln2, ("B", 6, 1): -0.3 / ln2, ("A+B", 5, 0): -0.2 / ln2,
+                                 ("A+B", 5, 1): 0.1 / ln2, ("A+B", 5, 2): -0.4 / ln2, ("A+B", 6, 1): -0.3 / ln2})
+    assert perturb.ko_mediators(gatt, bound, [c for c in conds if c.mode == "KI"]).height == 0
+
+
+def test_ko_decomposition_splits_causal_and_other_peaks():
+    from creformer.analysis.validate import ko_decomposition
+
+    scored = pl.DataFrame({"cell_type": ["g", "g", "g"], "tf": ["A", "A", "B"], "gene_id": [5, 6, 5],
+                           "true_lfc": [-1.0, -0.5, -0.4], "model_lfc": [-0.3, 0.2, 0.1]})
+    med = pl.DataFrame({"group": ["g"] * 5, "condition": ["A", "A", "A", "B", "B"], "gene_id": [5, 5, 6, 5, 5],
+                        "peak_id": [0, 1, 3, 1, 2], "log2fc": [-0.4, 0.1, 0.3, 0.2, -0.05]})
+    labels = pl.DataFrame({"gene_id": [5, 5, 5, 6], "peak_id": [0, 1, 2, 3], "label": [True, False, True, False]})
+    d = ko_decomposition(scored, med, labels)
+    # right: A→5 (causal −0.4 has the true sign, others +0.1 oppose it)
+    assert d["right"] == pytest.approx({"effects": 1, "causal_peaks_with_true_sign": 1.0, "other_peaks_against_true_sign": 1.0,
+                                        "no_causal_peak_touched": 0.0, "median_abs_causal_log2fc": 0.4, "median_abs_true_log2fc": 1.0})
+    # wrong: A→6 touches no causal peak (others +0.3 oppose); B→5: causal −0.05 right sign, others +0.2 oppose
+    w = d["wrong"]
+    assert w["effects"] == 2 and w["no_causal_peak_touched"] == 0.5 and w["other_peaks_against_true_sign"] == 1.0
+    assert w["causal_peaks_with_true_sign"] == 0.5 and w["median_abs_causal_log2fc"] == pytest.approx(0.025)
+
+
+def test_top_mediators_name_the_peak_moving_the_gene_most_along_the_knockout():
+    from creformer.analysis.report import top_mediators
+
+    effects = pl.DataFrame({"group": ["g", "g", "g"], "condition": ["A", "A", "A+B"], "mode": ["KO", "KI", "KO"],
+                            "gene_id": [5, 5, 5], "log2fc": [-0.8, 2.0, -3.0]})
+    med = pl.DataFrame({"group": ["g", "g"], "condition": ["A", "A"], "gene_id": [5, 5], "peak_id": [0, 1], "log2fc": [0.2, -0.5]})
+    peaks = pl.DataFrame({"peak_id": [0, 1], "chrom": ["c1", "c1"], "start": [100, 900], "end": [300, 1200]})
+    t = top_mediators(effects, med, {5: "G5"}, peaks)
+    # single-TF knockouts only; peak 1 pulls the gene down with the knockout, peak 0 against it
+    assert t.rows() == [("g", "A", "G5", pytest.approx(-0.8), "c1:900-1200", pytest.approx(-0.5))]
+
+
 # --- transitions ------------------------------------------------------------------------------
 def test_transition_score_by_hand():
     src, tgt, pert = np.array([[0.0, 0.0], [0.0, 2.0]]), np.array([[2.0, 1.0]]), np.array([[1.0, 1.0]])
@@ -310,6 +355,7 @@ def test_ablation_is_the_prediction_drop_when_one_peak_loses_its_signal():
                          "atac": [0.0, 2.0, 4.0], "ablation": [0.0, 0.3, 0.1]})
     g = group_attention(long, pl.DataFrame({"cell_id": [0, 1, 2], "group": ["a", "a", "a"]}))
     assert g["ablation"].to_list() == pytest.approx([0.2]) and g["atac"].to_list() == pytest.approx([2.0])
+    assert g["ablation_all_cells"].to_list() == pytest.approx([0.4 / 3])  # what zeroing it in every cell changes
 
 
 def test_element_scores_abc_is_normalized_per_gene():
