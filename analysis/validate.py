@@ -189,14 +189,14 @@ def scorecard(out: Path, truth: Path, k: int = 3) -> dict:
     if "tf_motifs" in meta and (out / "work" / "bound.npy").exists():  # atlases from before the ceiling lack them
         tfs = [TF(n, m, None) for n, m in zip(meta["tfs"], meta["tf_motifs"])]
         scores = grn_ceiling(scores, out, tables.peaks, tables.genes, tfs, truth)
+    med_path = out / "ko_mediators.parquet"  # atlases written before it have none: no decomposition
+    mediators = pl.read_parquet(med_path) if med_path.exists() else None
     card = {
         "master_tf_top3_precision": master_tf_metric(pl.read_parquet(out / "master_tfs.parquet"), truth, k),
         "grn_auprc": grn_metric(scores, truth),
         "enhancer_gene_auprc": enhancer_metric(pl.read_parquet(out / "enhancers.parquet"), tables.peaks, tables.genes, truth),
         "ko_direction_accuracy": ko_metric(pl.read_parquet(out / "perturbation_effects.parquet"), tables.genes,
-                                           pl.read_parquet(out / "windows_bound.parquet"), truth,
-                                           pl.read_parquet(mediators) if (mediators := out / "ko_mediators.parquet").exists() else None,
-                                           tables.peaks),
+                                           pl.read_parquet(out / "windows_bound.parquet"), truth, mediators, tables.peaks),
     }
     card["_about"] = {"truth": str(truth), "atlas": str(out), "cells": meta.get("cells"), "groups": meta.get("groups"),
                       "definitions": __doc__.split("\n\n", 1)[1].strip()}
