@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from .inputs import TF
+from .inputs import TF, peak_regions
 
 EDGE_SCHEMA = {"tf": pl.Utf8, "target": pl.Utf8, "gene_id": pl.Int64, "group": pl.Utf8, "score": pl.Float64,
                "pvalue": pl.Float64, "n_peaks": pl.Int64, "peaks": pl.List(pl.Int64)}
@@ -138,7 +138,7 @@ def score_table(best: dict[tuple[str, int], float], windows: dict[int, np.ndarra
 def scenicplus_layout(edges: pl.DataFrame, group_att: pl.DataFrame, peaks: pl.DataFrame) -> pl.DataFrame:
     """eRegulon-style metadata: one row per (TF, region, gene) with region-to-gene importance
     (attention) and TF-to-gene importance (edge score), eRegulons named TF_+_(n g) per group."""
-    region = peaks.select("peak_id", pl.format("{}:{}-{}", "chrom", "start", "end").alias("Region"))
+    region = peak_regions(peaks, "Region")
     long = edges.explode("peaks").rename({"peaks": "peak_id"})
     long = long.join(group_att.select("group", "gene_id", "peak_id", "attention"), on=["group", "gene_id", "peak_id"], how="left")
     sizes = edges.group_by("group", "tf").agg(pl.col("target").n_unique().alias("n_genes"))

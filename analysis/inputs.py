@@ -18,6 +18,12 @@ from creformer.engine.io.motifs import Motif, read_meme
 from creformer.engine.shards import Manifest
 
 
+def peak_regions(peaks: pl.DataFrame, name: str = "region") -> pl.DataFrame:
+    """(peak_id, ``name``): each peak as a chrom:start-end region string, as genome browsers and
+    SCENIC+ write regions."""
+    return peaks.select("peak_id", pl.format("{}:{}-{}", "chrom", "start", "end").alias(name))
+
+
 @dataclass
 class AtlasTables:
     root: Path

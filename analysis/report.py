@@ -12,6 +12,7 @@ import polars as pl
 
 from creformer.trainer.evaluate import pearson
 
+from .inputs import peak_regions
 from .validate import BASELINES, CEILINGS, MODEL_VARIANTS
 
 
@@ -215,8 +216,7 @@ def top_mediators(effects: pl.DataFrame, mediators: pl.DataFrame, gene_names: di
     med = (mediators.join(ko.select("group", "condition", "gene_id", pl.col("log2fc").alias("ko")), on=["group", "condition", "gene_id"])
            .with_columns((pl.col("log2fc") * pl.col("ko").sign()).alias("along"))
            .sort("along", descending=True).group_by("group", "condition", "gene_id", maintain_order=True).first()
-           .join(peaks.select("peak_id", (pl.col("chrom") + ":" + pl.col("start").cast(pl.Utf8) + "-" + pl.col("end").cast(pl.Utf8)).alias("peak")),
-                 on="peak_id"))
+           .join(peak_regions(peaks, "peak"), on="peak_id"))
     return (ko.join(med.select("group", "condition", "gene_id", "peak", pl.col("log2fc").alias("peak_log2fc")),
                     on=["group", "condition", "gene_id"], how="left")
             .with_columns(pl.col("gene_id").replace_strict(gene_names, default="?", return_dtype=pl.Utf8).alias("gene"))
