@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export DS_ACCELERATOR ?= cpu
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test install clean-demo bench
+.PHONY: demo test test-fast install clean-demo bench results
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,12 +22,21 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m creformer.demo --out runs/demo
+	$(BIN)/creformer demo --out runs/demo
 
 # pytest exits 5 when it collects no test (e.g. a filtered run): reported, not a failure.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
+
+# The unit tests alone (no Ray cluster, no training): the quick loop while editing.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not integration" tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
+
+# docs/results.md from the demo's scorecard.json and eval.json and the benchmarks' JSON.
+results: $(STAMP)
+	$(BIN)/python docs/make_results.py --demo runs/demo --out docs/results.md
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/elementary_shards.py

@@ -1,4 +1,4 @@
-"""Attention scores (DESIGN §7) per (cell, gene, peak), their cell-group means, and genome tracks.
+"""Attention scores (docs/design.md §7) per (cell, gene, peak), their cell-group means, and genome tracks.
 
 score_j = Σ_i A_ij over real queries i of the first Regulatory layer's head-averaged softmax
 attention: it sums to the number of real peaks, so 1.0 is "average attention".
@@ -15,17 +15,18 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyBigWig
 import torch
+
+from creformer.engine.regulatory_batches import trim_peak_columns
 
 
 @torch.no_grad()
 def score_batch(head, cache, batch: dict[str, np.ndarray], values: np.ndarray) -> dict[str, np.ndarray]:
-    """Predicted expression, attention scores and ATAC mass for a joined batch (engine.dataset.join_samples).
+    """Predicted expression, attention scores and ATAC mass for a joined batch (engine.regulatory_batches.join_samples).
 
     Only the peak columns some sample uses are computed (genes have far fewer than peak_m peaks);
     the head zero-pads to peak_m itself."""
-    from creformer.engine.dataset import trim_peak_columns
-
     batch = trim_peak_columns(batch)
     p = batch["mask"].shape[1]
     ids = torch.from_numpy(batch["peak_ids"].astype(np.int64))
@@ -102,8 +103,6 @@ def _intervals(df: pl.DataFrame) -> list[tuple[str, int, int, float]]:
 
 def write_tracks(tracks: pl.DataFrame, out_dir: Path, chrom_sizes: dict[str, int] | None = None) -> list[Path]:
     """One bedGraph and one bigWig per group, for genome browsers."""
-    import pyBigWig
-
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for (group,), df in sorted(tracks.group_by("group"), key=lambda kv: str(kv[0])):

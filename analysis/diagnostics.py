@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from creformer.engine.regulatory_batches import load_signal
 from creformer.engine.tokenize import SIG_OFFSET, SIG_PAD
 
 WEAK = 0.01  # below 1 % relative change the head cannot realistically use the difference
@@ -21,9 +22,7 @@ WEAK = 0.01  # below 1 % relative change the head cannot realistically use the d
 
 @torch.no_grad()
 def embedding_sensitivity(elementary, peak_dna: np.ndarray, signal_path: Path, n: int = 64, seed: int = 0) -> dict:
-    from creformer.engine.dataset import _load_signal
-
-    keys, order, offsets, pos, tok = _load_signal(signal_path)
+    keys, order, offsets, pos, tok = load_signal(signal_path)
     if keys.size == 0:
         return {"pairs": 0, "note": "no non-empty (cell, peak) pair in the first signal block"}
     rng = np.random.default_rng(seed)

@@ -1,4 +1,4 @@
-"""Attention features per (gene, cell) (DESIGN §7) beside plain gene activity, as AnnData.
+"""Attention features per (gene, cell) (docs/design.md §7) beside plain gene activity, as AnnData.
 
 feature(g, c) = cos(score(g, c), score(g, c_max)) × Σ scATAC(g, c)
 - score(g, c): the attention scores of g's peaks in cell c (a fixed peak list per gene);
@@ -17,7 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import anndata as ad
 import numpy as np
+import pandas as pd
 import polars as pl
 
 
@@ -76,9 +78,6 @@ def gene_cell_matrices(records: pl.DataFrame, genes: pl.DataFrame, peaks: pl.Dat
 
 def write_h5ad(m: GeneCellMatrices, cells: pl.DataFrame, genes: pl.DataFrame, path: Path) -> Path:
     """X = gene activity; layers: attention_feature, expression, predicted; obs carries the group."""
-    import anndata as ad
-    import pandas as pd
-
     obs = (pl.DataFrame({"cell_id": m.cells}).join(cells.select("cell_id", "barcode", "group"), on="cell_id", how="left")
            .to_pandas().set_index("barcode"))
     var = (pl.DataFrame({"gene_id": m.genes}).join(genes.select("gene_id", "gene", "name", "chrom", "tss", "strand"),

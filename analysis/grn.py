@@ -1,4 +1,4 @@
-"""GRN from attention (DESIGN §7): per cell group and target gene, the high-attention peaks of the
+"""GRN from attention (docs/design.md §7): per cell group and target gene, the high-attention peaks of the
 TSS window are tested for motif enrichment against the window's other peaks → TF→target edges.
 
 Enrichment is a one-sided hypergeometric test: of the window's N peaks, K carry the motif; of the
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from scipy.stats import hypergeom
 
 from .inputs import TF, peak_regions
 
@@ -25,8 +26,6 @@ EDGE_SCHEMA = {"tf": pl.Utf8, "target": pl.Utf8, "gene_id": pl.Int64, "group": p
 def enrichment_pvalues(hits: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """hits (N peaks, M motifs) bool, high (N,) bool → (p (M,), k (M,)): P(X ≥ k) under the
     hypergeometric null of drawing the n high peaks from the window."""
-    from scipy.stats import hypergeom
-
     n_total, n_high = hits.shape[0], int(high.sum())
     k_motif = hits.sum(0)
     k_high = hits[high].sum(0)

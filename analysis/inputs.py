@@ -11,11 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
+from safetensors.torch import load_file
 
 from creformer.config import Config, ConfigError, ModelConfig, load_config
 from creformer.engine.errors import InputError, ShardError
 from creformer.engine.io.motifs import Motif, read_meme
 from creformer.engine.shards import Manifest
+from creformer.engine.tokenize import SIG_OFFSET, SIG_VOCAB
+from creformer.trainer.model import Elementary
+from creformer.trainer.model.regulatory import RegulatoryHead
 
 
 def peak_regions(peaks: pl.DataFrame, name: str = "region") -> pl.DataFrame:
@@ -40,8 +45,6 @@ class AtlasTables:
 
 
 def load_tables(manifest_path: str | Path) -> AtlasTables:
-    import pyarrow.parquet as pq
-
     path = Path(manifest_path)
     if path.is_dir():
         path = path / "manifest.json"
@@ -63,8 +66,6 @@ def load_tables(manifest_path: str | Path) -> AtlasTables:
 def level_values(cuts: np.ndarray) -> np.ndarray:
     """Signal token id → representative per-bp value (geometric middle of its level's interval):
     [PAD]/[MASK] and level 0 → 0. Used to turn tokens back into an ATAC mass per peak."""
-    from creformer.engine.tokenize import SIG_OFFSET, SIG_VOCAB
-
     values = np.zeros(SIG_VOCAB, np.float64)
     edges = np.r_[cuts[0] / 2, cuts, cuts[-1] * 1.6]
     for k in range(len(cuts) + 1):  # level 1 + k: between cuts[k-1] and cuts[k]
@@ -172,25 +173,20 @@ def load_models(elementary_weights: str, regulatory_weights: str, cfg: Config, t
     """The frozen Elementary and the trained Regulatory head, from their safetensors exports.
     The model config is the one the Regulatory export was trained with; a mismatch with the shards
     (peak count, peak length) is an error before anything runs."""
-    from safetensors.torch import load_file
-
-    from creformer.trainer.model import Elementary
-    from creformer.trainer.model.regulatory import RegulatoryHead
-
     paths = {"elementary": Path(elementary_weights), "regulatory": Path(regulatory_weights)}
-    keys = {"elementary": "train.elementary_weights", "regulatory": "analysis.regulatory_weights"}
+    keys = {"elementary": "train.regulatory.elementary_weights", "regulatory": "analysis.regulatory_weights"}
     for role, p in paths.items():
         if not p.exists():
             raise ConfigError(f"{role} weights {p} do not exist; run train_{role} first (it writes export/model.safetensors) "
                               f"or set {keys[role]}")
     trained = _export_config(paths["regulatory"]) or cfg
-    mcfg = trained.model
-    if mcfg.peak_m != tables.peak_m or mcfg.peak_bp != tables.peak_dna.shape[1]:
-        raise ConfigError(f"model artifact {paths['regulatory']} was trained with peak_m={mcfg.peak_m}, peak_bp={mcfg.peak_bp} "
+    mcfg, peak_m = trained.model, trained.data.regulatory.peak_m
+    if peak_m != tables.peak_m or mcfg.peak_bp != tables.peak_dna.shape[1]:
+        raise ConfigError(f"model artifact {paths['regulatory']} was trained with peak_m={peak_m}, peak_bp={mcfg.peak_bp} "
                           f"but the shards at {tables.root} hold peak_m={tables.peak_m}, {tables.peak_dna.shape[1]}-token peaks; "
                           "use the shards the model was trained on or retrain")
     elementary = Elementary(mcfg)
-    head = RegulatoryHead(mcfg)
+    head = RegulatoryHead(mcfg, peak_m)
     for role, module in (("elementary", elementary), ("regulatory", head)):
         state = load_file(str(paths[role]))
         expected = module.state_dict()

@@ -1,4 +1,4 @@
-"""Master TFs per cell group: one-vs-rest logistic regression on TF genes' features (DESIGN §7).
+"""Master TFs per cell group: one-vs-rest logistic regression on TF genes' features (docs/design.md §7).
 
 The same function runs on attention features (the model) and on gene activity (the baseline), so
 the two rankings differ only in their input. Features are standardized per TF; L2-regularized.
@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+from sklearn.linear_model import LogisticRegression
 
 
 def master_tfs(features: np.ndarray, groups: np.ndarray, tf_names: list[str], *, c: float = 1.0, seed: int = 0) -> pl.DataFrame:
     """features (cells, TFs), groups (cells,) → (group, tf, coef, rank) with rank 1 = strongest."""
-    from sklearn.linear_model import LogisticRegression
-
     if features.shape != (len(groups), len(tf_names)):
         raise ValueError(f"features {features.shape} do not match {len(groups)} cells x {len(tf_names)} TFs")
     x = features.astype(np.float64)

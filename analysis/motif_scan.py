@@ -1,6 +1,6 @@
 """Vectorized PWM scanning of peak sequences (both strands), from the DNA tokens in the peaks table.
 
-Peaks are stored as overlapping 6-mer tokens (DESIGN §2); bases are decoded back exactly (token i
+Peaks are stored as overlapping 6-mer tokens (docs/design.md §2); bases are decoded back exactly (token i
 holds bases i..i+5), so scanning needs no FASTA. Scores are log-odds against a uniform background.
 Two hit rules:
 - ``pvalue`` (FIMO's and MOODS' rule; FIMO's default 1e-4): a site is a hit when a random uniform

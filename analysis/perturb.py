@@ -1,4 +1,4 @@
-"""In-silico TF knockout / knock-in (DESIGN §7) on the model's inputs.
+"""In-silico TF knockout / knock-in (docs/design.md §7) on the model's inputs.
 
 A TF's motif-bound peaks (PWM hits in the peak sequence) get their scATAC tokens set to the zero
 level (knockout) or to a given open level at every position (knock-in); several TFs
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+import torch
 
 from creformer.engine.tokenize import N_LEVELS, SIG_OFFSET
 
@@ -79,8 +80,6 @@ def perturbed_predictions(head, cache, bins, ids: np.ndarray, mask: np.ndarray, 
     distinct touched peak (cached) replaces them all. A peak's input to the head depends on its own
     bins and rank only (``Regulatory._inputs``), so only the touched peaks' inputs are recomputed;
     ``inputs`` are the batch's unperturbed ones when the caller has them. Returns (rows, predictions)."""
-    import torch
-
     rows = np.flatnonzero(touched.any(1))
     if rows.size == 0:
         return rows, np.zeros(0, np.float32)

@@ -10,23 +10,14 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from creformer.plotting import plt
 from creformer.trainer.evaluate import pearson
 
 from .inputs import peak_regions
 from .validate import BASELINES, CEILINGS, MODEL_VARIANTS
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_prediction(records: pl.DataFrame, path: Path) -> tuple[Path, float]:
-    plt = _plt()
     x, y = records["expression"].to_numpy(), records["pred"].to_numpy()
     r = pearson(x, y)
     fig, ax = plt.subplots(figsize=(4.8, 4.2))
@@ -44,7 +35,6 @@ def plot_attention_loci(gatt: pl.DataFrame, records: pl.DataFrame, genes: pl.Dat
                         n_genes: int = 2) -> Path:
     """Group-mean attention (bars) and ATAC mass (line) along the TSS window of the genes whose
     predicted expression differs most between groups."""
-    plt = _plt()
     var = (gatt.group_by("gene_id", "group").agg(pl.col("atac").sum()).group_by("gene_id").agg(pl.col("atac").std())
            .sort("atac", descending=True, nulls_last=True))
     chosen = var["gene_id"].head(n_genes).to_list()
@@ -76,7 +66,6 @@ def plot_attention_loci(gatt: pl.DataFrame, records: pl.DataFrame, genes: pl.Dat
 
 
 def plot_master_dotplot(masters: pl.DataFrame, path: Path) -> Path:
-    plt = _plt()
     methods = [m for m in ("model", "gene_activity") if m in masters["method"].unique().to_list()]
     fig, axes = plt.subplots(1, len(methods), figsize=(6.5 * len(methods), 3.8), squeeze=False)
     for ax, m in zip(axes[0], methods):
@@ -103,7 +92,6 @@ def plot_master_dotplot(masters: pl.DataFrame, path: Path) -> Path:
 def plot_network(edges: pl.DataFrame, path: Path, top: int = 60) -> Path:
     """TFs on an inner circle, targets on an outer one; one arrow per (TF, target), width = best
     score, colour = the group where it scores best (grey when every group has it)."""
-    plt = _plt()
     n_groups = edges["group"].n_unique()
     e = (edges.sort("score", descending=True)
          .group_by("tf", "target", maintain_order=True)
@@ -142,7 +130,6 @@ def plot_network(edges: pl.DataFrame, path: Path, top: int = 60) -> Path:
 
 
 def plot_ko_heatmap(effects: pl.DataFrame, gene_names: dict[int, str], path: Path, n_genes: int = 30) -> Path:
-    plt = _plt()
     ko = effects.filter(pl.col("mode") == "KO")
     groups = sorted(ko["group"].unique().to_list())
     conds = sorted(ko["condition"].unique().to_list())
@@ -167,7 +154,6 @@ def plot_ko_heatmap(effects: pl.DataFrame, gene_names: dict[int, str], path: Pat
 
 
 def plot_scorecard(card: dict, path: Path) -> Path:
-    plt = _plt()
     metrics = [k for k in card if not k.startswith("_")]
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.4), squeeze=False)
     for ax, m in zip(axes[0], metrics):
@@ -273,9 +259,40 @@ def write_report(out: Path, p, records, gatt, masters, edges, effects, trans, ca
                  f"move disease cells toward the reference:</p>{_table(pl.DataFrame(tg['knockouts']))}")
     if "crispri" in results:
         parts.append(f"<h2>CRISPRi benchmark</h2><pre>{html.escape(json.dumps(results['crispri'], indent=1))}</pre>")
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>atlas_grn report</title><style>"
+    return write_html(out / "report.html", "atlas_grn report", parts)
+
+
+def write_html(path: Path, title: str, sections: list[str]) -> Path:
+    """The one HTML page writer of the project's reports (atlas_grn's and the demo's)."""
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
             "body{font-family:sans-serif;max-width:1150px;margin:2em auto}td,th{border:1px solid #ccc;padding:3px 7px;font-size:13px}"
-            "table{border-collapse:collapse;margin:8px 0}</style></head><body>" + "\n".join(parts) + "</body></html>")
-    path = out / "report.html"
+            "table{border-collapse:collapse;margin:8px 0}pre{background:#f6f6f6;padding:8px;font-size:12px}</style></head><body>"
+            + "\n".join(sections) + "</body></html>")
     path.write_text(page)
     return path
+
+
+def html_table(header: list[str], rows: list[list[str]]) -> str:
+    """A table of already formatted cells (escaped here)."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def training_checks(evals: dict[str, dict]) -> list[list[str]]:
+    """The training runs' own held-out checks (eval.json), each beside its baselines, as table rows."""
+    rows = []
+    if "elementary" in evals and evals["elementary"]:
+        e = evals["elementary"]
+        rows.append(["masked DNA accuracy at planted motif k-mers", f"{e['model']['motif']:.3f}",
+                     f"k-mer frequency {e['kmer_frequency']['motif']:.3f}, left-context k-mer {e['kmer_left_context']['motif']:.3f}",
+                     f"{e['masked_motif_kmers']} masked motif k-mers, {e['windows']} windows"])
+        rows.append(["masked DNA accuracy, all k-mers", f"{e['model']['all']:.4f}",
+                     f"k-mer frequency {e['kmer_frequency']['all']:.4f}, left-context k-mer {e['kmer_left_context']['all']:.3f}",
+                     f"{e['masked_kmers']} masked k-mers"])
+    if "regulatory" in evals and evals["regulatory"]:
+        r = evals["regulatory"]
+        rows.append(["expression Pearson r, held-out cells", f"{r['pearson_r']:.3f}",
+                     f"gene mean over training cells {r['baseline_gene_mean_r']:.3f}",
+                     f"{r['samples']} samples of {r['holdout_cells_scored']} held-out cells; within-gene r {r['within_gene_r']:.3f}"])
+    return rows

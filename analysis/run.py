@@ -12,6 +12,9 @@ import polars as pl
 
 from . import attention, enhancers, features, grn, master_tf, perturb, targets, transitions
 from .diagnostics import embedding_sensitivity
+from .partitions import load_partitions
+from .report import write_report
+from .validate import scorecard
 
 
 def _groups_pair(p, names: list[str]) -> tuple[str, str]:
@@ -22,9 +25,6 @@ def _groups_pair(p, names: list[str]) -> tuple[str, str]:
 
 
 def run_analyses(p, stats: dict[str, Any], seconds: float) -> Path:
-    from .atlas import load_partitions
-    from .report import write_report
-
     a = p.cfg.analysis
     out = p.out
     figs = out / "figures"
@@ -130,8 +130,6 @@ def run_analyses(p, stats: dict[str, Any], seconds: float) -> Path:
 
     card = None
     if a.truth:
-        from .validate import scorecard
-
         card = scorecard(out, Path(a.truth), a.top_k_tfs)
     # training curves next to the report (the runs that made the weights)
     curves = []

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from sklearn.decomposition import PCA
+
+from creformer.plotting import plt
 
 
 def transition_score(source: np.ndarray, target: np.ndarray, perturbed: np.ndarray) -> float:
@@ -32,8 +35,6 @@ class Embedding:
 
 def embed(source: np.ndarray, target: np.ndarray, perturbed: np.ndarray, seed: int = 0) -> Embedding:
     """PCA fitted on source + target states (perturbed cells projected in); UMAP on all three."""
-    from sklearn.decomposition import PCA
-
     x = np.vstack([source, target, perturbed]).astype(np.float64)
     labels = np.array(["source"] * len(source) + ["target"] * len(target) + ["perturbed"] * len(perturbed))
     n_comp = min(10, x.shape[1], len(source) + len(target) - 1)
@@ -41,18 +42,13 @@ def embed(source: np.ndarray, target: np.ndarray, perturbed: np.ndarray, seed: i
     z = pca.transform(x)
     um = None
     if len(x) >= 10:
-        import umap
+        import umap  # here, not at the top: importing it compiles numba code for seconds, and only this plot needs it
 
         um = umap.UMAP(n_neighbors=min(15, len(x) - 1), random_state=seed, n_jobs=1).fit_transform(z)
     return Embedding(z[:, :2], um, labels)
 
 
 def plot(emb: Embedding, title: str, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     panels = [("PCA", emb.pca)] + ([("UMAP", emb.umap)] if emb.umap is not None else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
     colors = {"source": "tab:blue", "target": "tab:green", "perturbed": "tab:red"}

@@ -12,7 +12,7 @@ the target (with `met`):
   model): the same scan and test with exactly each window's planted causal peaks as the high
   ones, the best a model could reach through this pipeline.
 - enhancer_gene_auprc: all (gene, peak-in-window) pairs, positives = the gene's causal elements;
-  model = attention score (DESIGN §7; `met` is judged on it), model_ablation = the model's
+  model = attention score (docs/design.md §7; `met` is judged on it), model_ablation = the model's
   in-silico ablation effect (analysis.attention.ablation), shown beside it; baselines distance and
   abc. Target: above both baselines.
 - ko_direction_accuracy: planted edges whose true knockout effect in a cell type is |log2FC| ≥ 0.1;
@@ -27,17 +27,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
 from creformer.engine.errors import InputError
 
+from .grn import pair_scores
+from .inputs import TF, load_tables
 from .metrics import auprc, precision_at_recall, top_k_precision
-
-if TYPE_CHECKING:
-    from .inputs import TF
 
 MIN_KO_EFFECT = 0.1
 BASELINES = ("gene_activity", "motif_only", "correlation", "distance", "abc")  # scorecard keys, in display order
@@ -85,8 +83,6 @@ def grn_ceiling(scores: pl.DataFrame, out: Path, peaks: pl.DataFrame, genes: pl.
     """``scores`` with a ``ceiling_causal_peaks`` column: ``grn.pair_scores`` with each (group,
     gene) window's planted causal peaks (the enhancer–gene labels) as the high set, on atlas_grn's
     own attention windows and motif hits (``tfs``: analysis.inputs.TF of the run)."""
-    from .grn import pair_scores
-
     windows = pl.read_parquet(out / "tables" / "attention_groups.parquet")
     lab = enhancer_labels(windows, peaks, genes, truth)
     best = pair_scores(lab.with_columns(pl.col("label").cast(pl.Float64)), np.load(out / "work" / "bound.npy"), tfs,
@@ -177,8 +173,6 @@ def ko_metric(effects: pl.DataFrame, genes: pl.DataFrame, windows_bound: pl.Data
 
 def scorecard(out: Path, truth: Path, k: int = 3) -> dict:
     """Read atlas_grn's tables from ``out`` and score them; writes ``out/scorecard.json``."""
-    from .inputs import TF, load_tables
-
     need = ["master_tfs.parquet", "grn/scores.parquet", "enhancers.parquet", "perturbation_effects.parquet", "windows_bound.parquet"]
     missing = [n for n in need if not (out / n).exists()]
     if missing:

@@ -31,32 +31,35 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 def build_inputs(work: Path, preset: str, n_cells: int | None = None) -> tuple[Path, Path, Path]:
+    from creformer.config import load_config
     from creformer.engine.simulate import simulate
     from creformer.trainer.jobs import train_elementary, train_regulatory
 
     sim = work / "sim"
     if not (sim / "truth" / "perturbations.tsv").exists():
         simulate(sim, preset=preset, seed=0, n_cells=n_cells)
-    common = ["--config", "tiny", f"train.storage_path={work / 'train'}", "train.log_every=5"]
-    el = work / "train" / "elementary" / "export" / "model.safetensors"
+    cfg = load_config("tiny", [f"train.storage_path={work / 'train'}", "train.log_every=5", f"data.samples={sim / 'samples.tsv'}",
+                               f"data.genome={sim / 'genome.fa'}", f"data.shards={work / 'shards'}", "data.crop_length=128",
+                               f"data.regulatory.multiome={sim / 'multiome'}", f"data.regulatory.annotation={sim / 'genes.gtf'}",
+                               f"data.regulatory.shards={work / 'reg'}", "train.elementary.max_steps=5",
+                               "train.elementary.checkpoint_every=5", "train.regulatory.max_steps=5",
+                               "train.regulatory.checkpoint_every=5"])
+    el, rg = cfg.train.weights("elementary"), cfg.train.weights("regulatory")
     if not el.exists():
-        train_elementary([*common, f"data.samples={sim / 'samples.tsv'}", f"data.genome={sim / 'genome.fa'}",
-                          f"data.shards={work / 'shards'}", "data.crop_length=128", "train.max_steps=5", "train.checkpoint_every=5"])
-    rg = work / "train" / "regulatory" / "export" / "model.safetensors"
+        train_elementary(cfg)
     if not rg.exists():
-        train_regulatory([*common, f"data.multiome={sim / 'multiome'}", f"data.genome={sim / 'genome.fa'}",
-                          f"data.annotation={sim / 'genes.gtf'}", f"data.regulatory_shards={work / 'reg'}", "train.name=regulatory",
-                          f"train.elementary_weights={el}", "train.max_steps=5", "train.checkpoint_every=5"])
+        train_regulatory(cfg)
     return sim, el, rg
 
 
 def measure(work: Path, sim: Path, el: Path, rg: Path, name: str, workers: int, cache: bool, cells: int) -> dict:
-    from creformer.analysis.atlas import prepare, run_partitions
+    from creformer.analysis.partitions import run_partitions
+    from creformer.analysis.plan import prepare
     from creformer.config import load_config, save_config
 
     out = work / "runs" / name
     shutil.rmtree(out, ignore_errors=True)
-    cfg = load_config("tiny", [f"data.regulatory_shards={work / 'reg'}", f"train.elementary_weights={el}",
+    cfg = load_config("tiny", [f"data.regulatory.shards={work / 'reg'}", f"train.regulatory.elementary_weights={el}",
                                f"analysis.regulatory_weights={rg}", f"analysis.out={out}", f"analysis.motifs={sim / 'motifs.meme'}",
                                f"analysis.groups={sim / 'truth' / 'cells.tsv'}", f"analysis.cells_per_group={cells}",
                                "analysis.min_cells_per_group=5", "analysis.cells_per_partition=8", f"analysis.workers={workers}",

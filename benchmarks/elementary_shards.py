@@ -56,9 +56,11 @@ def scaled_samples(sim: Path, factor: int, dst: Path) -> Path:
 def build_in_child(samples: Path, genome: Path, out: Path, windows_per_sample: int = 50000) -> tuple[float, int]:
     """Run a one-core build in a fresh process; return (seconds, peak RSS in bytes)."""
     code = (
-        "import sys, time; from creformer.engine.windows import prepare_elementary\n"
-        f"t=time.perf_counter(); prepare_elementary({str(samples)!r}, {str(genome)!r}, {str(out)!r}, "
-        f"assays={ASSAYS!r}, shard_size_mb=64, executor='local', windows_per_sample={windows_per_sample})\n"
+        "import sys, time; from creformer.config import load_config\n"
+        "from creformer.engine.elementary_shards import prepare_elementary\n"
+        f"cfg = load_config('tiny', ['data.samples={samples}', 'data.genome={genome}', 'data.shards={out}', "
+        f"'data.shard_size_mb=64', 'data.executor=local', 'data.windows_per_sample={windows_per_sample}'])\n"
+        "t=time.perf_counter(); prepare_elementary(cfg)\n"
         "print(time.perf_counter()-t)"
     )
     env = {**os.environ, "TQDM_DISABLE": "1"}
@@ -121,7 +123,7 @@ def main() -> None:
     import ray
 
     from creformer.config import RayConfig
-    from creformer.engine.dataset import elementary_dataset
+    from creformer.engine.elementary_stream import elementary_dataset
     from creformer.ray_utils import ensure_ray, shutdown_ray
 
     ensure_ray(RayConfig(num_cpus=2))

@@ -157,8 +157,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if "regulatory" in args.parts:
         with torch.device(device):
-            head_model = RegulatoryHead(cfg)
-        c, p, nb = args.cells, cfg.peak_m, cfg.peak_bp // cfg.bin_size
+            head_model = RegulatoryHead(cfg)  # data.regulatory.peak_m's default peaks per gene
+        c, p, nb = args.cells, head_model.peak_m, cfg.peak_bp // cfg.bin_size
         bins = torch.randn(c, p, 2, nb, cfg.d_model, device=device)
         rank = torch.arange(p, device=device).repeat(c, 1) - p // 2
         mask = torch.ones(c, p, dtype=torch.bool, device=device)

@@ -26,7 +26,7 @@ import torch
 
 
 def collect(manifest: Path, n: int) -> list[dict]:
-    from creformer.engine.dataset import regulatory_dataset
+    from creformer.engine.regulatory_stream import regulatory_dataset
 
     rows, batches = 0, []
     for b in regulatory_dataset(manifest, batch_size=32, with_dna=False).iter_torch_batches(batch_size=32):
@@ -39,7 +39,7 @@ def collect(manifest: Path, n: int) -> list[dict]:
 
 def forward_rates(manifest: Path, batches: list[dict], preset: str) -> dict[str, float]:
     from creformer.config import load_config
-    from creformer.engine.dataset import load_peak_dna
+    from creformer.engine.regulatory_batches import load_peak_dna
     from creformer.trainer.model import build_models
     from creformer.trainer.model.cache import EmbeddingCache
 
@@ -78,9 +78,9 @@ def forward_rates(manifest: Path, batches: list[dict], preset: str) -> dict[str,
 def miss_rates(manifest: Path, batches: list[dict], preset: str, max_pairs: int = 2048) -> dict[str, float]:
     """Embeddings/s of non-empty (cell, peak) pairs: full Elementary pass vs the changed-bins shortcut."""
     from creformer.config import load_config
-    from creformer.engine.dataset import load_peak_dna
-    from creformer.trainer.model import Elementary
+    from creformer.engine.regulatory_batches import load_peak_dna
     from creformer.engine.tokenize import SIG_OFFSET
+    from creformer.trainer.model import Elementary
     from creformer.trainer.model.cache import EmbeddingCache
 
     torch.manual_seed(0)
@@ -143,8 +143,8 @@ def main() -> None:
     args = ap.parse_args()
     import ray
 
-    from creformer.config import RayConfig
-    from creformer.engine.cells import RegulatoryOptions, prepare_regulatory
+    from creformer.config import RayConfig, load_config
+    from creformer.engine.regulatory_shards import prepare_regulatory
     from creformer.engine.simulate import simulate
     from creformer.ray_utils import ensure_ray, shutdown_ray
 
@@ -155,16 +155,19 @@ def main() -> None:
     ensure_ray(RayConfig(num_cpus=2))
     ray.data.DataContext.get_current().enable_progress_bars = False
     res: dict[str, object] = {}
-    sim_reg = prepare_regulatory(sim / "multiome", sim / "genome.fa", sim / "genes.gtf", work / "reg_sim", executor="ray")
+    sim_reg = prepare_regulatory(load_config("tiny", [f"data.genome={sim / 'genome.fa'}", f"data.regulatory.multiome={sim / 'multiome'}",
+                                                      f"data.regulatory.annotation={sim / 'genes.gtf'}",
+                                                      f"data.regulatory.shards={work / 'reg_sim'}"]))
     batches = collect(sim_reg.manifest_path, args.samples)
     res["simulated"] = forward_rates(sim_reg.manifest_path, batches, args.model)
     res["simulated_misses"] = miss_rates(sim_reg.manifest_path, batches, args.model)
     data = Path(os.environ.get("CREFORMER_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
     if (data / "multiome" / "test_rna_atac.h5mu").exists():
-        real = prepare_regulatory(data / "multiome" / "test_rna_atac.h5mu", data / "genome" / "chr2_1-2333275.fa.gz",
-                                  data / "annotation" / "CollapsedGeneBounds.hg38.bed.gz", work / "reg_muon",
-                                  fragments=data / "multiome" / "test_rna_atac_fragments.tsv.gz",
-                                  options=RegulatoryOptions(allow_missing_sequence=True), executor="ray")
+        real = prepare_regulatory(load_config("tiny", [
+            f"data.genome={data / 'genome' / 'chr2_1-2333275.fa.gz'}", f"data.regulatory.multiome={data / 'multiome' / 'test_rna_atac.h5mu'}",
+            f"data.regulatory.annotation={data / 'annotation' / 'CollapsedGeneBounds.hg38.bed.gz'}",
+            f"data.regulatory.shards={work / 'reg_muon'}", f"data.regulatory.fragments={data / 'multiome' / 'test_rna_atac_fragments.tsv.gz'}",
+            "data.regulatory.allow_missing_sequence=true"]))
         batches = collect(real.manifest_path, args.samples)
         res["muon_pbmc"] = forward_rates(real.manifest_path, batches, args.model)
         res["muon_pbmc_misses"] = miss_rates(real.manifest_path, batches, args.model)

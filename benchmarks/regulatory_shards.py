@@ -25,11 +25,14 @@ import numpy as np
 
 
 def prepare_in_child(sim: Path, out: Path, cells_file: Path | None) -> tuple[float, int]:
-    opts = f"RegulatoryOptions(cells={str(cells_file or '')!r})"
+    keys = [f"data.genome={sim / 'genome.fa'}", "data.executor=local", f"data.regulatory.multiome={sim / 'multiome'}",
+            f"data.regulatory.annotation={sim / 'genes.gtf'}", f"data.regulatory.shards={out}",
+            f"data.regulatory.cells={cells_file or ''}"]
     code = (
-        "import time; from creformer.engine.cells import prepare_regulatory, RegulatoryOptions\n"
-        f"t=time.perf_counter(); prepare_regulatory({str(sim / 'multiome')!r}, {str(sim / 'genome.fa')!r}, "
-        f"{str(sim / 'genes.gtf')!r}, {str(out)!r}, options={opts}, executor='local')\n"
+        "import time; from creformer.config import load_config\n"
+        "from creformer.engine.regulatory_shards import prepare_regulatory\n"
+        f"cfg = load_config('tiny', {keys!r})\n"
+        "t=time.perf_counter(); prepare_regulatory(cfg)\n"
         "print(time.perf_counter()-t)"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
@@ -44,7 +47,7 @@ def prepare_in_child(sim: Path, out: Path, cells_file: Path | None) -> tuple[flo
 def naive_rows(work: Path, cells: range, n_genes: int) -> list[dict]:
     """The same rows, built one dict at a time (the baseline for the vectorized builder); ``cells``
     lie in the expression block that starts at ``cells.start``."""
-    from creformer.engine.cells import expression_file
+    from creformer.engine.sample_shards import expression_file
 
     expr = np.load(work / expression_file(cells.start))
     indptr, data, indices = expr["indptr"], expr["data"], expr["indices"]
@@ -78,9 +81,8 @@ def main() -> None:
     # run compares two atlases of the same genome: a separately simulated one with a quarter of the
     # cells (1x) and the whole one (4x). --cells N instead uses the first N/4 and N barcodes of the
     # one atlas (quick, but both runs then read the same files).
-    import pyarrow.parquet as pq
-
     import h5py
+    import pyarrow.parquet as pq
 
     with h5py.File(sim / "multiome" / "filtered_feature_bc_matrix.h5") as f:
         barcodes = [b.decode() for b in f["matrix/barcodes"][()]]
@@ -115,7 +117,7 @@ def main() -> None:
     res["cells"], res["genes"] = man["counts"]["cells"], man["counts"]["genes"]
 
     # 1. sample-shard build, one core: the vectorized builder vs row-by-row
-    from creformer.engine.cells import build_sample_shard
+    from creformer.engine.sample_shards import build_sample_shard
     from creformer.engine.shards import ShardTask
 
     plan = json.loads((out / "plan.json").read_text())
@@ -153,7 +155,7 @@ def main() -> None:
     import torch
 
     from creformer.config import RayConfig, load_config
-    from creformer.engine.dataset import regulatory_dataset
+    from creformer.engine.regulatory_stream import regulatory_dataset
     from creformer.ray_utils import ensure_ray, shutdown_ray
     from creformer.trainer.model import build_models
 

@@ -4,7 +4,7 @@ Runs the real Ray Train + DeepSpeed ZeRO-3 Regulatory training (2 workers, froze
 the embedding cache) for --steps steps on the same shards, three ways:
 1. dense stream, 1 torch thread per worker: every batch's signal as a dense [peaks, 1024] array
    through Ray Data (the layout before the packed stream);
-2. packed stream (``engine.dataset.pack_samples``), 1 thread: the non-zero signal tokens only,
+2. packed stream (``engine.regulatory_batches.pack_samples``), 1 thread: the non-zero signal tokens only,
    expanded on each worker;
 3. packed stream, ``--threads`` torch threads per worker (the demo preset's train.torch_threads).
 Reported per run: steady tokens/s (the mean of the logged rates after the first --warm steps),
@@ -31,19 +31,20 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 def run(name: str, work: Path, shards: Path, elementary: Path, steps: int, batch: int, packed: bool, threads: int) -> dict:
     from creformer.config import load_config
-    from creformer.engine.dataset import expression_mean, regulatory_dataset
+    from creformer.engine.regulatory_batches import expression_mean
+    from creformer.engine.regulatory_stream import regulatory_dataset
     from creformer.engine.shards import Manifest
     from creformer.trainer.jobs import run_training, signal_scale
 
     storage = work / name
     shutil.rmtree(storage, ignore_errors=True)
-    cfg = load_config("demo", [f"data.regulatory_shards={shards}", f"train.storage_path={storage}", "train.name=regulatory",
-                               f"train.elementary_weights={elementary}", f"train.max_steps={steps}", f"train.checkpoint_every={steps}",
-                               f"train.micro_batch={batch}", f"train.torch_threads={threads}", "train.log_every=10",
-                               "train.lr=1e-3", "train.warmup_steps=20"])
+    cfg = load_config("demo", [f"data.regulatory.shards={shards}", f"train.storage_path={storage}",
+                               f"train.regulatory.elementary_weights={elementary}", f"train.regulatory.max_steps={steps}",
+                               f"train.regulatory.checkpoint_every={steps}", f"train.regulatory.micro_batch={batch}",
+                               f"train.torch_threads={threads}", "train.log_every=10"])
     man = Manifest(shards / "manifest.json")
     ds = regulatory_dataset(man, batch_size=batch, with_dna=False, packed=packed,
-                            holdout=(cfg.train.holdout_cells, cfg.train.seed, "train"), shuffle_seed=cfg.train.seed)
+                            holdout=(cfg.train.regulatory.holdout_cells, cfg.train.seed, "train"), shuffle_seed=cfg.train.seed)
     context = {"elementary_weights": str(elementary), "regulatory_root": str(man.root.resolve()),
                "cache_dir": str((storage / "embedding_cache").resolve()), "expression_mean": expression_mean(man.root),
                "signal_scale": signal_scale(cfg, man, elementary)}

@@ -26,32 +26,35 @@ CROP, BATCH = 1024, 4
 
 
 def shards(work: Path) -> Path:
-    from creformer.config import DEFAULT_ASSAYS
+    from creformer.config import load_config
+    from creformer.engine.elementary_shards import prepare_elementary
     from creformer.engine.simulate import simulate
-    from creformer.engine.windows import prepare_elementary
 
     sim = work / "sim"
     if not (sim / "samples.tsv").exists():
         simulate(sim, preset="tiny", seed=0)
-    return prepare_elementary(sim / "samples.tsv", sim / "genome.fa", work / "shards", assays=DEFAULT_ASSAYS,
-                              shard_size_mb=8).manifest_path
+    return prepare_elementary(load_config("tiny", [f"data.samples={sim / 'samples.tsv'}", f"data.genome={sim / 'genome.fa'}",
+                                                   f"data.shards={work / 'shards'}", "data.shard_size_mb=8"])).manifest_path
 
 
 def train_rate(manifest: Path, work: Path, preset: str, steps: int, zero_stage: int) -> float:
+    from creformer.config import load_config
     from creformer.trainer.jobs import train_elementary
 
     name = f"{preset}-zero{zero_stage}"
     shutil.rmtree(work / "train" / name, ignore_errors=True)
-    train_elementary(["--config", preset, f"data.shards={manifest.parent}", f"train.storage_path={work / 'train'}",
-                      f"train.name={name}", f"data.crop_length={CROP}", f"train.micro_batch={BATCH}", f"train.max_steps={steps}",
-                      f"train.checkpoint_every={steps}", f"train.log_every={max(1, steps // 4)}", f"train.zero_stage={zero_stage}"])
+    train_elementary(load_config(preset, [f"data.shards={manifest.parent}", f"train.storage_path={work / 'train'}",
+                                          f"train.elementary.name={name}", f"data.crop_length={CROP}",
+                                          f"train.elementary.micro_batch={BATCH}", f"train.elementary.max_steps={steps}",
+                                          f"train.elementary.checkpoint_every={steps}", f"train.log_every={max(1, steps // 4)}",
+                                          f"train.zero_stage={zero_stage}"]))
     rows = [json.loads(x) for x in (work / "train" / name / "metrics.jsonl").read_text().splitlines()]
     rates = [r["tokens_per_s"] for r in rows[1:]] or [rows[-1]["tokens_per_s"]]
     return sum(rates) / len(rates)
 
 
 def loader_rate(manifest: Path, seconds: float = 20.0) -> float:
-    from creformer.engine.dataset import elementary_dataset
+    from creformer.engine.elementary_stream import elementary_dataset
 
     tokens, t0 = 0, None
     while t0 is None or time.perf_counter() - t0 < seconds:

@@ -1,4 +1,10 @@
-"""The ``creformer`` command: subcommands are thin layers over plain functions."""
+"""The ``creformer`` command. Argument parsing lives here and only here: every subcommand loads
+the config tree (a preset or YAML file, then dotted ``key=value`` overrides, then the flags it
+names), calls one plain library function with it, and prints what it left.
+
+The console scripts ``train_elementary``, ``train_regulatory`` and ``atlas_grn`` (the names
+``ray job submit`` uses) are aliases of ``creformer train elementary`` and so on.
+"""
 
 from __future__ import annotations
 
@@ -7,70 +13,85 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from .config import ConfigError, load_config
+from .config import Config, ConfigError, load_config, preset_names
+from .engine.errors import InputError, ShardError
+
+# The stage modules pull in torch, Ray and DeepSpeed (seconds to import); each subcommand imports
+# what it runs, so `creformer --help` and `creformer validate` start at once.
 
 
-def _config(args: argparse.Namespace):
-    return load_config(args.config, args.overrides)
+def _config(args: argparse.Namespace, flags: dict[str, Any] | None = None) -> Config:
+    """The config tree: --config, then the positional overrides, then the subcommand's flags
+    (each flag is the config key it names; unset flags change nothing)."""
+    extra = [f"{key}={json.dumps(value)}" for key, value in (flags or {}).items() if value is not None]
+    return load_config(args.config, [*args.overrides, *extra])
 
 
 def cmd_simulate(args: argparse.Namespace) -> None:
-    from creformer.engine.simulate import simulate
+    from .engine.simulate import simulate
 
-    cfg = _config(args)
-    out = simulate(args.out or cfg.simulate.out, preset=args.preset or cfg.simulate.preset,
-                   seed=cfg.simulate.seed if args.seed is None else args.seed)
-    print(f"simulated data written to {out} (genome.fa, genes.gtf, motifs.meme, samples.tsv, tracks/, truth/)")
+    cfg = _config(args, {"simulate.out": args.out, "simulate.preset": args.preset, "simulate.seed": args.seed})
+    out = simulate(cfg.simulate.out, preset=cfg.simulate.preset, seed=cfg.simulate.seed)
+    print(f"simulated data written to {out} (genome.fa, genes.gtf, motifs.meme, samples.tsv, tracks/, multiome/, truth/)")
+
+
+def _print_build(result, counts: str) -> None:
+    state = "reused (inputs unchanged)" if result.reused else f"built {result.built} shard(s), resumed {result.resumed}"
+    print(f"{result.manifest_path}: {state}; {counts}")
 
 
 def cmd_prepare_elementary(args: argparse.Namespace) -> None:
-    from creformer.engine.windows import prepare_elementary
+    from .engine.elementary_shards import prepare_elementary
 
-    from .ray_utils import ensure_ray
-
-    cfg = _config(args)
-    d = cfg.data
-    samples = args.samples or d.samples
-    genome = args.genome or d.genome
-    if not samples or not genome:
-        raise ConfigError("prepare elementary needs --samples and --genome (or data.samples / data.genome in the config)")
-    if d.executor == "ray":
-        ensure_ray(cfg.ray)
-    result = prepare_elementary(samples, genome, args.out or d.shards, assays=d.assays, window_bp=d.window_bp,
-                                windows_per_sample=d.windows_per_sample, max_n_fraction=d.max_n_fraction,
-                                shard_size_mb=d.shard_size_mb, seed=d.seed, executor=d.executor, overwrite=args.overwrite)
+    cfg = _config(args, {"data.samples": args.samples, "data.genome": args.genome, "data.shards": args.out})
+    result = prepare_elementary(cfg, overwrite=args.overwrite)
     man = json.loads(result.manifest_path.read_text())
-    state = "reused (inputs unchanged)" if result.reused else f"built {result.built} shard(s), resumed {result.resumed}"
-    print(f"{result.manifest_path}: {state}; {man['records']} windows in {len(man['shards'])} shard(s), "
-          f"{man['bytes'] / 2**20:.1f} MiB")
+    _print_build(result, f"{man['records']} windows in {len(man['shards'])} shard(s), {man['bytes'] / 2**20:.1f} MiB")
+
+
+def regulatory_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """`prepare regulatory`'s flags as the config keys they set."""
+    r = "data.regulatory."
+    return {r + "multiome": args.multiome, r + "fragments": args.fragments, "data.genome": args.genome,
+            r + "annotation": args.annotation, r + "shards": args.out, r + "genes": args.genes, r + "n_hvg": args.n_hvg,
+            r + "min_counts": args.min_counts, r + "cells": args.cells,
+            r + "keep_genes_without_peaks": False if args.skip_genes_without_peaks else None,
+            r + "allow_missing_sequence": True if args.allow_missing_sequence else None}
 
 
 def cmd_prepare_regulatory(args: argparse.Namespace) -> None:
-    from creformer.engine.cells import RegulatoryOptions, prepare_regulatory
+    from .engine.regulatory_shards import prepare_regulatory
 
-    from .ray_utils import ensure_ray
+    cfg = _config(args, regulatory_flags(args))
+    result = prepare_regulatory(cfg, overwrite=args.overwrite)
+    man = json.loads(result.manifest_path.read_text())
+    c = man["counts"]
+    _print_build(result, f"{man['records']:,} samples ({c['cells']:,} cells x {c['genes']:,} genes), "
+                 f"{man['bytes'] / max(1, man['records']):.0f} bytes/sample; {c['cell_peak_pairs']:,} non-empty cell x peak pairs")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .trainer.jobs import train_elementary, train_regulatory
 
     cfg = _config(args)
-    opts = RegulatoryOptions(genes=args.genes, n_hvg=args.n_hvg, min_counts=args.min_counts, cells=args.cells or "",
-                             keep_genes_without_peaks=not args.skip_genes_without_peaks,
-                             allow_missing_sequence=args.allow_missing_sequence, peak_m=cfg.model.peak_m)
-    if cfg.data.executor == "ray":
-        ensure_ray(cfg.ray)
-    result = prepare_regulatory(args.multiome, args.genome, args.annotation, args.out, fragments=args.fragments,
-                                options=opts, executor=cfg.data.executor, overwrite=args.overwrite)
-    man = json.loads(result.manifest_path.read_text())
-    state = "reused (inputs unchanged)" if result.reused else f"built {result.built} shard(s), resumed {result.resumed}"
-    c = man["counts"]
-    print(f"{result.manifest_path}: {state}; {man['records']:,} samples ({c['cells']:,} cells x {c['genes']:,} genes), "
-          f"{man['bytes'] / max(1, man['records']):.0f} bytes/sample; {c['cell_peak_pairs']:,} non-empty cell x peak pairs")
+    result = (train_elementary if args.stage == "elementary" else train_regulatory)(cfg)
+    print(f"train {args.stage}: weights {result.weights}; run folder {result.run_dir}")
+
+
+def cmd_analyze(args: argparse.Namespace) -> None:
+    from .analysis.atlas import atlas_grn
+
+    result = atlas_grn(_config(args))
+    print(f"atlas_grn: outputs {result.out}; report {result.report}")
 
 
 def cmd_model_info(args: argparse.Namespace) -> None:
-    from creformer.trainer.model import parameter_counts
+    from .trainer.model import parameter_counts
 
     cfg = _config(args)
-    counts = parameter_counts(cfg.model)
+    counts = parameter_counts(cfg.model, cfg.data.regulatory.peak_m)
     m = cfg.model
     print(f"{args.config}: d_model {m.d_model}, heads {m.n_heads}, FFN {m.ffn}, layers {m.n1}/{m.n2}/{m.n3} "
           "(built on the meta device)")
@@ -79,7 +100,7 @@ def cmd_model_info(args: argparse.Namespace) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
-    from creformer.analysis.validate import BASELINES, scorecard
+    from .analysis.validate import BASELINES, scorecard
 
     card = scorecard(Path(args.atlas), Path(args.truth))
     for name, entry in card.items():
@@ -91,50 +112,64 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
 
 def cmd_crispri(args: argparse.Namespace) -> None:
-    import json
-
-    from creformer.analysis.enhancers import score_crispri
+    from .analysis.enhancers import score_crispri
 
     print(json.dumps(score_crispri(args.table), indent=1))
 
 
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run
+
+    run(Path(args.out), args.config, tuple(args.overrides), Path(args.data) if args.data else None)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="creformer", description=__doc__)
+    parser = argparse.ArgumentParser(prog="creformer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, help_: str, parent=sub) -> argparse.ArgumentParser:
-        p = parent.add_parser(name, help=help_)
-        p.add_argument("--config", default="tiny", help="preset name (tiny, small, paper) or a YAML path")
-        p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.window_bp=16384")
+    def add(name: str, help_: str, func: Callable, parent=sub, config: str = "tiny") -> argparse.ArgumentParser:
+        p = parent.add_parser(name, help=help_, description=help_)
+        p.add_argument("--config", default=config, help=f"preset ({', '.join(preset_names())}) or a YAML path")
+        p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.window_bp=16384 train.regulatory.lr=1e-3")
+        p.set_defaults(func=func)
         return p
 
-    p = add("simulate", "write a synthetic genome, tracks and truth with planted regulatory rules")
-    p.add_argument("--preset", choices=["tiny", "small", "large"], help="simulator size (default: simulate.preset)")
-    p.add_argument("--out", help="output folder (default: simulate.out)")
-    p.add_argument("--seed", type=int)
-    p.set_defaults(func=cmd_simulate)
+    p = add("simulate", "write a synthetic genome, tracks, multiome atlas and truth with planted regulatory rules", cmd_simulate)
+    p.add_argument("--preset", choices=["tiny", "small", "large"], help="simulator size (simulate.preset)")
+    p.add_argument("--out", help="output folder (simulate.out)")
+    p.add_argument("--seed", type=int, help="simulate.seed")
 
     prep = sub.add_parser("prepare", help="build token shards").add_subparsers(dest="what", required=True)
-    p = add("elementary", "FASTA + bigWig tracks -> WebDataset token shards", prep)
-    p.add_argument("--samples", help="samples.tsv (sample, assay, path)")
-    p.add_argument("--genome", help="genome FASTA (plain, gzip or bgzip)")
-    p.add_argument("--out", help="output folder (default: data.shards)")
+    p = add("elementary", "FASTA + bigWig tracks -> WebDataset token shards", cmd_prepare_elementary, prep)
+    p.add_argument("--samples", help="samples.tsv: sample, assay, path (data.samples)")
+    p.add_argument("--genome", help="genome FASTA, plain, gzip or bgzip (data.genome)")
+    p.add_argument("--out", help="output folder (data.shards)")
     p.add_argument("--overwrite", action="store_true", help="replace a shard set built from other inputs")
-    p.set_defaults(func=cmd_prepare_elementary)
-    p = add("regulatory", "10x Multiome (Cell Ranger ARC folder/h5 or .h5mu) -> cell x gene Arrow shards", prep)
-    p.add_argument("--multiome", required=True, help="Cell Ranger ARC output folder, filtered_feature_bc_matrix.h5 or .h5mu")
-    p.add_argument("--fragments", help="atac_fragments.tsv.gz (default: next to the matrix / named in the h5mu)")
-    p.add_argument("--genome", required=True, help="genome FASTA")
-    p.add_argument("--annotation", required=True, help="GTF/GFF3, BED of gene bounds, or TSS table")
-    p.add_argument("--out", required=True)
-    p.add_argument("--genes", default="expressed", help="'expressed', 'hvg' or a file of gene ids/names")
-    p.add_argument("--n-hvg", type=int, default=2000)
-    p.add_argument("--min-counts", type=int, default=1, help="skip cells with fewer RNA counts (counted)")
-    p.add_argument("--cells", help="file of barcodes to keep")
-    p.add_argument("--skip-genes-without-peaks", action="store_true", help="drop genes with no peak in their window (counted)")
-    p.add_argument("--allow-missing-sequence", action="store_true", help="continue when the genome lacks some peaks")
-    p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(func=cmd_prepare_regulatory)
+    p = add("regulatory", "10x Multiome (Cell Ranger ARC folder/h5 or .h5mu) -> cell x gene Arrow shards",
+            cmd_prepare_regulatory, prep)
+    p.add_argument("--multiome", help="Cell Ranger ARC output folder, filtered_feature_bc_matrix.h5 or .h5mu "
+                   "(data.regulatory.multiome)")
+    p.add_argument("--fragments", help="atac_fragments.tsv.gz, when not next to the matrix / named in the h5mu "
+                   "(data.regulatory.fragments)")
+    p.add_argument("--genome", help="genome FASTA (data.genome)")
+    p.add_argument("--annotation", help="GTF/GFF3, BED of gene bounds, or TSS table (data.regulatory.annotation)")
+    p.add_argument("--out", help="output folder (data.regulatory.shards)")
+    p.add_argument("--genes", help="'expressed', 'hvg' or a file of gene ids/names (data.regulatory.genes)")
+    p.add_argument("--n-hvg", type=int, help="data.regulatory.n_hvg")
+    p.add_argument("--min-counts", type=int, help="skip cells with fewer RNA counts (data.regulatory.min_counts)")
+    p.add_argument("--cells", help="file of barcodes to keep (data.regulatory.cells)")
+    p.add_argument("--skip-genes-without-peaks", action="store_true",
+                   help="drop genes with no peak in their window (data.regulatory.keep_genes_without_peaks=false)")
+    p.add_argument("--allow-missing-sequence", action="store_true",
+                   help="keep peaks the genome lacks, with [N] tokens (data.regulatory.allow_missing_sequence=true)")
+    p.add_argument("--overwrite", action="store_true", help="replace a shard set built from other inputs")
+
+    train = sub.add_parser("train", help="Ray Train + DeepSpeed ZeRO-3 training jobs").add_subparsers(dest="stage", required=True)
+    add("elementary", "masked DNA + track pretraining of the Elementary model (train_elementary)", cmd_train, train)
+    add("regulatory", "expression training of the Regulatory head on frozen Elementary embeddings (train_regulatory)",
+        cmd_train, train)
+    add("analyze", "the zero-shot analyses over the atlas as a Ray batch job (atlas_grn)", cmd_analyze)
 
     p = sub.add_parser("validate", help="score atlas_grn outputs against the simulator's truth -> scorecard.json")
     p.add_argument("--atlas", required=True, help="atlas_grn output folder (analysis.out)")
@@ -143,27 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("crispri", help="distance and ABC-like baselines on an EPCrisprBenchmark CRISPRi table")
     p.add_argument("table", help="EPCrisprBenchmark_*.tsv(.gz)")
     p.set_defaults(func=cmd_crispri)
-
-    p = add("model-info", "parameter count of each model part (no memory: meta device)")
-    p.set_defaults(func=cmd_model_info)
+    add("model-info", "parameter count of each model part (no memory: meta device)", cmd_model_info)
+    p = add("demo", "the whole path on the simulated atlas -> report.html + scorecard.json (make demo)", cmd_demo,
+            config="demo")
+    p.add_argument("--out", default="runs/demo", help="output folder (every path of the run lies under it)")
+    p.add_argument("--data", help="the real data folder (default: CREFORMER_DATA or ../shared/data), for the CRISPRi table")
     return parser
 
 
-def run_entrypoint(fn: Callable[[list[str]], object]) -> int:
-    """A console script over a plain function: input errors print one line and exit 2, no traceback."""
-    from creformer.engine.errors import InputError, ShardError
-
-    try:
-        fn(sys.argv[1:])
-    except (ConfigError, InputError, ShardError) as err:
-        print(f"{fn.__name__}: error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
-    from creformer.engine.errors import InputError, ShardError
-
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
@@ -171,6 +194,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"creformer: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _alias(*words: str) -> Callable[[], int]:
+    def entry() -> int:
+        return main([*words, *sys.argv[1:]])
+
+    return entry
+
+
+train_elementary_main = _alias("train", "elementary")
+train_regulatory_main = _alias("train", "regulatory")
+atlas_grn_main = _alias("analyze")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ from typing import Any, Union
 
 import yaml
 
-DEFAULT_ASSAYS = ["ATAC", "H3K4me1", "H3K4me3", "H3K27ac", "H3K27me3", "H3K36me3", "CTCF"]
+# The Elementary's tracks, in the order of the signal-token rows. Written once: the simulator writes
+# these, data.assays defaults to them, and model.n_tracks must equal len(data.assays).
+ASSAYS = ["ATAC", "H3K4me1", "H3K4me3", "H3K27ac", "H3K27me3", "H3K36me3", "CTCF"]
 CROP_LENGTHS = [128, 1024, 2048, 4096, 8192, 16384]
 
 
@@ -27,22 +29,46 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class RegulatoryDataConfig:
+    """`prepare regulatory`: a 10x Multiome atlas -> cell x gene sample shards (engine/regulatory_shards.py)."""
+
+    multiome: str = ""  # Cell Ranger ARC folder, filtered_feature_bc_matrix.h5 or .h5mu
+    fragments: str = ""  # atac_fragments.tsv.gz when not next to the matrix / named in the h5mu
+    annotation: str = ""  # GTF/GFF3, BED of gene bounds, or TSS table
+    shards: str = "runs/shards/regulatory"  # output folder
+    genes: str = "expressed"  # "expressed", "hvg" or a file of gene ids/names (one per line)
+    n_hvg: int = 2000  # genes kept by "hvg"
+    min_cells_per_gene: int = 3  # "expressed": counts > 0 in at least this many cells
+    min_counts: int = 1  # cells with fewer RNA counts are skipped (counted)
+    cells: str = ""  # optional file of barcodes to keep
+    tss_window_bp: int = 150_000  # a gene's peaks lie within +-tss_window_bp of its TSS
+    peak_m: int = 150  # at most this many peaks per gene (the nearest); the Regulatory head's input width
+    keep_genes_without_peaks: bool = True
+    allow_missing_sequence: bool = False  # keep peaks the genome lacks, with [N] DNA tokens
+    rows_per_shard: int = 1_000_000  # cell x gene samples per shard (cells per shard = this / genes)
+
+    def options(self) -> dict[str, Any]:
+        """The settings that define a shard set (hashed into its manifest); input paths are not."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in REGULATORY_INPUT_KEYS}
+
+
+REGULATORY_INPUT_KEYS = ("multiome", "fragments", "annotation", "shards")
+
+
+@dataclass
 class DataConfig:
-    genome: str = ""  # FASTA (plain, gzip or bgzip)
+    genome: str = ""  # FASTA (plain, gzip or bgzip), for both shard sets
     samples: str = ""  # samples.tsv: sample, assay, path
     shards: str = "runs/shards/elementary"  # output folder of `prepare elementary`
-    multiome: str = ""  # Cell Ranger ARC folder / .h5 / .h5mu for `prepare regulatory`
-    fragments: str = ""  # fragments file when not next to the matrix
-    annotation: str = ""  # GTF/GFF3/BED gene bounds/TSS table
-    regulatory_shards: str = "runs/shards/regulatory"  # output folder of `prepare regulatory`
-    assays: list[str] = field(default_factory=lambda: list(DEFAULT_ASSAYS))
-    window_bp: int = 32768  # tokens per window; a window reads window_bp + 5 bases
+    assays: list[str] = field(default_factory=lambda: list(ASSAYS))
+    window_bp: int = 32768  # tokens per Elementary window; a window reads window_bp + 5 bases
     windows_per_sample: int = 50000
     max_n_fraction: float = 0.1
     shard_size_mb: int = 256
     crop_length: int = 1024  # L used by training, a multiple of 128 in CROP_LENGTHS
     seed: int = 0
     executor: str = "ray"  # "ray" (Ray Data tasks) or "local" (one process, for debugging)
+    regulatory: RegulatoryDataConfig = field(default_factory=RegulatoryDataConfig)
 
 
 @dataclass
@@ -63,8 +89,7 @@ class ModelConfig:
     bin_size: int = 128
     max_bins: int = 128
     peak_bp: int = 1024
-    peak_m: int = 150
-    head_hidden: int = 64  # regulatory MLP width after flattening (peak_m x d_model inputs)
+    head_hidden: int = 64  # regulatory MLP width after flattening (data.regulatory.peak_m x d_model inputs)
     n_tracks: int = 7
     local_kernel: int = 11  # width (bp) of the convolution over token embeddings before transformer-1; 0 = none
     dropout: float = 0.0
@@ -72,23 +97,45 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
-    num_workers: int = 2
-    use_gpu: bool = False
-    micro_batch: int = 4
-    grad_accum: int = 1
+class StageConfig:
+    """What differs between the two training jobs: each has its own section, train.elementary and
+    train.regulatory, so one config file describes a whole run."""
+
+    name: str = ""  # run folder under train.storage_path (default: the stage's name)
+    micro_batch: int = 4  # samples per worker step
     lr: float = 3e-4
     warmup_steps: int = 50
     max_steps: int = 200
+    checkpoint_every: int = 50
+
+
+@dataclass
+class ElementaryTrainConfig(StageConfig):
+    name: str = "elementary"
+    eval_motifs: str = ""  # planted motif instances (simulator truth/motif_instances.tsv) scored after training
+    eval_windows: int = 8  # windows scored by that evaluation
+
+
+@dataclass
+class RegulatoryTrainConfig(StageConfig):
+    name: str = "regulatory"
+    elementary_weights: str = ""  # exported Elementary safetensors (default: <storage_path>/elementary/export)
+    holdout_cells: float = 0.1  # fraction of cells never trained on, scored after training
+    eval_samples: int = 4096  # at most this many held-out (cell, gene) samples scored (0: skip the evaluation)
+
+
+@dataclass
+class TrainConfig:
+    num_workers: int = 2
+    use_gpu: bool = False
+    grad_accum: int = 1
     clip_grad: float = 1.0
     zero_stage: int = 3  # DeepSpeed ZeRO stage; 0 is plain data parallel (the DDP baseline of benchmarks/training.py)
     # torch threads per worker (0: Ray's default, the CPUs reserved per worker). More than reserved
     # pays off where workers idle at ZeRO-3's per-layer gathers, waiting for each other (demo preset)
     torch_threads: int = 0
-    checkpoint_every: int = 50
     max_failures: int = 2
     storage_path: str = "runs/train"
-    name: str = "elementary"
     seed: int = 0
     log_every: int = 10
     placement_strategy: str = "PACK"  # Ray placement of the workers: PACK, SPREAD, STRICT_SPREAD (one per node)
@@ -97,11 +144,24 @@ class TrainConfig:
     # ordered stream and takes every num_workers-th batch, skipping those consumed before the
     # checkpoint. For reproducibility checks; every worker reads all the data.
     deterministic: bool = False
-    elementary_weights: str = ""  # exported Elementary safetensors for train_regulatory
-    holdout_cells: float = 0.1  # train_regulatory: fraction of cells never trained on, scored after training
-    eval_samples: int = 4096  # at most this many held-out (cell, gene) samples scored (0: skip the evaluation)
-    eval_motifs: str = ""  # train_elementary: planted motif instances (simulator truth/motif_instances.tsv) to score at
-    eval_windows: int = 8  # windows scored by that evaluation
+    elementary: ElementaryTrainConfig = field(default_factory=ElementaryTrainConfig)
+    regulatory: RegulatoryTrainConfig = field(default_factory=RegulatoryTrainConfig)
+
+    def stage(self, name: str) -> StageConfig:
+        if name not in STAGES:
+            raise ConfigError(f"unknown training stage {name!r}; stages: {', '.join(STAGES)}")
+        return getattr(self, name)
+
+    def run_dir(self, name: str) -> Path:
+        """<storage_path>/<stage name>: the stage's checkpoints, metrics, export and eval."""
+        return Path(self.storage_path).resolve() / self.stage(name).name
+
+    def weights(self, name: str) -> Path:
+        """Where a stage's exported safetensors are written."""
+        return self.run_dir(name) / "export" / "model.safetensors"
+
+
+STAGES = ("elementary", "regulatory")
 
 
 @dataclass
@@ -306,6 +366,22 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.d_model={cfg.model.d_model} must be divisible by model.n_heads={cfg.model.n_heads}")
     if len(set(cfg.data.assays)) != len(cfg.data.assays):
         raise ConfigError(f"data.assays has duplicates: {cfg.data.assays}")
+    if cfg.model.n_tracks != len(cfg.data.assays):
+        raise ConfigError(f"model.n_tracks={cfg.model.n_tracks} but data.assays lists {len(cfg.data.assays)} tracks "
+                          f"({', '.join(cfg.data.assays)}); the Elementary reads one signal row per assay")
+    r = cfg.data.regulatory
+    for name in ("tss_window_bp", "peak_m", "rows_per_shard", "n_hvg"):
+        if getattr(r, name) <= 0:
+            raise ConfigError(f"data.regulatory.{name}={getattr(r, name)} must be positive")
+    if r.genes not in ("expressed", "hvg") and not r.genes:
+        raise ConfigError("data.regulatory.genes must be 'expressed', 'hvg' or a file of gene ids/names")
+    for stage in STAGES:
+        sc = cfg.train.stage(stage)
+        for name in ("micro_batch", "max_steps", "checkpoint_every"):
+            if getattr(sc, name) <= 0:
+                raise ConfigError(f"train.{stage}.{name}={getattr(sc, name)} must be positive")
+        if not sc.name:
+            raise ConfigError(f"train.{stage}.name is empty: it names the run folder under train.storage_path")
     for name in ("window_bp", "windows_per_sample", "shard_size_mb"):
         if getattr(cfg.data, name) <= 0:
             raise ConfigError(f"data.{name} must be positive")
@@ -313,8 +389,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.zero_stage={cfg.train.zero_stage} must be 0, 1, 2 or 3")
     if cfg.train.torch_threads < 0:
         raise ConfigError(f"train.torch_threads={cfg.train.torch_threads} must be >= 0 (0: the CPUs Ray reserves per worker)")
-    if not 0 <= cfg.train.holdout_cells < 1:
-        raise ConfigError(f"train.holdout_cells={cfg.train.holdout_cells} must be in [0, 1) (the fraction of cells held out)")
+    if not 0 <= cfg.train.regulatory.holdout_cells < 1:
+        raise ConfigError(f"train.regulatory.holdout_cells={cfg.train.regulatory.holdout_cells} must be in [0, 1) "
+                          "(the fraction of cells held out)")
     a = cfg.analysis
     for name in ("workers", "threads_per_worker", "batch_size", "cells_per_partition", "high_attention_peaks", "top_k_tfs", "tss_region_bp"):
         if getattr(a, name) <= 0:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+import psutil
+import ray
 
 from .config import RayConfig
 
@@ -59,8 +64,6 @@ def ensure_ray(cfg: RayConfig) -> None:
     Ray rewrites 127.0.0.1 to the machine's network address, so local runs use another loopback
     address (127.0.0.2 by default) to keep every connection on loopback.
     """
-    import ray
-
     if ray.is_initialized():
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS", "")
@@ -87,7 +90,6 @@ def ensure_ray(cfg: RayConfig) -> None:
         ray.init(address="local", _node_ip_address=cfg.node_ip,  # "local": never attach to a stray `ray start` head
                  include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, runtime_env={"env_vars": env},
                  num_cpus=cfg.num_cpus or (os.cpu_count() or 1) + 1, **kwargs)
-    import atexit
 
     atexit.register(shutdown_ray)  # runs before Ray's own exit hook (registered at import)
 
@@ -95,9 +97,6 @@ def ensure_ray(cfg: RayConfig) -> None:
 def _started_processes() -> list:
     """The processes this driver's Ray started (its daemons) and all their descendants, as
     psutil.Process; empty for a driver that joined a running cluster."""
-    import psutil
-    import ray
-
     node = getattr(ray._private.worker.global_worker, "node", None)
     roots = [info.process.pid for infos in (getattr(node, "all_processes", None) or {}).values() for info in infos]
     out = []
@@ -117,9 +116,6 @@ def shutdown_ray(grace_s: float = 10.0) -> int:
     (seen once: a ``ray::TrainController`` still running after the test run that started it). The
     processes are listed before the shutdown, while they are still the daemons' descendants. A
     cluster this driver only joined is only disconnected from."""
-    import psutil
-    import ray
-
     if not ray.is_initialized():
         return 0
     procs = _started_processes()
@@ -136,8 +132,6 @@ def shutdown_ray(grace_s: float = 10.0) -> int:
 
 def free_loopback_port() -> int:
     """A TCP port free on 127.0.0.1 now (the OS picks it)."""
-    import socket
-
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

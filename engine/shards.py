@@ -10,6 +10,7 @@ rebuilds just the missing ones; with a manifest in place the whole set is reused
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -19,7 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
+import ray.data
 from tqdm.auto import tqdm
+
+from creformer.config import RayConfig
+from creformer.ray_utils import ensure_ray
 
 from .errors import ShardError
 
@@ -27,6 +33,12 @@ SCHEMA_VERSION = 1
 _FULL_HASH_LIMIT = 64 << 20
 _SAMPLE_CHUNKS = 16
 _CHUNK = 1 << 20
+
+
+def stable_seed(*parts: object) -> int:
+    """A seed that is the same in every process and Python run (unlike ``hash``)."""
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little")
 
 
 def sha256_file(path: str | Path) -> str:
@@ -135,14 +147,13 @@ def _completed(shard_dir: Path, task: ShardTask) -> dict[str, Any] | None:
     return None
 
 
-def _run_local(tasks: list[ShardTask], context: dict[str, Any], shard_dir: Path, build: BuildFn, desc: str) -> Iterable[dict[str, Any]]:
+def _run_local(tasks: list[ShardTask], context: dict[str, Any], shard_dir: Path, build: BuildFn, desc: str,
+               ray_config: RayConfig) -> Iterable[dict[str, Any]]:
     for task in tqdm(tasks, desc=desc, unit="shard"):
         yield build(task, context, shard_dir)
 
 
 def _ray_build_row(row: dict[str, Any]) -> dict[str, Any]:
-    import importlib
-
     module, _, name = row["build"].rpartition(".")
     build: BuildFn = getattr(importlib.import_module(module), name)
     task = ShardTask(**json.loads(row["task"]))
@@ -150,16 +161,11 @@ def _ray_build_row(row: dict[str, Any]) -> dict[str, Any]:
     return {"result": json.dumps(result)}
 
 
-def _run_ray(tasks: list[ShardTask], context: dict[str, Any], shard_dir: Path, build: BuildFn, desc: str) -> Iterable[dict[str, Any]]:
-    import ray
-    import ray.data
-
-    if not ray.is_initialized():
-        # Never let Ray Data auto-start a node on the host's network address: loopback defaults.
-        from creformer.config import RayConfig
-        from creformer.ray_utils import ensure_ray
-
-        ensure_ray(RayConfig())
+def _run_ray(tasks: list[ShardTask], context: dict[str, Any], shard_dir: Path, build: BuildFn, desc: str,
+             ray_config: RayConfig) -> Iterable[dict[str, Any]]:
+    # Started here, after every input check of the caller: a wrong path fails in a second, not
+    # after Ray's start-up. Never let Ray Data auto-start a node on the host's network address.
+    ensure_ray(ray_config)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # one bar, ours, counting whole shards
     items = [{"task": json.dumps(t.__dict__), "context": json.dumps(context), "shard_dir": str(shard_dir),
@@ -189,8 +195,11 @@ def build_shard_set(
     executor: str = "ray",
     overwrite: bool = False,
     summarize: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
+    ray_config: RayConfig | None = None,
 ) -> BuildResult:
-    """Build (or reuse, or resume) a shard set; returns where its manifest is."""
+    """Build (or reuse, or resume) a shard set; returns where its manifest is. With the "ray"
+    executor, a Ray is connected or started (``ray_config``, loopback defaults) only when some
+    shard is left to build."""
     out = Path(out)
     manifest_path = out / "manifest.json"
     plan_path = out / "plan.json"
@@ -233,7 +242,7 @@ def build_shard_set(
     if todo:
         runner = _run_ray if executor == "ray" else _run_local
         by_file = {t.file: t.index for t in todo}
-        for result in runner(todo, context, shard_dir, build, f"{kind} shards"):
+        for result in runner(todo, context, shard_dir, build, f"{kind} shards", ray_config or RayConfig()):
             results[by_file[result["file"]]] = result
     ordered = [results[t.index] for t in tasks]
     manifest = {

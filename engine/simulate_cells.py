@@ -19,8 +19,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pysam
+from scipy import sparse
 
-from .simulate import Rulebook, _write_tsv, gap_of
+from .io.files import write_tsv
+from .rulebook import Rulebook, gap_of
 
 # In-peak fragments per cell per peak: real multiome cells have ~0.2-0.4, so most cell x peak pairs
 # are empty; the large preset (benchmarks, 100 k cells) is sparser still to keep its file small.
@@ -81,8 +83,6 @@ def write_10x_h5(path: Path, barcodes: list[str], genes: list[tuple[str, str, st
                  rna: np.ndarray, atac: np.ndarray) -> None:
     """Cell Ranger ARC ``filtered_feature_bc_matrix.h5``: features x barcodes, CSC by barcode.
     ``genes``: (gene_id, name, interval); ``peaks``: (chrom, start, end); counts are cells x features."""
-    from scipy import sparse
-
     def as_sparse(m):
         return sparse.csr_matrix(m) if sparse.issparse(m) else sparse.csr_matrix(np.asarray(m))
 
@@ -109,8 +109,6 @@ def write_10x_h5(path: Path, barcodes: list[str], genes: list[tuple[str, str, st
 
 
 def simulate_cells(out: Path, book: Rulebook, preset: str, seed: int, n_cells: int | None = None, chunk: int = 4096) -> Path:
-    from scipy import sparse
-
     rng = np.random.default_rng(seed + 3)
     n = n_cells or book.preset.n_cells
     mdir = out / "multiome"
@@ -190,8 +188,8 @@ def simulate_cells(out: Path, book: Rulebook, preset: str, seed: int, n_cells: i
 def _write_truth_cells(out: Path, book: Rulebook, barcodes, types, peaks, elem_index) -> None:
     truth = out / "truth"
     ct = book.cell_types
-    _write_tsv(truth / "cells.tsv", ["barcode", "cell_type"], [(b, ct[t]) for b, t in zip(barcodes, types)])
-    _write_tsv(truth / "peaks.tsv", ["chrom", "start", "end", "element_id"], peaks)
+    write_tsv(truth / "cells.tsv", ["barcode", "cell_type"], [(b, ct[t]) for b, t in zip(barcodes, types)])
+    write_tsv(truth / "peaks.tsv", ["chrom", "start", "end", "element_id"], peaks)
     # TF -> target: the TF's motif sits in a causal element (primary or partner) of the gene.
     edges: dict[tuple[str, str], float] = {}
     for e in book.elements:
@@ -200,7 +198,7 @@ def _write_truth_cells(out: Path, book: Rulebook, barcodes, types, peaks, elem_i
                 if tf >= 0:
                     key = (book.tfs[tf], book.genes[e.gene].gene_id)
                     edges[key] = edges.get(key, 0.0) + share * e.weight
-    _write_tsv(truth / "tf_targets.tsv", ["tf", "gene_id", "weight"], [(t, g, f"{w:.4f}") for (t, g), w in sorted(edges.items())])
+    write_tsv(truth / "tf_targets.tsv", ["tf", "gene_id", "weight"], [(t, g, f"{w:.4f}") for (t, g), w in sorted(edges.items())])
     # Perturbations from the generative model itself: TF activity forced to 0 (KO) or 1 (KI), at
     # each cell type's mean element state.
     base = book.expression(mean_element_states(book, book.activity))
@@ -215,4 +213,4 @@ def _write_truth_cells(out: Path, book: Rulebook, barcodes, types, peaks, elem_i
                 for gi, g in enumerate(book.genes):
                     if abs(lfc[c, gi]) > 1e-6:
                         rows.append((ct[c], tf, mode, g.gene_id, f"{lfc[c, gi]:.5f}"))
-    _write_tsv(truth / "perturbations.tsv", ["cell_type", "tf", "mode", "gene_id", "log2fc"], rows)
+    write_tsv(truth / "perturbations.tsv", ["cell_type", "tf", "mode", "gene_id", "log2fc"], rows)

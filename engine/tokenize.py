@@ -1,4 +1,4 @@
-"""DNA 6-mer and signal tokenizers (DESIGN §2), vectorized with numpy.
+"""DNA 6-mer and signal tokenizers (docs/design.md §2), vectorized with numpy.
 
 DNA: token i is the 6-mer starting at base i; ids 0 PAD, 1 CLS, 2 MASK, 3 N, 4 + base-4 index.
 Signal: the per-base value averaged over token i's 6 bases, binned into 36 levels by fixed
@@ -16,6 +16,9 @@ DNA_PAD, DNA_CLS, DNA_MASK, DNA_N = 0, 1, 2, 3
 DNA_OFFSET = 4
 DNA_VOCAB = DNA_OFFSET + 4**K  # 4,100
 SIG_PAD, SIG_MASK = 0, 1
+PEAK_TOKENS = 1024  # DNA / signal tokens per Regulatory peak window (docs/design.md §3)
+PEAK_SPAN = PEAK_TOKENS + K - 1  # the bases those tokens read
+
 SIG_OFFSET = 2
 N_LEVELS = 36
 SIG_VOCAB = SIG_OFFSET + N_LEVELS  # 38

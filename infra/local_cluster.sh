@@ -90,7 +90,20 @@ case "$cmd" in
           alive=""; for p in $pids; do kill -0 "$p" 2>/dev/null && alive="$alive $p"; done
           [ -z "$alive" ] && break; sleep 1
         done
-        [ -n "${alive:-}" ] && kill -KILL $alive 2>/dev/null || true
+        if [ -n "${alive:-}" ]; then
+          kill -KILL $alive 2>/dev/null || true
+          # SIGKILL lands asynchronously: wait until they are gone (or zombies) before the GCS
+          # check below, which otherwise still saw the head's GCS and kept its record (a flaky
+          # test_stop_forgets_the_head on a loaded machine).
+          for _ in $(seq 1 100); do
+            still=""
+            for p in $alive; do
+              st="$(ps -o stat= -p "$p" 2>/dev/null || true)"
+              [ -n "$st" ] && [ "${st#Z}" = "$st" ] && still="$still $p"
+            done
+            [ -z "$still" ] && break; sleep 0.1
+          done
+        fi
         # `ray start` recorded the head as the machine's current cluster; Ray's address
         # auto-detection (the State API, used by Ray Train's placement-group cleaner) would keep
         # trying that dead address, so forget it as `ray stop` does, unless its GCS still runs.

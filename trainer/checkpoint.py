@@ -5,7 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+from safetensors.torch import save_file
+
 from creformer.config import Config, save_config
+from creformer.plotting import plt
 
 from .loop import STATE_FILE
 
@@ -25,13 +30,9 @@ def export_weights(checkpoint_dir: Path, out: Path, cfg: Config, stage: str) -> 
 
     DeepSpeed's own checkpoint files are pickles (its format); the exported artifact that later
     stages and analyses load is safetensors only."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    from safetensors.torch import save_file
-
     state = json.loads((checkpoint_dir / STATE_FILE).read_text())
     if cfg.train.zero_stage == 0:
         # plain data parallel: every rank holds the whole model; DeepSpeed's rank-0 file has it
-        import torch
 
         weights = torch.load(checkpoint_dir / state["tag"] / "mp_rank_00_model_states.pt", map_location="cpu",
                              weights_only=False)["module"]
@@ -50,10 +51,6 @@ def export_weights(checkpoint_dir: Path, out: Path, cfg: Config, stage: str) -> 
 def plot_losses(metrics: Path, png: Path, stage: str) -> Path | None:
     if not metrics.exists():
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     if not rows:

@@ -1,7 +1,7 @@
 """Held-out cells: how well the trained Regulatory model predicts cells it never saw.
 
-train_regulatory trains on every cell outside a stable held-out split (``train.holdout_cells``,
-``engine.dataset.is_holdout``); afterwards this scores up to ``train.eval_samples`` held-out
+train_regulatory trains on every cell outside a stable held-out split (``train.regulatory.holdout_cells``,
+``engine.regulatory_batches.is_holdout``); afterwards this scores up to ``train.regulatory.eval_samples`` held-out
 (cell, gene) samples with the exported weights and writes ``eval.json`` beside the metrics:
 Pearson r over all samples, mean within-gene r (does the model see the cell, not only the gene?),
 and, as the baseline measured in the same run, the r of predicting each gene's mean expression
@@ -15,8 +15,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+import torch
+from safetensors.torch import load_file
 
 from creformer.config import Config
+from creformer.engine.elementary_stream import iter_manifest_records
+from creformer.engine.regulatory_batches import is_holdout, trim_peak_columns
+from creformer.engine.regulatory_stream import iter_regulatory_batches
+from creformer.engine.shards import Manifest
+from creformer.engine.tokenize import DNA_OFFSET, DNA_VOCAB, K
+
+from .masking import IGNORE, mask_batch
+from .model import Elementary
+from .model.cache import frozen_cache
+from .model.regulatory import RegulatoryHead
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -42,11 +56,6 @@ def within_gene_r(gene: np.ndarray, pred: np.ndarray, truth: np.ndarray, min_sam
 def gene_means(manifest: Path, fraction: float, seed: int) -> tuple[np.ndarray, float]:
     """Mean expression per gene id over the training cells (outside the held-out split; NaN for
     a gene no training cell has) and the mean over all their samples."""
-    import pyarrow.parquet as pq
-
-    from creformer.engine.dataset import is_holdout
-    from creformer.engine.shards import Manifest
-
     man = Manifest(manifest)
     n = int(man.data["counts"]["genes"])
     total, count = np.zeros(n), np.zeros(n, np.int64)
@@ -63,26 +72,17 @@ def predict_holdout(cfg: Config, manifest: Path, elementary_weights: Path, head_
                     max_samples: int) -> dict[str, np.ndarray]:
     """Predicted and measured expression of up to ``max_samples`` held-out samples, cells taken in
     training's shuffled order (from all over the atlas, each with all its genes)."""
-    import torch
-    from safetensors.torch import load_file
-
-    from creformer.engine.dataset import iter_regulatory_batches, trim_peak_columns
-    from creformer.engine.shards import Manifest
-
-    from .model.cache import frozen_cache
-    from .model.regulatory import RegulatoryHead
-
     man = Manifest(manifest)
-    head = RegulatoryHead(cfg.model)
+    head = RegulatoryHead(cfg.model, cfg.data.regulatory.peak_m)
     head.load_state_dict(load_file(str(head_weights)))
     head.eval()
     cache = frozen_cache(cfg.model, elementary_weights, man.root)
     out: dict[str, list[np.ndarray]] = {"cell_id": [], "gene_id": [], "pred": [], "expression": []}
     n = 0
-    holdout = (cfg.train.holdout_cells, cfg.train.seed, "holdout")
+    holdout = (cfg.train.regulatory.holdout_cells, cfg.train.seed, "holdout")
     with torch.no_grad():
         # in training's shuffled order: the first held-out cells of the file are often one cell type
-        for batch in iter_regulatory_batches(man, batch_size=cfg.train.micro_batch * 4, holdout=holdout,
+        for batch in iter_regulatory_batches(man, batch_size=cfg.train.regulatory.micro_batch * 4, holdout=holdout,
                                              shuffle_seed=cfg.train.seed):
             take = min(len(batch["cell_id"]), max_samples - n)
             batch = trim_peak_columns({k: v[:take] for k, v in batch.items()})
@@ -101,17 +101,17 @@ def predict_holdout(cfg: Config, manifest: Path, elementary_weights: Path, head_
 
 def evaluate_holdout(cfg: Config, manifest: Path, elementary_weights: Path, head_weights: Path, out: Path) -> dict[str, Any]:
     """Score the held-out cells and write ``out`` (eval.json)."""
-    if cfg.train.holdout_cells <= 0 or cfg.train.eval_samples <= 0:
+    if cfg.train.regulatory.holdout_cells <= 0 or cfg.train.regulatory.eval_samples <= 0:
         return {}
-    res = predict_holdout(cfg, manifest, elementary_weights, head_weights, cfg.train.eval_samples)
+    res = predict_holdout(cfg, manifest, elementary_weights, head_weights, cfg.train.regulatory.eval_samples)
     if res["pred"].size == 0:
-        raise RuntimeError(f"no held-out sample in {manifest} (train.holdout_cells={cfg.train.holdout_cells}); "
+        raise RuntimeError(f"no held-out sample in {manifest} (train.regulatory.holdout_cells={cfg.train.regulatory.holdout_cells}); "
                            "raise the fraction or use an atlas with more cells")
-    means, overall = gene_means(manifest, cfg.train.holdout_cells, cfg.train.seed)
+    means, overall = gene_means(manifest, cfg.train.regulatory.holdout_cells, cfg.train.seed)
     baseline = means[res["gene_id"]]
     known = np.isfinite(baseline)
     report = {
-        "holdout_fraction": cfg.train.holdout_cells,
+        "holdout_fraction": cfg.train.regulatory.holdout_cells,
         "holdout_cells_scored": int(np.unique(res["cell_id"]).size),
         "samples": int(res["pred"].size),
         "pearson_r": pearson(res["pred"], res["expression"]),
@@ -137,8 +137,6 @@ def kmer_baselines(dna: np.ndarray) -> tuple[int, np.ndarray]:
     """Two k-mer frequency predictors fitted on DNA tokens (any shape): the most frequent k-mer,
     and per left neighbour the most frequent next k-mer (it shares the neighbour's last 5 bases,
     so only its last base is chosen: by the frequency of the 6-mer)."""
-    from creformer.engine.tokenize import DNA_OFFSET, DNA_VOCAB
-
     real = dna[dna >= DNA_OFFSET].astype(np.int64) - DNA_OFFSET
     counts = np.bincount(real, minlength=DNA_VOCAB - DNA_OFFSET)
     top = int(np.argmax(counts)) + DNA_OFFSET
@@ -152,8 +150,6 @@ def kmer_baselines(dna: np.ndarray) -> tuple[int, np.ndarray]:
 
 def motif_token_mask(chrom: str, start: int, length: int, instances: dict[str, np.ndarray]) -> np.ndarray:
     """Token positions of a window whose 6-mer lies inside a planted motif instance."""
-    from creformer.engine.tokenize import K
-
     out = np.zeros(length, dtype=bool)
     spans = instances.get(chrom)
     if spans is None:
@@ -165,8 +161,6 @@ def motif_token_mask(chrom: str, start: int, length: int, instances: dict[str, n
 
 
 def read_motif_instances(path: Path) -> dict[str, np.ndarray]:
-    import polars as pl
-
     t = pl.read_csv(path, separator="\t")
     missing = {"chrom", "start", "end"} - set(t.columns)
     if missing:
@@ -178,24 +172,14 @@ def evaluate_elementary(cfg: Config, manifest: Path, weights: Path, out: Path) -
     """Masked-DNA accuracy of the exported Elementary (training's masking, fixed seed) over all
     masked k-mers and over those inside planted motifs, beside the two k-mer frequency baselines
     fitted on the same windows; written to ``out`` (eval.json)."""
-    import torch
-    from safetensors.torch import load_file
-
-    from creformer.engine.dataset import iter_manifest_records
-    from creformer.engine.shards import Manifest
-    from creformer.engine.tokenize import DNA_OFFSET
-
-    from .masking import IGNORE, mask_batch
-    from .model import Elementary
-
-    if not cfg.train.eval_motifs or cfg.train.eval_windows <= 0:
+    if not cfg.train.elementary.eval_motifs or cfg.train.elementary.eval_windows <= 0:
         return {}
-    instances = read_motif_instances(Path(cfg.train.eval_motifs))
+    instances = read_motif_instances(Path(cfg.train.elementary.eval_motifs))
     model = Elementary(cfg.model)
     model.load_state_dict(load_file(str(weights)))
     model.eval()
     length = cfg.data.crop_length
-    records = [r for _, r in zip(range(cfg.train.eval_windows), iter_manifest_records(manifest))]
+    records = [r for _, r in zip(range(cfg.train.elementary.eval_windows), iter_manifest_records(manifest))]
     top, nxt = kmer_baselines(np.stack([r["dna"] for r in records]))
     g = torch.Generator().manual_seed(cfg.train.seed + 12345)
     hits = {k: {"all": [0, 0], "motif": [0, 0]} for k in ("model", "kmer_frequency", "kmer_left_context")}

@@ -1,4 +1,4 @@
-"""The Ray Train worker loop: DeepSpeed ZeRO-3, streamed data, checkpoints that resume (DESIGN §6).
+"""The Ray Train worker loop: DeepSpeed ZeRO-3, streamed data, checkpoints that resume (docs/design.md §6).
 
 One loop serves both stages; ``Stage`` objects supply the model and the per-batch loss. On CPU:
 fp32 and gloo (Ray Train's process group; DeepSpeed reuses it); on GPU: bf16 and nccl.
@@ -15,30 +15,38 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import deepspeed
 import numpy as np
+import ray.train
 import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from creformer.config import Config, TrainConfig, config_from_dict
+from creformer.config import Config, StageConfig, TrainConfig, config_from_dict
+from creformer.engine.regulatory_batches import trim_peak_columns, unpack_samples
+
+from .masking import mask_batch
+from .model import Elementary
+from .model.cache import frozen_cache
+from .model.regulatory import RegulatoryHead
 
 STATE_FILE = "trainer_state.json"
 
 
-def deepspeed_config(train: TrainConfig, use_gpu: bool) -> dict[str, Any]:
+def deepspeed_config(train: TrainConfig, stage: StageConfig) -> dict[str, Any]:
     """The DeepSpeed config generated from the typed config (nothing hand-written elsewhere)."""
     return {
-        "train_micro_batch_size_per_gpu": train.micro_batch,
+        "train_micro_batch_size_per_gpu": stage.micro_batch,
         "gradient_accumulation_steps": train.grad_accum,
         "gradient_clipping": train.clip_grad,
         "zero_optimization": {"stage": train.zero_stage, "stage3_gather_16bit_weights_on_model_save": False},
-        "bf16": {"enabled": bool(use_gpu)},
+        "bf16": {"enabled": bool(train.use_gpu)},
         "fp16": {"enabled": False},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
 
 
-def lr_factor(step: int, train: TrainConfig) -> float:
+def lr_factor(step: int, train: StageConfig) -> float:
     """Linear warm-up, then cosine decay to 10 % at max_steps."""
     if step < train.warmup_steps:
         return (step + 1) / max(1, train.warmup_steps)
@@ -51,14 +59,10 @@ class ElementaryStage:
     collate_fn = None  # crops stream as fixed-shape columns: iter_torch_batches' own conversion
 
     def __init__(self, cfg: Config, context: dict[str, Any]):
-        from .model import Elementary
-
         self.cfg = cfg
         self.model = Elementary(cfg.model)
 
     def loss(self, engine, batch: dict[str, torch.Tensor], step: int, rank: int) -> tuple[torch.Tensor, dict[str, float]]:
-        from .masking import mask_batch
-
         g = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + step * 101 + rank)
         mb = mask_batch(batch["dna"], batch["sig"], batch["present"], bin_size=self.cfg.model.bin_size, generator=g)
         out = engine(mb)
@@ -73,15 +77,12 @@ class RegulatoryStage:
     name = "regulatory"
 
     def __init__(self, cfg: Config, context: dict[str, Any]):
-        from .model.cache import frozen_cache
-        from .model.regulatory import RegulatoryHead
-
         self.cfg = cfg
         self.collate_fn = UnpackCollate()
         # The frozen Elementary stays outside the ZeRO-3 engine (whole on every worker), behind the cache.
         self.cache = frozen_cache(cfg.model, context["elementary_weights"], context["regulatory_root"],
                                   disk_dir=context.get("cache_dir"))
-        self.model = RegulatoryHead(cfg.model)
+        self.model = RegulatoryHead(cfg.model, cfg.data.regulatory.peak_m)
         # Start predicting the data's mean level (measured once by the driver): log expression sits
         # around 5-7, and an output bias moving lr per step under Adam would otherwise take thousands
         # of steps to get there (the rest of the head bends to fit the offset instead of the genes).
@@ -106,13 +107,11 @@ STAGES = {"elementary": ElementaryStage, "regulatory": RegulatoryStage}
 
 
 class UnpackCollate(NumpyBatchCollateFn):
-    """Regulatory batches arrive packed (``engine.dataset.pack_samples``: ~180x fewer bytes through
+    """Regulatory batches arrive packed (``engine.regulatory_batches.pack_samples``: ~180x fewer bytes through
     Ray Data than the dense signal); each worker expands its own, in iter_torch_batches' prefetch
     thread, into the dense, trimmed tensors the stage reads. A dense stream passes through trimmed."""
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        from creformer.engine.dataset import trim_peak_columns, unpack_samples
-
         dense = unpack_samples(batch) if "atac_packed" in batch else trim_peak_columns(batch)
         # np.require: columns Ray hands over zero-copy are read-only, which torch warns about
         return {k: torch.from_numpy(np.require(v, requirements="W")) for k, v in dense.items()}
@@ -128,8 +127,6 @@ def _say(line: str) -> None:
 
 def _save(engine, step: int, rank: int, metrics: dict[str, float]):
     """Every rank saves its ZeRO-3 partition; Ray merges the ranks' folders into one checkpoint."""
-    import ray.train
-
     with tempfile.TemporaryDirectory() as tmp:
         engine.save_checkpoint(tmp, tag=f"step{step:08d}")
         if rank == 0:
@@ -137,7 +134,7 @@ def _save(engine, step: int, rank: int, metrics: dict[str, float]):
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def _my_batches(shard, cfg: Config, rank: int, world: int, step: int, collate_fn=None):
+def _my_batches(shard, cfg: Config, st: StageConfig, rank: int, world: int, step: int, collate_fn=None):
     """This worker's batches, pass after pass over the stream. With ``train.deterministic`` the
     shard is the whole ordered stream: global batch i (counted across passes) goes to rank
     i % world, and a run resumed at ``step`` skips the step * world batches consumed before its
@@ -145,7 +142,7 @@ def _my_batches(shard, cfg: Config, rank: int, world: int, step: int, collate_fn
     skip, i = step * world, 0
     while True:
         seen = 0
-        for batch in shard.iter_torch_batches(batch_size=cfg.train.micro_batch, drop_last=True, collate_fn=collate_fn):
+        for batch in shard.iter_torch_batches(batch_size=st.micro_batch, drop_last=True, collate_fn=collate_fn):
             seen += 1
             if not cfg.train.deterministic:
                 yield batch
@@ -154,14 +151,11 @@ def _my_batches(shard, cfg: Config, rank: int, world: int, step: int, collate_fn
                 yield batch
             i += 1
         if seen == 0:
-            raise RuntimeError(f"the training stream holds no full batch of train.micro_batch={cfg.train.micro_batch} "
+            raise RuntimeError(f"the training stream holds no full batch of train.{st.name}.micro_batch={st.micro_batch} "
                                "on this worker; use fewer workers, a smaller micro batch or more data")
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    import deepspeed
-    import ray.train
-
     # DeepSpeed 0.19's ZeRO-3 still calls the collectives torch renamed (all_gather_into_tensor,
     # reduce_scatter_tensor); the FutureWarning each call raises buried the training log
     warnings.filterwarnings("ignore", category=FutureWarning, message=r"`torch\.distributed\.\w+` is deprecated")
@@ -174,11 +168,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.train.seed)
     np.random.seed(cfg.train.seed + rank)
     stage = STAGES[config["stage"]](cfg, context)
+    st = cfg.train.stage(config["stage"])
     params = [p for p in stage.model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.train))
+    opt = torch.optim.AdamW(params, lr=st.lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, st))
     engine, _, _, _ = deepspeed.initialize(model=stage.model, optimizer=opt, lr_scheduler=sched,
-                                           config=deepspeed_config(cfg.train, cfg.train.use_gpu))
+                                           config=deepspeed_config(cfg.train, st))
     step = 0
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
@@ -193,7 +188,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
     log = (run_dir / "metrics.jsonl").open("a") if rank == 0 else None
     t_last, tokens = time.perf_counter(), 0
-    for batch in ([] if step >= cfg.train.max_steps else _my_batches(shard, cfg, rank, world, step, stage.collate_fn)):
+    for batch in ([] if step >= st.max_steps else _my_batches(shard, cfg, st, rank, world, step, stage.collate_fn)):
         torch.manual_seed(cfg.train.seed * 1_000_003 + step * 101 + rank)  # dropout: the same after a resume
         if cfg.train.fail_at_step == step + 1 and not fault_marker.exists():
             fault_marker.write_text(f"fault injected at step {step + 1} on rank {rank}\n")
@@ -204,18 +199,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         step += 1
         tokens += stage.tokens(batch)
         metrics = {"step": step, "loss": float(loss.detach()), "lr": sched.get_last_lr()[0], **parts}
-        if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
+        if step % cfg.train.log_every == 0 or step == st.max_steps:
             now = time.perf_counter()
             metrics["tokens_per_s"] = tokens * world / max(1e-9, now - t_last)
             t_last, tokens = now, 0
             if log is not None:
                 log.write(json.dumps(metrics) + "\n")
                 log.flush()
-                _say(f"[{stage.name}] step {step}/{cfg.train.max_steps} loss {metrics['loss']:.4f} "
+                _say(f"[{stage.name}] step {step}/{st.max_steps} loss {metrics['loss']:.4f} "
                      f"lr {metrics['lr']:.2e} {metrics['tokens_per_s']:.0f} tok/s")
-        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.max_steps:
+        if step % st.checkpoint_every == 0 or step == st.max_steps:
             _save(engine, step, rank, metrics)
-        if step >= cfg.train.max_steps:
+        if step >= st.max_steps:
             break
     if log is not None:
         log.close()

@@ -1,4 +1,4 @@
-"""Batch-time masking for Elementary pretraining (DESIGN §4); shards are never masked.
+"""Batch-time masking for Elementary pretraining (docs/design.md §4); shards are never masked.
 
 - DNA: 15 % of real positions are targets; of those 80 % become [MASK], 10 % a random k-mer, 10 % stay.
 - Tracks: each sample splits its present tracks at random into *selected* (kept in the input,

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
-from .fasta import _require_file
-from .files import open_text
+from .files import open_text, require_file
 
 
 @dataclass(frozen=True)
@@ -27,7 +26,7 @@ def read_annotation(path: str | Path) -> list[GeneTSS]:
     """Genes from a GTF/GFF3 (``gene`` rows), a BED6+ of gene bounds (name col 4, strand col 6,
     optional Ensembl id col 7) or a TSS table with header ``gene_id name chrom tss strand``."""
     path = Path(path)
-    _require_file(path, "gene annotation")
+    require_file(path, "gene annotation")
     genes: list[GeneTSS] = []
     try:
         with open_text(path) as fh:

@@ -8,7 +8,7 @@ import numpy as np
 import pyBigWig
 
 from ..errors import InputError
-from .fasta import _require_file
+from .files import require_file
 
 
 class Track:
@@ -16,7 +16,7 @@ class Track:
 
     def __init__(self, path: str | Path, chrom_map: dict[str, str] | None = None):
         self.path = Path(path)
-        _require_file(self.path, "bigWig track")
+        require_file(self.path, "bigWig track")
         try:
             bw = pyBigWig.open(str(self.path))
         except RuntimeError as err:

@@ -8,21 +8,10 @@ from pathlib import Path
 import pysam
 
 from ..errors import InputError
+from .files import require_file
 
 _BGZF_MAGIC = b"\x1f\x8b\x08\x04"  # gzip with the FEXTRA flag, as bgzip writes it
 _GZIP_MAGIC = b"\x1f\x8b"
-
-
-def _require_file(path: Path, what: str) -> None:
-    if not path.exists():
-        raise InputError(f"{what} {path} does not exist")
-    if not path.is_file():
-        raise InputError(f"{what} {path} is not a file")
-    try:
-        with path.open("rb") as fh:
-            fh.read(1)
-    except OSError as err:
-        raise InputError(f"{what} {path} is not readable: {err}") from err
 
 
 class Genome:
@@ -35,7 +24,7 @@ class Genome:
 
     def __init__(self, path: str | Path, *, max_gzip_bytes: int = 1 << 30):
         self.path = Path(path)
-        _require_file(self.path, "genome FASTA")
+        require_file(self.path, "genome FASTA")
         with self.path.open("rb") as fh:
             head = fh.read(4)
         self._fasta: pysam.FastaFile | None = None

@@ -15,8 +15,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from ..errors import InputError
-from .fasta import _require_file
-from .files import open_binary, open_text
+from .files import open_binary, open_text, require_file
 
 COLUMNS = ["chrom", "start", "end", "barcode", "count"]
 
@@ -60,7 +59,7 @@ def _raise_malformed(path: Path, skip: int, err: Exception) -> None:
 def iter_fragments(path: str | Path, block_bytes: int = 16 << 20) -> Iterator[FragmentBatch]:
     """Batches of fragments, one chromosome per batch, in file order; checks sortedness."""
     path = Path(path)
-    _require_file(path, "fragments file")
+    require_file(path, "fragments file")
     skip = _header_lines(path)
     source = open_binary(path)
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .fasta import _require_file
+from .files import require_file
 
 
 @dataclass
@@ -20,7 +20,7 @@ class Motif:
 
 def read_meme(path: str | Path) -> list[Motif]:
     path = Path(path)
-    _require_file(path, "motif file")
+    require_file(path, "motif file")
     lines = path.read_text().splitlines()
     if not any(line.startswith("MEME version") for line in lines[:20]):
         raise InputError(f"{path} is not MEME text format (no 'MEME version' line at the top)")

@@ -17,7 +17,7 @@ import numpy as np
 from scipy import sparse
 
 from ..errors import InputError
-from .fasta import _require_file
+from .files import require_file
 
 _INTERVAL = re.compile(r"^([^:]+)[:-](\d+)-(\d+)$")
 
@@ -123,7 +123,7 @@ def parse_intervals(names, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 
 def _open_h5(path: Path) -> h5py.File:
-    _require_file(path, "multiome file")
+    require_file(path, "multiome file")
     try:
         return h5py.File(path, "r")
     except OSError as err:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
-from .fasta import _require_file
+from .files import require_file
 
 # Common spellings mapped onto the canonical assay names of the config.
 ASSAY_ALIASES = {"dnase": "ATAC", "dnase-seq": "ATAC", "atac-seq": "ATAC", "atac": "ATAC", "ctcf": "CTCF"}
@@ -31,7 +31,7 @@ def _canonical_assay(name: str, assays: list[str]) -> str | None:
 def read_samples(path: str | Path, assays: list[str]) -> list[Sample]:
     """Parse samples.tsv (columns sample, assay, path). Every problem names the line."""
     path = Path(path)
-    _require_file(path, "samples table")
+    require_file(path, "samples table")
     with path.open(newline="") as fh:
         rows = [r for r in csv.reader(fh, delimiter="\t") if r and not r[0].startswith("#")]
     if not rows:
@@ -53,7 +53,7 @@ def read_samples(path: str | Path, assays: list[str]) -> list[Sample]:
             raise InputError(f"{path}, line {lineno}: unknown assay {assay_raw!r}; known assays: {', '.join(assays)} "
                              "(set data.assays to change them)")
         track = (path.parent / rel).resolve() if not Path(rel).is_absolute() else Path(rel)
-        _require_file(track, f"{path}, line {lineno}: bigWig")
+        require_file(track, f"{path}, line {lineno}: bigWig")
         sample = samples.setdefault(name, Sample(name))
         if assay in sample.tracks:
             raise InputError(f"{path}, line {lineno}: sample {name!r} lists assay {assay} twice")

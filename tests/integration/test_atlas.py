@@ -16,22 +16,27 @@ from creformer.config import ConfigError
 from creformer.engine.errors import InputError
 from creformer.trainer.jobs import train_elementary, train_regulatory
 
+from ..conftest import tiny_config
+
 
 @pytest.fixture(scope="module")
 def trained(sim_tiny, tmp_path_factory, ray_local):
     tmp = tmp_path_factory.mktemp("atlas_models")
-    common = ["--config", "tiny", f"train.storage_path={tmp / 'train'}", "train.log_every=5", "train.lr=1e-3", "train.warmup_steps=2"]
-    el = train_elementary([*common, f"data.samples={sim_tiny / 'samples.tsv'}", f"data.genome={sim_tiny / 'genome.fa'}",
-                           f"data.shards={tmp / 'shards'}", "data.crop_length=128", "train.max_steps=10", "train.checkpoint_every=10"])
-    rg = train_regulatory([*common, f"data.multiome={sim_tiny / 'multiome'}", f"data.genome={sim_tiny / 'genome.fa'}",
-                           f"data.annotation={sim_tiny / 'genes.gtf'}", f"data.regulatory_shards={tmp / 'reg'}",
-                           "train.name=regulatory", f"train.elementary_weights={el}", "train.max_steps=10",
-                           "train.checkpoint_every=10", "train.micro_batch=16"])
+    cfg = tiny_config(f"train.storage_path={tmp / 'train'}", "train.log_every=5", f"data.samples={sim_tiny / 'samples.tsv'}",
+                      f"data.genome={sim_tiny / 'genome.fa'}", f"data.shards={tmp / 'shards'}", "data.crop_length=128",
+                      f"data.regulatory.multiome={sim_tiny / 'multiome'}", f"data.regulatory.annotation={sim_tiny / 'genes.gtf'}",
+                      f"data.regulatory.shards={tmp / 'reg'}",
+                      *[f"train.{stage}.{key}" for stage in ("elementary", "regulatory")
+                        for key in ("lr=1e-3", "warmup_steps=2", "max_steps=10", "checkpoint_every=10")],
+                      "train.regulatory.micro_batch=16")
+    el = train_elementary(cfg).weights
+    rg = train_regulatory(cfg).weights
     return tmp, el, rg
 
 
 def args(sim, tmp, el, rg, out, *extra):
-    return ["--config", "tiny", f"data.regulatory_shards={tmp / 'reg'}", f"train.elementary_weights={el}",
+    """The atlas_grn overrides of these tests (CLI words and ``tiny_config`` alike)."""
+    return [f"data.regulatory.shards={tmp / 'reg'}", f"train.regulatory.elementary_weights={el}",
             f"analysis.regulatory_weights={rg}", f"analysis.out={out}", f"analysis.motifs={sim / 'motifs.meme'}",
             f"analysis.groups={sim / 'truth' / 'cells.tsv'}", f"analysis.truth={sim / 'truth'}", "analysis.cells_per_group=6",
             "analysis.min_cells_per_group=5", "analysis.cells_per_partition=6", "analysis.multi_tf=[TF01+TF02]", *extra]
@@ -40,7 +45,7 @@ def args(sim, tmp, el, rg, out, *extra):
 def test_atlas_grn_job_submit_outputs_and_resume(cluster, trained, sim_tiny, tmp_path, ray_local):
     tmp, el, rg = trained
     out = tmp_path / "atlas"
-    job = cluster.submit("atlas_grn", *args(sim_tiny, tmp, el, rg, out))
+    job = cluster.submit("atlas_grn", "--config", "tiny", *args(sim_tiny, tmp, el, rg, out))
     log = job.stdout + job.stderr
     assert job.returncode == 0 and "succeeded" in log, log[-3000:]
     # the report opens and every image it references exists
@@ -79,7 +84,7 @@ def test_atlas_grn_job_submit_outputs_and_resume(cluster, trained, sim_tiny, tmp
     n_slices = len(json.loads((work / "shared_slices.json").read_text()))
     assert n_slices >= 1 and len(list((work / "shared_claim").iterdir())) == len(list((work / "shared_done").iterdir())) == n_slices
     # a rerun reuses every finished partition (in-process this time, same fingerprint)
-    atlas_grn(args(sim_tiny, tmp, el, rg, out))
+    atlas_grn(tiny_config(*args(sim_tiny, tmp, el, rg, out)))
     meta = json.loads((out / "atlas.json").read_text())
     assert meta["stats"]["reused"] == meta["stats"]["partitions"] == 3
     # `creformer validate` rescoring the same tables gives the same scorecard
@@ -91,24 +96,24 @@ def test_atlas_grn_bad_inputs_fail_before_ray_work(trained, sim_tiny, tmp_path):
     tmp, el, rg = trained
     base = args(sim_tiny, tmp, el, rg, tmp_path / "bad")
     with pytest.raises(InputError, match="fewer than analysis.min_cells_per_group=500"):
-        atlas_grn([*base, "analysis.min_cells_per_group=500"])
+        atlas_grn(tiny_config(*base, "analysis.min_cells_per_group=500"))
     with pytest.raises(InputError, match="analysis.source_group='CT9' is not a cell group"):
-        atlas_grn([*base, "analysis.source_group=CT9"])
+        atlas_grn(tiny_config(*base, "analysis.source_group=CT9"))
     with pytest.raises(InputError, match="unknown TF name"):
-        atlas_grn([*base, "analysis.tfs=[NOPE1]"])
+        atlas_grn(tiny_config(*base, "analysis.tfs=[NOPE1]"))
     with pytest.raises(InputError, match="genes absent from the model's shards"):
-        atlas_grn([*base, "analysis.genes=[NOGENE]"])
+        atlas_grn(tiny_config(*base, "analysis.genes=[NOGENE]"))
     bad_meme = tmp_path / "bad.meme"
     bad_meme.write_text("MEME version 4\n\nMOTIF M1 TF01\nletter-probability matrix: alength= 4 w= 2\n0.5 0.5\n")
     with pytest.raises(InputError, match="bad.meme, line 5"):
-        atlas_grn([*base, f"analysis.motifs={bad_meme}"])
+        atlas_grn(tiny_config(*base, f"analysis.motifs={bad_meme}"))
     with pytest.raises(ConfigError, match="does not fit the regulatory model"):
-        atlas_grn([*base, f"analysis.regulatory_weights={el}"])  # an Elementary file is not a Regulatory head
+        atlas_grn(tiny_config(*base, f"analysis.regulatory_weights={el}"))  # an Elementary file is not a Regulatory head
     other = tmp_path / "export"
     shutil.copytree(rg.parent, other)
     (other / "config.yaml").write_text((other / "config.yaml").read_text().replace("peak_m: 150", "peak_m: 100"))
     with pytest.raises(ConfigError, match="trained with peak_m=100"):
-        atlas_grn([*base, f"analysis.regulatory_weights={other / 'model.safetensors'}"])
+        atlas_grn(tiny_config(*base, f"analysis.regulatory_weights={other / 'model.safetensors'}"))
     with pytest.raises(ConfigError, match="do not exist"):
-        atlas_grn([*base, f"analysis.regulatory_weights={tmp_path / 'missing.safetensors'}"])
+        atlas_grn(tiny_config(*base, f"analysis.regulatory_weights={tmp_path / 'missing.safetensors'}"))
     assert not (tmp_path / "bad" / "partitions").exists()  # nothing ran

@@ -6,14 +6,14 @@ import json
 
 def test_job_submit_two_nodes_and_resume(cluster, tiny_shards, tmp_path):
     args = ["train_elementary", "--config", "tiny", f"data.shards={tiny_shards.parent}", f"train.storage_path={tmp_path}",
-            "data.crop_length=128", "train.checkpoint_every=3", "train.log_every=3", "train.placement_strategy=STRICT_SPREAD"]
-    first = cluster.submit(*args, "train.max_steps=6")
+            "data.crop_length=128", "train.elementary.checkpoint_every=3", "train.log_every=3", "train.placement_strategy=STRICT_SPREAD"]
+    first = cluster.submit(*args, "train.elementary.max_steps=6")
     out = first.stdout + first.stderr
     assert first.returncode == 0 and "succeeded" in out, out[-3000:]
     assert "ip=127.0.0.2" in out and "ip=127.0.0.3" in out  # one worker on each node
     run_dir = tmp_path / "elementary"
     assert (run_dir / "export" / "model.safetensors").exists()
-    second = cluster.submit(*args, "train.max_steps=9")
+    second = cluster.submit(*args, "train.elementary.max_steps=9")
     assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == [3, 6, 9]  # the rerun resumed after step 6

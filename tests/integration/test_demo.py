@@ -8,9 +8,10 @@ def test_demo_runs_end_to_end_on_tiny(tmp_path, ray_local, shared_data_or_none):
 
     out = tmp_path / "demo"
     report = run(out, config="tiny", overrides=("data.shard_size_mb=2", "analysis.cells_per_group=8",
-                                                "analysis.min_cells_per_group=8"), data_dir=shared_data_or_none, steps=(10, 10))
+                                                "analysis.min_cells_per_group=8", "train.elementary.max_steps=10",
+                                                "train.regulatory.max_steps=10"), data_dir=shared_data_or_none)
     page = report.read_text()
-    images = re.findall(r'<img src="([^"]+)"', page)
+    images = re.findall(r"<img src='([^']+)'", page)
     assert images and all((report.parent / img).exists() for img in images)
     assert "atlas_grn" in page and "not yet implemented" not in page
     assert "Training checks" in page and "held-out cells" in page and "planted motif" in page

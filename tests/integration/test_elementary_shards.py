@@ -7,19 +7,25 @@ import numpy as np
 import pyBigWig
 import pytest
 
-from creformer.engine.dataset import elementary_dataset, iter_manifest_records
+from creformer.engine.elementary_shards import (
+    Window,
+    _tar_header,
+    _tarinfo_header,
+    build_elementary_shard,
+    prepare_elementary,
+    tokenize_region,
+    tokenize_window,
+    window_runs,
+)
+from creformer.engine.elementary_stream import elementary_dataset, iter_manifest_records
 from creformer.engine.errors import InputError, ShardError
 from creformer.engine.io.bigwig import Track
 from creformer.engine.io.fasta import Genome
 from creformer.engine.io.samples import read_samples
 from creformer.engine.shards import Manifest
 from creformer.engine.tokenize import SIG_PAD, default_cutpoints, dna_tokens, signal_tokens
-from creformer.engine.windows import (
-    Window, _tar_header, _tarinfo_header, build_elementary_shard, prepare_elementary, tokenize_region, tokenize_window,
-    window_runs,
-)
 
-from ..conftest import ASSAYS
+from ..conftest import ASSAYS, elementary_config
 
 
 def test_round_trip_equals_direct_tokenization(sim_tiny, tiny_shards):
@@ -44,8 +50,7 @@ def test_round_trip_equals_direct_tokenization(sim_tiny, tiny_shards):
 
 def test_reuse_when_inputs_unchanged(sim_tiny, tiny_shards):
     before = tiny_shards.read_text()
-    res = prepare_elementary(sim_tiny / "samples.tsv", sim_tiny / "genome.fa", tiny_shards.parent, assays=ASSAYS,
-                             shard_size_mb=1, executor="local")
+    res = prepare_elementary(elementary_config(sim_tiny / "samples.tsv", sim_tiny / "genome.fa", tiny_shards.parent, shard_size_mb=1, executor="local"))
     assert res.reused and tiny_shards.read_text() == before
 
 
@@ -76,15 +81,15 @@ def test_interrupted_build_resumes_missing_shards_only(sim_tiny, tiny_shards, tm
         return build_elementary_shard(task, context, shard_dir)
 
     monkeypatch.setattr(shards_mod, "_run_local",
-                        lambda tasks, ctx, sd, build, desc: (dying(t, ctx, sd) for t in tasks))
+                        lambda tasks, ctx, sd, build, desc, ray_config: (dying(t, ctx, sd) for t in tasks))
     with pytest.raises(KeyboardInterrupt):
-        prepare_elementary(sim_tiny / "samples.tsv", sim_tiny / "genome.fa", out, assays=ASSAYS, shard_size_mb=1, executor="local")
+        prepare_elementary(elementary_config(sim_tiny / "samples.tsv", sim_tiny / "genome.fa", out, shard_size_mb=1, executor="local"))
     assert not (out / "manifest.json").exists()
     done = sorted(p.name for p in (out / "shards").glob("elementary-*.tar"))
     assert len(done) == 5
     mtimes = {p: (out / "shards" / p).stat().st_mtime_ns for p in done}
     monkeypatch.undo()
-    res = prepare_elementary(sim_tiny / "samples.tsv", sim_tiny / "genome.fa", out, assays=ASSAYS, shard_size_mb=1, executor="local")
+    res = prepare_elementary(elementary_config(sim_tiny / "samples.tsv", sim_tiny / "genome.fa", out, shard_size_mb=1, executor="local"))
     assert res.resumed == 5 and res.built == len(Manifest(out).shards) - 5
     assert all((out / "shards" / p).stat().st_mtime_ns == t for p, t in mtimes.items())
     assert not list((out / "shards").glob(".tmp-*"))
@@ -104,7 +109,7 @@ def test_corrupted_shard_detected_and_rebuilt(sim_tiny, tiny_shards, tmp_path):
     with pytest.raises(ShardError, match="truncated"):
         man.verify()
     # a rerun with the same inputs notices the damaged shard and rebuilds only it
-    res = prepare_elementary(sim_tiny / "samples.tsv", sim_tiny / "genome.fa", out, assays=ASSAYS, shard_size_mb=1, executor="local")
+    res = prepare_elementary(elementary_config(sim_tiny / "samples.tsv", sim_tiny / "genome.fa", out, shard_size_mb=1, executor="local"))
     assert not res.reused and res.built == 1
     Manifest(out).verify()
 
@@ -113,10 +118,8 @@ def test_other_inputs_refuse_to_overwrite(sim_tiny, tiny_shards, tmp_path):
     out = tmp_path / "el"
     shutil.copytree(tiny_shards.parent, out)
     with pytest.raises(ShardError, match="other inputs.*--overwrite"):
-        prepare_elementary(sim_tiny / "samples.tsv", sim_tiny / "genome.fa", out, assays=ASSAYS, shard_size_mb=1,
-                           windows_per_sample=3, executor="local")
-    res = prepare_elementary(sim_tiny / "samples.tsv", sim_tiny / "genome.fa", out, assays=ASSAYS, shard_size_mb=1,
-                             windows_per_sample=3, executor="local", overwrite=True)
+        prepare_elementary(elementary_config(sim_tiny / "samples.tsv", sim_tiny / "genome.fa", out, shard_size_mb=1, windows_per_sample=3, executor="local"))
+    res = prepare_elementary(elementary_config(sim_tiny / "samples.tsv", sim_tiny / "genome.fa", out, shard_size_mb=1, windows_per_sample=3, executor="local"), overwrite=True)
     assert Manifest(res.manifest_path).data["records"] == 9
 
 
@@ -125,8 +128,7 @@ def test_missing_assay_is_pad_and_flagged(sim_tiny, tmp_path):
     lines = (sim / "samples.tsv").read_text().splitlines()
     kept = [line for line in lines if not (line.startswith("bulk_CT1") and "\tCTCF\t" in line)]
     (sim / "samples.tsv").write_text("\n".join(kept) + "\n")
-    res = prepare_elementary(sim / "samples.tsv", sim / "genome.fa", tmp_path / "el", assays=ASSAYS,
-                             windows_per_sample=2, executor="local")
+    res = prepare_elementary(elementary_config(sim / "samples.tsv", sim / "genome.fa", tmp_path / "el", windows_per_sample=2, executor="local"))
     man = Manifest(res.manifest_path)
     assert man.data["counts"]["assay_missing_windows"]["CTCF"] == 2
     for rec in iter_manifest_records(man):
@@ -142,7 +144,7 @@ def test_nan_values_are_zero_and_counted(sim_tiny, tmp_path):
     bw.addHeader([("chr1", 300_000), ("chr2", 300_000)])
     bw.addEntries(["chr1"] * 3, [0, 100, 1000], ends=[100, 200, 2000], values=[float("nan"), 3.0, float("inf")])
     bw.close()
-    res = prepare_elementary(sim / "samples.tsv", sim / "genome.fa", tmp_path / "el", assays=ASSAYS, executor="local")
+    res = prepare_elementary(elementary_config(sim / "samples.tsv", sim / "genome.fa", tmp_path / "el", executor="local"))
     man = Manifest(res.manifest_path)
     rec = next(r for r in iter_manifest_records(man) if r["key"] == "bulk_CT0/chr1:0-32773")
     atac = rec["sig"][0]
@@ -179,19 +181,18 @@ def test_bad_inputs_are_explained(sim_tiny, tmp_path, case):
     elif case == "missing_track":
         (sim / "tracks" / "bulk_CT2.H3K27ac.bw").unlink()
     with pytest.raises(InputError, match=expect):
-        prepare_elementary(samples, genome, tmp_path / "el", assays=ASSAYS, executor="local")
+        prepare_elementary(elementary_config(samples, genome, tmp_path / "el", executor="local"))
 
 
 def test_ray_build_equals_local_build(sim_tiny, tiny_shards, tmp_path, ray_local):
-    res = prepare_elementary(sim_tiny / "samples.tsv", sim_tiny / "genome.fa", tmp_path / "el", assays=ASSAYS,
-                             shard_size_mb=1, executor="ray")
+    res = prepare_elementary(elementary_config(sim_tiny / "samples.tsv", sim_tiny / "genome.fa", tmp_path / "el", shard_size_mb=1, executor="ray"))
     assert [s["sha256"] for s in Manifest(res.manifest_path).shards] == [s["sha256"] for s in Manifest(tiny_shards).shards]
 
 
 def test_elementary_dataset_streams_crops(tiny_shards, ray_local):
     import torch
 
-    ds = elementary_dataset(tiny_shards, length=1024, seed=3)
+    ds = elementary_dataset(tiny_shards, length=1024, seed=3, crops_per_window=1)
     n = 0
     for batch in ds.iter_torch_batches(batch_size=8, drop_last=False):
         assert batch["dna"].shape[1:] == (1024,) and batch["sig"].shape[1:] == (7, 1024)
@@ -200,7 +201,7 @@ def test_elementary_dataset_streams_crops(tiny_shards, ray_local):
         n += batch["dna"].shape[0]
     assert n == 42
     # crops are real slices of the stored windows
-    rows = elementary_dataset(tiny_shards, length=128, seed=1, keys=True).take(3)
+    rows = elementary_dataset(tiny_shards, length=128, seed=1, keys=True, crops_per_window=1).take(3)
     recs = {r["key"]: r for r in iter_manifest_records(tiny_shards)}
     for row in rows:
         key, off = row["key"].rsplit("@", 1)
@@ -213,8 +214,10 @@ def test_elementary_dataset_streams_crops(tiny_shards, ray_local):
         key, off = row["key"].rsplit("@", 1)
         by_window.setdefault(key, []).append(int(off))
     assert all(len(v) == 8 and min(np.diff(sorted(v))) >= 1024 for v in by_window.values())
+    # by default every crop the window holds after a random phase: 31 or 32 of 1,024 in 32,768 (from the manifest)
+    assert 42 * 31 <= elementary_dataset(tiny_shards, length=1024).count() <= 42 * 32
     # two streaming splits (one per Ray Train worker) together see every window once
-    a, b = elementary_dataset(tiny_shards, length=128, keys=True).streaming_split(2, equal=False)
+    a, b = elementary_dataset(tiny_shards, length=128, keys=True, crops_per_window=1).streaming_split(2, equal=False)
     import threading
 
     keys = {0: [], 1: []}

@@ -10,13 +10,14 @@ import numpy as np
 import pyBigWig
 import pytest
 
-from creformer.engine.dataset import iter_manifest_records
+from creformer.engine.elementary_shards import prepare_elementary
+from creformer.engine.elementary_stream import iter_manifest_records
 from creformer.engine.io.bigwig import Track
 from creformer.engine.io.fasta import Genome
-from creformer.engine.tokenize import DNA_N, SIG_OFFSET, SignalStats, default_cutpoints, dna_tokens, signal_tokens
 from creformer.engine.shards import Manifest
-from creformer.engine.windows import prepare_elementary
+from creformer.engine.tokenize import DNA_N, SIG_OFFSET, SignalStats, default_cutpoints, dna_tokens, signal_tokens
 
+from ..conftest import elementary_config
 from ..unit.test_tokenize import reference_signal
 
 pytestmark = pytest.mark.realdata
@@ -66,8 +67,7 @@ def test_real_dna_with_real_track_values_through_prepare(shared_data, tmp_path):
     bw.addEntries(["2"] * int(keep.sum()), starts[keep].tolist(), ends=ends[keep].tolist(), values=vals[starts][keep].astype(float).tolist())
     bw.close()
     (tmp_path / "samples.tsv").write_text("sample\tassay\tpath\nA549_like\tCTCF\tcebpb_values_on_chr2.bw\n")
-    res = prepare_elementary(tmp_path / "samples.tsv", shared_data / FA, tmp_path / "el", assays=["ATAC", "CTCF"],
-                             windows_per_sample=6, executor="local")
+    res = prepare_elementary(elementary_config(tmp_path / "samples.tsv", shared_data / FA, tmp_path / "el", assays=["ATAC", "CTCF"], windows_per_sample=6, executor="local"))
     recs = list(iter_manifest_records(res.manifest_path))
     assert len(recs) == 6
     assert Manifest(res.manifest_path).data["inputs"][1]["chroms_not_in_genome"] == []

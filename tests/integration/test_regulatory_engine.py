@@ -7,14 +7,17 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from creformer.engine.cells import PEAK_SPAN, RegulatoryOptions, prepare_regulatory
-from creformer.engine.dataset import _load_signal, join_samples, regulatory_dataset, unpack_samples
+from creformer.cli import main as cli_main
 from creformer.engine.errors import InputError
 from creformer.engine.io.fasta import Genome
+from creformer.engine.regulatory_batches import join_samples, load_signal, unpack_samples
+from creformer.engine.regulatory_shards import prepare_regulatory
+from creformer.engine.regulatory_stream import regulatory_dataset
 from creformer.engine.shards import Manifest
 from creformer.engine.simulate_cells import write_10x_h5
-from creformer.engine.tokenize import SIG_OFFSET, SIG_PAD, SignalStats, default_cutpoints, dna_tokens
+from creformer.engine.tokenize import PEAK_SPAN, SIG_OFFSET, SIG_PAD, SignalStats, default_cutpoints, dna_tokens
 
+from ..conftest import regulatory_config
 from ..unit.test_tokenize import reference_signal
 
 BARCODES = ["AAACAAAC-1", "CCCGCCCG-1", "GGGTGGGT-1"]
@@ -65,8 +68,7 @@ def direct_atac(fragments_rows, barcodes, peak_windows, cuts):
 
 def test_hand_made_multiome_coverage_and_expression(tmp_path):
     root = make_hand_multiome(tmp_path / "hand")
-    res = prepare_regulatory(root / "multiome", root / "genome.fa", root / "genes.gtf", tmp_path / "out",
-                             options=RegulatoryOptions(min_cells_per_gene=1), executor="local")
+    res = prepare_regulatory(regulatory_config(root / "multiome", root / "genome.fa", root / "genes.gtf", tmp_path / "out", min_cells_per_gene=1, executor="local"))
     man = Manifest(res.manifest_path)
     c = man.data["counts"]
     assert c["cells"] == 3 and c["genes"] == 2 and c["genes_without_tss"] == 1
@@ -78,7 +80,7 @@ def test_hand_made_multiome_coverage_and_expression(tmp_path):
     cells = pq.read_table(tmp_path / "out" / "tables" / "cells.parquet").to_pydict()
     assert cells["library_size"] == [2, 1, 1]
     # cell 0, peak 0: four insertions (4600, 4699, 5000, 5099) of 1e4/2 each -> the top level around them
-    signal = _load_signal(tmp_path / "out" / "signal" / "block-000000.parquet")
+    signal = load_signal(tmp_path / "out" / "signal" / "block-000000.parquet")
     samples = pq.read_table(man.shard_path(man.shards[0])).to_pydict()
     batch = {"cell_id": np.array(samples["cell_id"]), "gene_id": np.array(samples["gene_id"]),
              "expression": np.array(samples["expression"]), "peak_ids": [np.array(p) for p in samples["peak_ids"]],
@@ -100,8 +102,7 @@ def test_hand_made_multiome_coverage_and_expression(tmp_path):
 
 
 def test_streaming_join_equals_direct_on_simulated_atlas(sim_tiny, tmp_path, ray_local):
-    res = prepare_regulatory(sim_tiny / "multiome", sim_tiny / "genome.fa", sim_tiny / "genes.gtf", tmp_path / "reg",
-                             options=RegulatoryOptions(rows_per_shard=1_600), executor="ray")
+    res = prepare_regulatory(regulatory_config(sim_tiny / "multiome", sim_tiny / "genome.fa", sim_tiny / "genes.gtf", tmp_path / "reg", rows_per_shard=1_600, executor="ray"))
     man = Manifest(res.manifest_path)
     assert len(man.shards) == 3 and man.data["records"] == man.data["counts"]["cells"] * man.data["counts"]["genes"]
     c = man.data["counts"]
@@ -147,12 +148,12 @@ def test_streaming_join_equals_direct_on_simulated_atlas(sim_tiny, tmp_path, ray
 def test_reuse_and_resume(tmp_path):
     root = make_hand_multiome(tmp_path / "hand")
     args = (root / "multiome", root / "genome.fa", root / "genes.gtf", tmp_path / "out")
-    opts = RegulatoryOptions(min_cells_per_gene=1, rows_per_shard=2)
-    first = prepare_regulatory(*args, options=opts, executor="local")
+    opts = {"min_cells_per_gene": 1, "rows_per_shard": 2}
+    first = prepare_regulatory(regulatory_config(*args, **opts, executor="local"))
     assert len(Manifest(first.manifest_path).shards) == 3
-    assert prepare_regulatory(*args, options=opts, executor="local").reused
+    assert prepare_regulatory(regulatory_config(*args, **opts, executor="local")).reused
     (tmp_path / "out" / "shards" / "samples-000001.parquet").unlink()
-    again = prepare_regulatory(*args, options=opts, executor="local")
+    again = prepare_regulatory(regulatory_config(*args, **opts, executor="local"))
     assert again.built == 1 and not again.reused
     Manifest(again.manifest_path).verify()
 
@@ -189,22 +190,18 @@ def test_bad_inputs(tmp_path, case, message):
         h5 = root / "multiome" / "filtered_feature_bc_matrix.h5"
         h5.write_bytes(h5.read_bytes()[:3000])
     with pytest.raises(InputError, match=message):
-        prepare_regulatory(root / "multiome", root / "genome.fa", annotation, tmp_path / "out",
-                           options=RegulatoryOptions(min_cells_per_gene=1), executor="local")
+        prepare_regulatory(regulatory_config(root / "multiome", root / "genome.fa", annotation, tmp_path / "out", min_cells_per_gene=1, executor="local"))
 
 
 def test_name_mismatches_are_harmonized_and_policies_counted(tmp_path):
     frags = [("1", s, e, b) for _, s, e, b in FRAGMENTS]  # Ensembl-style names in fragments and GTF
     root = make_hand_multiome(tmp_path / "hand", fragments=frags, gtf_chrom="1", rna=((5, 0, 1), (0, 3, 0), (0, 0, 0)))
-    res = prepare_regulatory(root / "multiome", root / "genome.fa", root / "genes.gtf", tmp_path / "out",
-                             options=RegulatoryOptions(min_cells_per_gene=1, window_bp=300), executor="local")
+    res = prepare_regulatory(regulatory_config(root / "multiome", root / "genome.fa", root / "genes.gtf", tmp_path / "out", min_cells_per_gene=1, tss_window_bp=300, executor="local"))
     c = Manifest(res.manifest_path).data["counts"]
     assert c["cells_below_min_counts"] == 1 and c["cells"] == 2
     assert c["cell_peak_pairs"] > 0  # fragments on "1" met peaks on "chr1"
     assert c["genes_without_peaks"] == 1 and c["genes"] == 2  # gene B has no peak within 300 bp: kept
-    res2 = prepare_regulatory(root / "multiome", root / "genome.fa", root / "genes.gtf", tmp_path / "out2",
-                              options=RegulatoryOptions(min_cells_per_gene=1, window_bp=300, keep_genes_without_peaks=False),
-                              executor="local")
+    res2 = prepare_regulatory(regulatory_config(root / "multiome", root / "genome.fa", root / "genes.gtf", tmp_path / "out2", min_cells_per_gene=1, tss_window_bp=300, keep_genes_without_peaks=False, executor="local"))
     assert Manifest(res2.manifest_path).data["counts"]["genes"] == 1
 
 
@@ -215,9 +212,8 @@ def test_real_muon_pbmc_end_to_end(shared_data, tmp_path, ray_local):
     fa = shared_data / "genome" / "chr2_1-2333275.fa.gz"
     ann = shared_data / "annotation" / "CollapsedGeneBounds.hg38.bed.gz"
     with pytest.raises(InputError, match="174 of 174 peaks lack sequence"):  # the real DNA covers none of them
-        prepare_regulatory(mo, fa, ann, tmp_path / "reg", fragments=frag, executor="local")
-    res = prepare_regulatory(mo, fa, ann, tmp_path / "reg", fragments=frag, executor="ray",
-                             options=RegulatoryOptions(allow_missing_sequence=True))
+        prepare_regulatory(regulatory_config(mo, fa, ann, tmp_path / "reg", fragments=frag, executor="local"))
+    res = prepare_regulatory(regulatory_config(mo, fa, ann, tmp_path / "reg", fragments=frag, executor="ray", allow_missing_sequence=True))
     man = Manifest(res.manifest_path)
     c = man.data["counts"]
     assert c["cells"] == 980 and c["matrix_cells_without_fragments"] == 20  # 980 of 1,000 barcodes have fragments
@@ -233,17 +229,15 @@ def test_real_muon_pbmc_end_to_end(shared_data, tmp_path, ray_local):
 def test_signal_is_independent_of_streaming_batch_size(sim_tiny, tmp_path, monkeypatch):
     """Small parse blocks split chromosomes into many batches (windows pending across batches):
     the sparse signal must equal the one-batch build."""
-    import creformer.engine.cells as cells
+    import creformer.engine.atac_signal as atac_signal
 
     def signal_rows(out):
         t = pq.read_table(out / "signal" / "block-000000.parquet").to_pydict()
         return sorted(zip(t["cell"], t["peak"], map(tuple, t["pos"]), map(tuple, t["tok"])))
 
-    big = prepare_regulatory(sim_tiny / "multiome", sim_tiny / "genome.fa", sim_tiny / "genes.gtf", tmp_path / "big",
-                             executor="local")
-    monkeypatch.setattr(cells, "FRAGMENT_BLOCK_BYTES", 32 << 10)
-    small = prepare_regulatory(sim_tiny / "multiome", sim_tiny / "genome.fa", sim_tiny / "genes.gtf", tmp_path / "small",
-                               executor="local")
+    big = prepare_regulatory(regulatory_config(sim_tiny / "multiome", sim_tiny / "genome.fa", sim_tiny / "genes.gtf", tmp_path / "big", executor="local"))
+    monkeypatch.setattr(atac_signal, "FRAGMENT_BLOCK_BYTES", 32 << 10)
+    small = prepare_regulatory(regulatory_config(sim_tiny / "multiome", sim_tiny / "genome.fa", sim_tiny / "genes.gtf", tmp_path / "small", executor="local"))
     assert Manifest(small.manifest_path).data["counts"]["cell_peak_pairs"] == Manifest(big.manifest_path).data["counts"]["cell_peak_pairs"]
     assert signal_rows(tmp_path / "small") == signal_rows(tmp_path / "big")
 
@@ -291,14 +285,14 @@ def test_count_matrix_reads_cells_in_blocks(sim_tiny, tmp_path, layout):
 def test_holdout_split_is_stable_and_disjoint(sim_tiny, tmp_path):
     """Held-out cells: a stable split by cell id; the training stream never yields them and the
     held-out stream yields only them, together every sample exactly once."""
-    from creformer.engine.dataset import is_holdout, iter_regulatory_batches
+    from creformer.engine.regulatory_batches import is_holdout
+    from creformer.engine.regulatory_stream import iter_regulatory_batches
 
     ids = np.arange(100_000)
     held = is_holdout(ids, 0.1, seed=3)
     assert abs(held.mean() - 0.1) < 0.01 and np.array_equal(held, is_holdout(ids, 0.1, seed=3))
     assert not np.array_equal(held, is_holdout(ids, 0.1, seed=4)) and not is_holdout(ids, 0.0).any()
-    res = prepare_regulatory(sim_tiny / "multiome", sim_tiny / "genome.fa", sim_tiny / "genes.gtf", tmp_path / "reg",
-                             options=RegulatoryOptions(min_cells_per_gene=1), executor="local")
+    res = prepare_regulatory(regulatory_config(sim_tiny / "multiome", sim_tiny / "genome.fa", sim_tiny / "genes.gtf", tmp_path / "reg", min_cells_per_gene=1, executor="local"))
     keys = {}
     for role in ("train", "holdout", None):
         rows = [(int(c), int(g)) for b in iter_regulatory_batches(res.manifest_path, batch_size=64,
@@ -316,12 +310,11 @@ def test_training_order_is_shuffled_complete_and_seeded(sim_tiny, tmp_path, monk
     in a seeded random order and visits their cells in random order (each cell's genes together,
     shuffled), so every sample still comes exactly once, cells come from all over the file, and
     one seed gives one order."""
-    from creformer.engine import cells
-    from creformer.engine.dataset import iter_regulatory_batches
+    from creformer.engine import sample_shards
+    from creformer.engine.regulatory_stream import iter_regulatory_batches
 
-    monkeypatch.setattr(cells, "SAMPLE_ROW_GROUP", 500)  # several row groups in the tiny shard
-    res = prepare_regulatory(sim_tiny / "multiome", sim_tiny / "genome.fa", sim_tiny / "genes.gtf", tmp_path / "reg",
-                             options=RegulatoryOptions(min_cells_per_gene=1), executor="local")
+    monkeypatch.setattr(sample_shards, "SAMPLE_ROW_GROUP", 500)  # several row groups in the tiny shard
+    res = prepare_regulatory(regulatory_config(sim_tiny / "multiome", sim_tiny / "genome.fa", sim_tiny / "genes.gtf", tmp_path / "reg", min_cells_per_gene=1, executor="local"))
 
     def order(seed):
         return [(int(c), int(g)) for b in iter_regulatory_batches(res.manifest_path, batch_size=16, shuffle_seed=seed)
@@ -336,3 +329,31 @@ def test_training_order_is_shuffled_complete_and_seeded(sim_tiny, tmp_path, monk
     assert max(visits[:10]) - min(visits[:10]) > n_cells // 3  # the first cells come from all over the file
     genes = [g for c, g in a if c == visits[0]]
     assert genes != sorted(genes)  # and its genes in random order
+
+
+def test_config_file_reproduces_a_flag_built_shard_set(tmp_path):
+    """`prepare regulatory --config X.yaml` builds the shard set that the same settings given as
+    flags built: the same manifest input hash and the same shard checksums."""
+    root = make_hand_multiome(tmp_path / "hand")
+    flags = cli_main(["prepare", "regulatory", "--multiome", str(root / "multiome"), "--genome", str(root / "genome.fa"),
+                      "--annotation", str(root / "genes.gtf"), "--out", str(tmp_path / "flags"), "--min-counts", "4",
+                      "--skip-genes-without-peaks", "data.executor=local", "data.regulatory.min_cells_per_gene=1"])
+    assert flags == 0
+    yaml_path = tmp_path / "reg.yaml"
+    yaml_path.write_text(f"""data:
+  genome: {root / 'genome.fa'}
+  executor: local
+  regulatory:
+    multiome: {root / 'multiome'}
+    annotation: {root / 'genes.gtf'}
+    shards: {tmp_path / 'yaml'}
+    min_counts: 4
+    min_cells_per_gene: 1
+    keep_genes_without_peaks: false
+""")
+    assert cli_main(["prepare", "regulatory", "--config", str(yaml_path)]) == 0
+    a, b = (Manifest(tmp_path / name / "manifest.json") for name in ("flags", "yaml"))
+    assert a.data["input_hash"] == b.data["input_hash"] and a.data["options"] == b.data["options"]
+    assert [s["sha256"] for s in a.shards] == [s["sha256"] for s in b.shards]
+    assert a.data["options"]["min_counts"] == 4 and a.data["options"]["keep_genes_without_peaks"] is False
+    assert a.data["counts"]["cells_below_min_counts"] == 1  # the flags took effect

@@ -12,22 +12,25 @@ from creformer.engine.errors import ShardError
 from creformer.trainer.jobs import train_elementary, train_regulatory
 from creformer.trainer.model import Elementary
 
+from ..conftest import tiny_config
+
 
 def losses(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def el_args(sim, tmp, *extra):
-    return ["--config", "tiny", f"data.samples={sim / 'samples.tsv'}", f"data.genome={sim / 'genome.fa'}",
-            f"data.shards={tmp / 'shards'}", f"train.storage_path={tmp / 'train'}", "data.crop_length=128",
-            "train.log_every=5", *extra]
+def el_config(sim, tmp, *extra):
+    return tiny_config(f"data.samples={sim / 'samples.tsv'}", f"data.genome={sim / 'genome.fa'}",
+                       f"data.shards={tmp / 'shards'}", f"train.storage_path={tmp / 'train'}", "data.crop_length=128",
+                       "train.log_every=5", *extra)
 
 
 @pytest.fixture(scope="module")
 def trained_elementary(sim_tiny, tmp_path_factory, ray_local):
     tmp = tmp_path_factory.mktemp("el")
-    export = train_elementary(el_args(sim_tiny, tmp, "train.max_steps=100", "train.checkpoint_every=50", "train.lr=3e-3", "data.crop_length=1024",
-                                      "train.warmup_steps=10", f"train.eval_motifs={sim_tiny / 'truth' / 'motif_instances.tsv'}"))
+    export = train_elementary(el_config(sim_tiny, tmp, "train.elementary.max_steps=100", "train.elementary.checkpoint_every=50",
+                                        "train.elementary.lr=3e-3", "data.crop_length=1024", "train.elementary.warmup_steps=10",
+                                        f"train.elementary.eval_motifs={sim_tiny / 'truth' / 'motif_instances.tsv'}")).weights
     return tmp, export
 
 
@@ -53,11 +56,12 @@ def test_elementary_trains_and_exports(trained_elementary):
 
 def test_regulatory_trains_on_frozen_elementary(trained_elementary, sim_tiny, tmp_path):
     _, export = trained_elementary
-    out = train_regulatory(["--config", "tiny", f"data.multiome={sim_tiny / 'multiome'}", f"data.genome={sim_tiny / 'genome.fa'}",
-                            f"data.annotation={sim_tiny / 'genes.gtf'}", f"data.regulatory_shards={tmp_path / 'reg'}",
-                            f"train.storage_path={tmp_path / 'train'}", "train.name=regulatory", f"train.elementary_weights={export}",
-                            "train.max_steps=250", "train.checkpoint_every=125", "train.micro_batch=16", "train.lr=1e-3",
-                            "train.warmup_steps=5", "train.log_every=5"])
+    out = train_regulatory(tiny_config(
+        f"data.regulatory.multiome={sim_tiny / 'multiome'}", f"data.genome={sim_tiny / 'genome.fa'}",
+        f"data.regulatory.annotation={sim_tiny / 'genes.gtf'}", f"data.regulatory.shards={tmp_path / 'reg'}",
+        f"train.storage_path={tmp_path / 'train'}", f"train.regulatory.elementary_weights={export}",
+        "train.regulatory.max_steps=250", "train.regulatory.checkpoint_every=125", "train.regulatory.micro_batch=16",
+        "train.regulatory.lr=1e-3", "train.regulatory.warmup_steps=5", "train.log_every=5")).weights
     rows = losses(tmp_path / "train" / "regulatory")
     assert rows[-1]["step"] == 250
     assert rows[-1]["cache_hit_rate"] > 0.3  # most (cell, peak) pairs share the zero-signal embedding
@@ -78,8 +82,8 @@ def test_regulatory_trains_on_frozen_elementary(trained_elementary, sim_tiny, tm
 
 
 def test_rerun_resumes_and_fault_recovers(sim_tiny, tmp_path, ray_local):
-    train_elementary(el_args(sim_tiny, tmp_path, "train.max_steps=10", "train.checkpoint_every=5"))
-    train_elementary(el_args(sim_tiny, tmp_path, "train.max_steps=20", "train.checkpoint_every=5",
+    train_elementary(el_config(sim_tiny, tmp_path, "train.elementary.max_steps=10", "train.elementary.checkpoint_every=5"))
+    train_elementary(el_config(sim_tiny, tmp_path, "train.elementary.max_steps=20", "train.elementary.checkpoint_every=5",
                              "train.fail_at_step=13", "train.max_failures=1"))
     run = tmp_path / "train" / "elementary"
     assert (run / "fault_injected").exists()
@@ -92,11 +96,11 @@ def test_rerun_resumes_and_fault_recovers(sim_tiny, tmp_path, ray_local):
 def test_fault_run_equals_uninterrupted_run(sim_tiny, tmp_path, ray_local):
     """train.deterministic: a run that loses a worker at step 7 restarts from the step-4 checkpoint,
     skips the batches consumed before it and ends with the weights of a run without the fault."""
-    common = ["train.max_steps=10", "train.checkpoint_every=4", "train.deterministic=true", "train.micro_batch=2",
-              "train.lr=1e-3", "train.warmup_steps=2",
+    common = ["train.elementary.max_steps=10", "train.elementary.checkpoint_every=4", "train.deterministic=true",
+              "train.elementary.micro_batch=2", "train.elementary.lr=1e-3", "train.elementary.warmup_steps=2",
               f"data.shards={tmp_path / 'shards'}"]
-    a = train_elementary(el_args(sim_tiny, tmp_path / "a", *common, "train.fail_at_step=7", "train.max_failures=1"))
-    b = train_elementary(el_args(sim_tiny, tmp_path / "b", *common))
+    a = train_elementary(el_config(sim_tiny, tmp_path / "a", *common, "train.fail_at_step=7", "train.max_failures=1")).weights
+    b = train_elementary(el_config(sim_tiny, tmp_path / "b", *common)).weights
     assert (tmp_path / "a" / "train" / "elementary" / "fault_injected").exists()
     wa, wb = load_file(a), load_file(b)
     assert wa.keys() == wb.keys()
@@ -110,11 +114,11 @@ def test_fault_run_equals_uninterrupted_run(sim_tiny, tmp_path, ray_local):
 
 def test_bad_configs_fail_before_workers(sim_tiny, tmp_path, trained_elementary):
     with pytest.raises(ConfigError, match="does not exist; run train_elementary first"):
-        train_regulatory(["--config", "tiny", f"train.elementary_weights={tmp_path / 'none.safetensors'}"])
+        train_regulatory(tiny_config(f"train.regulatory.elementary_weights={tmp_path / 'none.safetensors'}"))
     _, export = trained_elementary
     with pytest.raises(ConfigError, match="does not match the model config"):
-        train_regulatory(["--config", "tiny", "model.d_model=32", "model.n_heads=4", f"train.elementary_weights={export}"])
+        train_regulatory(tiny_config("model.d_model=32", "model.n_heads=4", f"train.regulatory.elementary_weights={export}"))
     with pytest.raises(ShardError, match="no elementary shards"):
-        train_elementary(["--config", "tiny", f"data.shards={tmp_path / 'nothing'}"])
+        train_elementary(tiny_config(f"data.shards={tmp_path / 'nothing'}"))
     with pytest.raises(ConfigError, match="expected an integer"):
-        train_elementary(["--config", "tiny", "train.max_steps=many"])
+        tiny_config("train.elementary.max_steps=many")

@@ -8,16 +8,7 @@ import polars as pl
 import pytest
 import torch
 
-from creformer.analysis import (
-    enhancers,
-    features,
-    grn,
-    master_tf,
-    metrics,
-    motif_scan,
-    perturb,
-    transitions,
-)
+from creformer.analysis import enhancers, features, grn, master_tf, metrics, motif_scan, perturb, transitions
 from creformer.analysis.inputs import TF, level_values, resolve_tfs
 from creformer.engine.errors import InputError
 from creformer.engine.io.motifs import Motif
@@ -421,7 +412,7 @@ def test_perturbation_shortcut_equals_the_full_token_path(mode):
 def test_shared_items_split_the_analysed_peaks_and_the_knock_in_ones():
     from types import SimpleNamespace
 
-    from creformer.analysis.atlas import shared_items
+    from creformer.analysis.shared_slices import shared_items
 
     # 6 peaks on chr1 at 0, 10, ..., 50 kb (centres), 2 on chr2; one gene at chr1:20 kb, window ±15 kb
     peaks = pl.DataFrame({"peak_id": list(range(8)), "chrom": ["chr1"] * 6 + ["chr2"] * 2,
@@ -432,7 +423,7 @@ def test_shared_items_split_the_analysed_peaks_and_the_knock_in_ones():
     bound[[1, 3, 6], 0] = True  # motif 0 (perturbed) at peaks 1, 3, 6; motif 1 (not perturbed) at 2
     bound[2, 1] = True
     p = SimpleNamespace(tables=SimpleNamespace(peaks=peaks, genes=genes,
-                                               manifest=SimpleNamespace(data={"options": {"window_bp": 15_000}})),
+                                               manifest=SimpleNamespace(data={"options": {"tss_window_bp": 15_000}})),
                         bound=bound, genes=[0], conditions=[perturb.Condition("TF1", "KO", (0,)), perturb.Condition("TF1", "KI", (0,))])
     items = shared_items(p, 2)
     assert [it["kind"] for it in items] == ["shared", "shared"] and [it["slice"] for it in items] == [0, 1]
@@ -452,7 +443,7 @@ def test_each_shared_slice_is_computed_once_and_a_first_partition_waits_for_all(
     import threading
     from types import SimpleNamespace
 
-    from creformer.analysis import atlas
+    from creformer.analysis import shared_slices as atlas
 
     for sub in ("shared_claim", "shared_done"):
         (tmp_path / sub).mkdir()

@@ -12,9 +12,11 @@ def test_presets_load_and_differ():
 
 
 def test_dotted_overrides_are_typed():
-    cfg = load_config("tiny", ["model.d_model=128", "train.lr=1", "data.assays=[ATAC, CTCF]", "train.use_gpu=true"])
+    cfg = load_config("tiny", ["model.d_model=128", "train.regulatory.lr=1", "data.assays=[ATAC, CTCF]", "model.n_tracks=2",
+                               "train.use_gpu=true"])
     assert cfg.model.d_model == 128
-    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+    assert cfg.train.regulatory.lr == 1.0 and isinstance(cfg.train.regulatory.lr, float)
+    assert cfg.train.elementary.lr == 3e-4  # each stage has its own
     assert cfg.data.assays == ["ATAC", "CTCF"]
     assert cfg.train.use_gpu is True
 
@@ -29,7 +31,11 @@ def test_dotted_overrides_are_typed():
     (["data.crop_length=100"], "must be one of"),
     (["model.n_heads=5"], "divisible"),
     (["model.local_kernel=4"], "odd width"),
-    (["train.holdout_cells=1.0"], r"must be in \[0, 1\)"),
+    (["train.regulatory.holdout_cells=1.0"], r"must be in \[0, 1\)"),
+    (["data.assays=[ATAC, CTCF]"], "model.n_tracks=7 but data.assays lists 2 tracks"),
+    (["train.elementary.max_steps=0"], "train.elementary.max_steps=0 must be positive"),
+    (["train.lr=1"], "unknown key 'train.lr'"),
+    (["data.regulatory.window_bp=5"], "did you mean 'tss_window_bp'"),
     (["analysis.motif_pvalue=2"], r"motif_pvalue=2.0 must lie in \[0, 1\)"),
 ])
 def test_bad_overrides_are_explained(override, message):
@@ -47,7 +53,7 @@ def test_yaml_errors_name_file_and_line(tmp_path):
 
 
 def test_round_trip(tmp_path):
-    cfg = load_config("small", ["train.max_steps=7"])
+    cfg = load_config("small", ["train.elementary.max_steps=7"])
     save_config(cfg, tmp_path / "c.yaml")
     again = load_config(tmp_path / "c.yaml")
     assert again == cfg

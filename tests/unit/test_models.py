@@ -118,7 +118,7 @@ def test_regulatory_padding_invariance_and_attention():
 def test_trimmed_peak_columns_predict_the_same():
     """Training and evaluation cut a batch's peak columns to its widest sample (the stream pads to
     peak_m): same predictions, other columns untouched."""
-    from creformer.engine.dataset import trim_peak_columns
+    from creformer.engine.regulatory_batches import trim_peak_columns
 
     _, _, reg, (_, _, rank, mask), bins = eval_regulatory_with_bins()
     pad = 6
@@ -146,7 +146,7 @@ def test_cell_signal_enters_as_scaled_difference_from_zero_signal():
     same = bins.clone()
     same[:, :, 0] = same[:, :, 1]
     x = reg._inputs(same, rank, mask)
-    r = rank.long().clamp(-cfg.peak_m, cfg.peak_m) + cfg.peak_m
+    r = rank.long().clamp(-reg.peak_m, reg.peak_m) + reg.peak_m
     assert torch.allclose(x, reg.pool(same[:, :, 0]) + reg.rank_emb(r) + reg.signal_proj.bias, atol=1e-6)
     # changing one peak's signal changes the prediction of that sample only
     sig2 = sig.clone()

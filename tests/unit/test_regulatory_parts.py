@@ -6,9 +6,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from creformer.engine.cells import gene_peaks, tss_ranks
-from creformer.engine.dataset import _load_signal, join_samples, pack_samples, unpack_samples
+from creformer.engine.genes import gene_peaks, tss_ranks
 from creformer.engine.io.annotation import GeneTSS
+from creformer.engine.regulatory_batches import join_samples, load_signal, pack_samples, unpack_samples
 from creformer.engine.tokenize import SIG_OFFSET, SIG_PAD
 
 
@@ -35,12 +35,12 @@ def test_peak_window_selection_and_cap():
     chrom = np.array(["chr1"] * len(starts) + ["chr2"], dtype=object)
     starts = np.append(starts, 500_000)
     ends = np.append(ends, 500_200)
-    ids, ranks = gene_peaks(tss, chrom, starts, ends, window_bp=150_000, peak_m=150)
+    ids, ranks = gene_peaks(tss, chrom, starts, ends, tss_window_bp=150_000, peak_m=150)
     assert len(ids) == 150 and len(starts) - 1 not in ids  # the cap, and chr2 is never in chr1's window
     mids = (starts[ids] + ends[ids]) // 2
     assert np.all(np.abs(mids - 500_000) <= 75_000 + 1_000)  # the 150 nearest of 301 candidates
     assert sorted(ranks.tolist()) == ranks.tolist() and 0 in ranks.tolist()
-    ids2, _ = gene_peaks(tss, chrom, starts, ends, window_bp=2_000, peak_m=150)
+    ids2, _ = gene_peaks(tss, chrom, starts, ends, tss_window_bp=2_000, peak_m=150)
     assert sorted(((starts[ids2] + ends[ids2]) // 2).tolist()) == [498_100, 499_100, 500_100, 501_100]  # |mid - tss| <= 2 kb
 
 
@@ -50,7 +50,7 @@ def _hand_signal(tmp_path):
     pq.write_table(pa.table({"cell": pa.array([6, 5, 5], pa.int32()), "peak": pa.array([3, 9, 3], pa.int32()),
                              "pos": pa.array([[1], [100], [0, 7, 1023]], pa.list_(pa.int16())),
                              "tok": pa.array([[5], [3], [10, 20, 37]], pa.list_(pa.uint8()))}), path)
-    return _load_signal(path)
+    return load_signal(path)
 
 
 def _hand_samples():

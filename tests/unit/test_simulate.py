@@ -5,7 +5,7 @@ import pyBigWig
 
 from creformer.engine.io.fasta import Genome
 from creformer.engine.io.motifs import read_meme
-from creformer.engine.simulate import make_rulebook
+from creformer.engine.rulebook import make_rulebook
 
 
 def rows(path):

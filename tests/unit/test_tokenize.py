@@ -2,7 +2,15 @@ import numpy as np
 import pytest
 
 from creformer.engine.tokenize import (
-    DNA_N, DNA_VOCAB, SIG_OFFSET, SIG_VOCAB, SignalStats, default_cutpoints, dna_tokens, signal_tokens, signal_tokens_2d,
+    DNA_N,
+    DNA_VOCAB,
+    SIG_OFFSET,
+    SIG_VOCAB,
+    SignalStats,
+    default_cutpoints,
+    dna_tokens,
+    signal_tokens,
+    signal_tokens_2d,
     tokenizer_spec,
 )
 

@@ -1,5 +1,5 @@
+from creformer.engine.elementary_shards import candidate_windows, sample_windows
 from creformer.engine.io.fasta import Genome
-from creformer.engine.windows import candidate_windows, sample_windows
 
 
 def test_candidates_tile_and_exclude_n(sim_tiny):

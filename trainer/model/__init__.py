@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from creformer.config import ModelConfig
+from creformer.config import ModelConfig, RegulatoryDataConfig
 
 from .elementary import Elementary
 from .regulatory import Regulatory
@@ -12,16 +12,17 @@ from .regulatory import Regulatory
 __all__ = ["Elementary", "Regulatory", "build_models", "parameter_counts"]
 
 
-def build_models(cfg: ModelConfig, device: str | torch.device = "cpu") -> tuple[Elementary, Regulatory]:
+def build_models(cfg: ModelConfig, device: str | torch.device = "cpu", peak_m: int = RegulatoryDataConfig.peak_m
+                 ) -> tuple[Elementary, Regulatory]:
     with torch.device(device):
         elementary = Elementary(cfg)
-        regulatory = Regulatory(cfg, elementary)
+        regulatory = Regulatory(cfg, elementary, peak_m)
     return elementary, regulatory
 
 
-def parameter_counts(cfg: ModelConfig) -> dict[str, int]:
+def parameter_counts(cfg: ModelConfig, peak_m: int = RegulatoryDataConfig.peak_m) -> dict[str, int]:
     """Parameters per part, built on the meta device (no memory is allocated)."""
-    elementary, regulatory = build_models(cfg, "meta")
+    elementary, regulatory = build_models(cfg, "meta", peak_m)
 
     def n(module: torch.nn.Module) -> int:
         return sum(p.numel() for p in module.parameters())

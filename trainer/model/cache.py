@@ -1,4 +1,4 @@
-"""The frozen-Elementary embedding cache (DESIGN §5).
+"""The frozen-Elementary embedding cache (docs/design.md §5).
 
 The frozen Elementary output of a peak depends only on (peak DNA, the cell's signal tokens over
 it). In single cells most (cell, peak) pairs carry no insertion, so their signal is the same
@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import torch
+from safetensors.torch import load_file
 
 from creformer.config import ModelConfig
+from creformer.engine.regulatory_batches import load_peak_dna
 from creformer.engine.tokenize import SIG_OFFSET
 
 from .elementary import Elementary
@@ -272,10 +274,6 @@ def frozen_cache(cfg: ModelConfig, weights: str | Path, regulatory_root: str | P
     """The exported Elementary at ``weights``, frozen (eval, no gradients), behind a cache over the
     peak DNA of the Regulatory shards at ``regulatory_root``: what training, its driver-side
     measurements and the held-out evaluation all read peaks through."""
-    from safetensors.torch import load_file
-
-    from creformer.engine.dataset import load_peak_dna
-
     elementary = Elementary(cfg)
     elementary.load_state_dict(load_file(str(weights)))
     elementary.eval()

@@ -1,4 +1,4 @@
-"""The Elementary CREformer (DESIGN §4): DNA + track tokens → per-bin and per-base representations."""
+"""The Elementary CREformer (docs/design.md §4): DNA + track tokens → per-bin and per-base representations."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ A 6-mer vocabulary has 4,096 rows; in a batch of a few thousand tokens each row 
 once, so a free table learns slowly and never learns that ACGTAC and CGTACG share five bases.
 Here a k-mer's vector is its own row plus one learned vector per (position, base), and the head
 scores a k-mer as its row plus the same per-(position, base) sum, so the model predicts a masked
-k-mer from its bases as much as from its identity (DESIGN §4, "DNA token embedding").
+k-mer from its bases as much as from its identity (docs/design.md §4, "DNA token embedding").
 """
 
 from __future__ import annotations

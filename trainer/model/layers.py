@@ -1,4 +1,4 @@
-"""One pre-norm transformer block for all three CREformer transformers (DESIGN §4-5).
+"""One pre-norm transformer block for all three CREformer transformers (docs/design.md §4-5).
 
 Attention goes through ``torch.nn.functional.scaled_dot_product_attention`` so GPUs use flash or
 memory-efficient kernels; ``need_weights`` computes the softmax explicitly for the first-layer

@@ -1,4 +1,4 @@
-"""The Regulatory CREformer (DESIGN §5): frozen Elementary peak embeddings → gene expression.
+"""The Regulatory CREformer (docs/design.md §5): frozen Elementary peak embeddings → gene expression.
 
 Peak bins come in pairs, (B, P, 2, 8, d): the Elementary output for the cell's own signal over the
 peak, and for the same peak with zero signal (cached once per peak). A peak's input is the pooled
@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from creformer.config import ModelConfig
+from creformer.config import ModelConfig, RegulatoryDataConfig
+from creformer.engine.tokenize import SIG_OFFSET, SIG_PAD
 
 from .elementary import Elementary
 from .layers import Encoder
@@ -29,24 +30,26 @@ def measure_signal_scale(bins: torch.Tensor, mask: torch.Tensor) -> float:
 
 
 class Regulatory(nn.Module):
-    def __init__(self, cfg: ModelConfig, elementary: Elementary | None = None):
+    def __init__(self, cfg: ModelConfig, elementary: Elementary | None = None, peak_m: int = RegulatoryDataConfig.peak_m):
         """``elementary=None`` builds the trainable part only (distributed training keeps the frozen
-        Elementary outside the sharded engine, behind the embedding cache)."""
+        Elementary outside the sharded engine, behind the embedding cache). ``peak_m`` is the
+        shard set's peaks per gene (data.regulatory.peak_m): the head's input width."""
         super().__init__()
         d = cfg.d_model
         self.cfg = cfg
+        self.peak_m = peak_m
         self.elementary = elementary
         if elementary is not None:
             for p in elementary.parameters():
                 p.requires_grad_(False)
         self.pool_query = nn.Parameter(torch.randn(d) * 0.02)
-        self.rank_emb = nn.Embedding(2 * cfg.peak_m + 1, d)  # signed TSS rank in [-peak_m, peak_m]
+        self.rank_emb = nn.Embedding(2 * peak_m + 1, d)  # signed TSS rank in [-peak_m, peak_m]
         self.signal_proj = nn.Linear(d, d)
         # 1 / typical size of the signal difference, measured on the data before training
         # (``signal_scale``); a buffer, so exports carry it.
         self.register_buffer("signal_scale", torch.ones(()))
         self.t3 = Encoder(cfg.n3, d, cfg.n_heads, cfg.ffn, cfg.dropout, cfg.activation_checkpointing)
-        self.head = nn.Sequential(nn.Linear(cfg.peak_m * d, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, 1))
+        self.head = nn.Sequential(nn.Linear(peak_m * d, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, 1))
 
     def train(self, mode: bool = True) -> "Regulatory":
         super().train(mode)
@@ -59,8 +62,6 @@ class Regulatory(nn.Module):
         """Frozen Elementary bins (B, P, 2, 8, d) for real peaks, [cell's signal, zero signal]
         (padded peaks stay zero). ``sig`` (B, P, A, 1024); the zero signal sets every real track
         to level 0 and keeps [PAD] where the input has it."""
-        from creformer.engine.tokenize import SIG_OFFSET, SIG_PAD
-
         if self.elementary is None:
             raise RuntimeError("this Regulatory model was built without its Elementary; feed peak bins to forward_bins")
         b, p, length = dna.shape
@@ -85,7 +86,7 @@ class Regulatory(nn.Module):
     def _inputs(self, bins: torch.Tensor, rank: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if bins.dim() != 5 or bins.shape[2] != 2:
             raise ValueError(f"peak bins must be (batch, peaks, 2, bins, d) [cell's signal, zero signal], got {tuple(bins.shape)}")
-        r = rank.long().clamp(-self.cfg.peak_m, self.cfg.peak_m) + self.cfg.peak_m
+        r = rank.long().clamp(-self.peak_m, self.peak_m) + self.peak_m
         cell, zero = bins[:, :, 0], bins[:, :, 1]
         delta = (cell - zero).mean(-2) * self.signal_scale
         return self.pool(cell) + self.rank_emb(r) + self.signal_proj(delta)
@@ -98,10 +99,10 @@ class Regulatory(nn.Module):
         """Expression (B,) from per-peak inputs (B, P, d) (``_inputs``): a peak's input depends on
         its own bins and rank only, so a one-peak change can be made here without re-pooling."""
         p = mask.shape[1]
-        if p > self.cfg.peak_m:
-            raise ValueError(f"{p} peaks exceed model.peak_m={self.cfg.peak_m}")
+        if p > self.peak_m:
+            raise ValueError(f"{p} peaks exceed data.regulatory.peak_m={self.peak_m}")
         h = self.t3(x, key_padding=~mask) * mask[..., None]
-        h = F.pad(h, (0, 0, 0, self.cfg.peak_m - p))  # zero-pad to (peak_m, d)
+        h = F.pad(h, (0, 0, 0, self.peak_m - p))  # zero-pad to (peak_m, d)
         return self.head(h.flatten(1)).squeeze(-1)
 
     def forward(self, dna: torch.Tensor, sig: torch.Tensor, rank: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -114,7 +115,7 @@ class Regulatory(nn.Module):
     @torch.no_grad()
     def attention_scores(self, bins: torch.Tensor, rank: torch.Tensor, mask: torch.Tensor,
                          inputs: torch.Tensor | None = None) -> torch.Tensor:
-        """DESIGN §7: first-layer softmax attention averaged over heads, summed over real queries i:
+        """docs/design.md §7: first-layer softmax attention averaged over heads, summed over real queries i:
         score_j = sum_i A_ij (B, P); padded peaks score 0. ``inputs``: the batch's ``_inputs``
         when the caller already has them (atlas scoring shares one computation)."""
         x = self._inputs(bins, rank, mask) if inputs is None else inputs
@@ -125,8 +126,8 @@ class Regulatory(nn.Module):
 class RegulatoryHead(Regulatory):
     """The trainable part alone, called on precomputed peak bins: what the ZeRO-3 engine wraps."""
 
-    def __init__(self, cfg: ModelConfig):
-        super().__init__(cfg, None)
+    def __init__(self, cfg: ModelConfig, peak_m: int = RegulatoryDataConfig.peak_m):
+        super().__init__(cfg, None, peak_m)
 
     def forward(self, bins: torch.Tensor, rank: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return self.forward_bins(bins, rank, mask)

@@ -1,8 +1,10 @@
-"""Elementary windows: non-overlapping genome tiles of window_bp + 5 bases, sampled per sample."""
+"""`prepare elementary`: genome FASTA + bulk bigWig tracks → checksummed WebDataset token shards.
+
+Windows are non-overlapping genome tiles of data.window_bp tokens (window_bp + 5 bases), sampled
+per sample; each shard is built by one Ray Data task (docs/design.md §3)."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import tarfile
@@ -12,13 +14,24 @@ from typing import Any
 
 import numpy as np
 
+from creformer.config import Config
+
 from .errors import InputError
 from .io.bigwig import Track
 from .io.chroms import harmonize
 from .io.fasta import Genome
 from .io.samples import Sample, read_samples
-from .shards import BuildResult, HashingWriter, ShardTask, build_shard_set, content_hash, fingerprint, write_shard_file
-from .tokenize import _LUT, K, SIG_PAD, Runs, dna_tokens, signal_tokens_runs, tokenizer_spec
+from .shards import (
+    BuildResult,
+    HashingWriter,
+    ShardTask,
+    build_shard_set,
+    content_hash,
+    fingerprint,
+    stable_seed,
+    write_shard_file,
+)
+from .tokenize import _LUT, SIG_PAD, K, Runs, dna_tokens, signal_tokens_runs, tokenizer_spec
 
 
 @dataclass(frozen=True, order=True)
@@ -36,12 +49,6 @@ class Candidates:
     windows: list[Window]
     skipped_n: int  # tiles excluded for too many N bases
     n_fraction: dict[Window, float]
-
-
-def stable_seed(*parts: object) -> int:
-    """A seed that is the same in every process and Python run (unlike ``hash``)."""
-    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little")
 
 
 def candidate_windows(genome: Genome, window_bp: int, max_n_fraction: float) -> Candidates:
@@ -302,12 +309,14 @@ def _check_track_covers(track: Track, windows: list[Window], sample: str, assay:
     )
 
 
-def prepare_elementary(
-    samples_tsv: str | Path, genome_path: str | Path, out: str | Path, *,
-    assays: list[str], window_bp: int = 32768, windows_per_sample: int = 50000, max_n_fraction: float = 0.1,
-    shard_size_mb: int = 256, seed: int = 0, executor: str = "ray", overwrite: bool = False,
-) -> BuildResult:
-    """FASTA + bigWig tracks → checksummed WebDataset token shards (DESIGN §3)."""
+def prepare_elementary(cfg: Config, *, overwrite: bool = False) -> BuildResult:
+    """FASTA + bigWig tracks → checksummed WebDataset token shards (docs/design.md §3), as ``cfg.data`` says."""
+    d = cfg.data
+    if not (d.samples and d.genome):
+        raise InputError("prepare elementary needs data.samples and data.genome (config keys, or --samples / --genome)")
+    samples_tsv, genome_path, out, assays = d.samples, d.genome, d.shards, d.assays
+    window_bp, windows_per_sample, max_n_fraction = d.window_bp, d.windows_per_sample, d.max_n_fraction
+    shard_size_mb, seed, executor = d.shard_size_mb, d.seed, d.executor
     samples: list[Sample] = read_samples(samples_tsv, assays)
     genome = Genome(genome_path)
     spec = tokenizer_spec(assays)
@@ -356,4 +365,4 @@ def prepare_elementary(
     }
     return build_shard_set(out, kind="elementary", input_hash=input_hash, tasks=tasks, context=context,
                            build=build_elementary_shard, manifest_extra=extra, executor=executor,
-                           overwrite=overwrite, summarize=_sum_counts)
+                           overwrite=overwrite, summarize=_sum_counts, ray_config=cfg.ray)
