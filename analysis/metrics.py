@@ -33,6 +33,36 @@ def auprc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
+def pr_curve(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(recall, precision) at each distinct score threshold, highest first (ties enter together),
+    each pair counted with its weight (1 by default)."""
+    s = np.asarray(scores, np.float64)
+    y = np.asarray(labels, bool)
+    w = np.ones(s.size) if weights is None else np.asarray(weights, np.float64)
+    if not (s.shape == y.shape == w.shape):
+        raise ValueError(f"scores {s.shape}, labels {y.shape} and weights {w.shape} differ in shape")
+    order = np.argsort(-s, kind="stable")
+    s, y, w = s[order], y[order], w[order]
+    positives = float((w * y).sum())
+    if positives <= 0:
+        raise ValueError("no positive labels (with positive weight): precision/recall are undefined")
+    last = np.r_[np.flatnonzero(np.diff(s) != 0), s.size - 1]
+    tp = np.cumsum(w * y)[last]
+    fp = np.cumsum(w * ~y)[last]
+    return tp / positives, tp / (tp + fp)
+
+
+def auprc_trapezoid(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """AUPRC as EngreitzLab's CRISPR_comparison computes it (ROCR's precision-recall points, the
+    trapezoid rule): the points at every distinct threshold sorted by recall (ties by falling
+    precision), without ROCR's first point (recall 0, undefined precision) and without the last
+    one, the recall-1 point every predictor reaches by calling every pair."""
+    recall, precision = pr_curve(scores, labels, weights)
+    order = np.lexsort((-precision, recall))
+    r, p = recall[order][:-1], precision[order][:-1]
+    return float(np.trapezoid(p, r)) if r.size > 1 else 0.0
+
+
 def precision_at_recall(scores: np.ndarray, labels: np.ndarray, recall: float = 0.7) -> float:
     """Precision at the first threshold whose recall reaches ``recall``."""
     p, r = precision_recall(scores, labels)

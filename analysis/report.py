@@ -258,7 +258,15 @@ def write_report(out: Path, p, records, gatt, masters, edges, effects, trans, ca
                  f"master TFs that differ <code>{html.escape(json.dumps(tg['masters']))}</code>; knockouts ranked by how far they "
                  f"move disease cells toward the reference:</p>{_table(pl.DataFrame(tg['knockouts']))}")
     if "crispri" in results:
-        parts.append(f"<h2>CRISPRi benchmark</h2><pre>{html.escape(json.dumps(results['crispri'], indent=1))}</pre>")
+        cr = results["crispri"]
+        rows = [[name, f"{v['auprc']:.3f}", "" if v["average_precision"] is None else f"{v['average_precision']:.3f}",
+                 f"{v['precision_at_70_recall']:.3f}"] for name, v in cr["scores"].items()]
+        c = cr["counts"]
+        parts.append(f"<h2>CRISPRi benchmark</h2><p>{html.escape(Path(cr['table']).name)}: {c['valid_pairs']:,} valid pairs, "
+                     f"{c['positives']} positives; AUPRC as CRISPR_comparison computes it (crispri.json has the definitions"
+                     f"{', coverage' if cr['coverage'] else ''} and notes).</p>"
+                     + html_table(["predictor", "AUPRC", "average precision", "precision at 70 % recall"], rows)
+                     + "".join(f"<p>{html.escape(n)}</p>" for n in cr["notes"]))
     return write_html(out / "report.html", "atlas_grn report", parts)
 
 

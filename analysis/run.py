@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from . import attention, enhancers, features, grn, master_tf, perturb, targets, transitions
+from . import attention, crispri, enhancers, features, grn, master_tf, perturb, targets, transitions
 from .diagnostics import embedding_sensitivity
 from .partitions import load_partitions
 from .report import write_report
@@ -84,7 +84,7 @@ def run_analyses(p, stats: dict[str, Any], seconds: float) -> Path:
     elems = enhancers.element_scores(gatt, tables.genes, tables.peaks)
     elems.write_parquet(out / "enhancers.parquet")
     if a.crispri:
-        cr = enhancers.score_crispri(a.crispri, elems, tables.genes, tables.peaks)
+        cr = crispri.score_crispri(a.crispri, elements=elems, genes=tables.genes, peaks=tables.peaks)
         (out / "crispri.json").write_text(json.dumps(cr, indent=1))
         results["crispri"] = cr
 

@@ -112,9 +112,10 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
 
 def cmd_crispri(args: argparse.Namespace) -> None:
-    from .analysis.enhancers import score_crispri
+    from .analysis.crispri import score_crispri
 
-    print(json.dumps(score_crispri(args.table), indent=1))
+    res = score_crispri(args.table, predictions=args.predictions, weight_column=args.weight_column or "")
+    print(json.dumps(res, indent=1))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -175,8 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--atlas", required=True, help="atlas_grn output folder (analysis.out)")
     p.add_argument("--truth", required=True, help="the simulator's truth folder (simulate --out DIR -> DIR/truth)")
     p.set_defaults(func=cmd_validate)
-    p = sub.add_parser("crispri", help="distance and ABC-like baselines on an EPCrisprBenchmark CRISPRi table")
+    p = sub.add_parser("crispri", help="score enhancer-gene predictors on a CRISPRi table the published way "
+                       "(distance and ABC baselines, and any predictions file)")
     p.add_argument("table", help="EPCrisprBenchmark_*.tsv(.gz)")
+    p.add_argument("--predictions", help="TSV with chrom, start, end, gene, score: matched by overlap and gene symbol")
+    p.add_argument("--weight-column", help="a column of per-pair weights, e.g. direct_vs_indirect_negative")
     p.set_defaults(func=cmd_crispri)
     add("model-info", "parameter count of each model part (no memory: meta device)", cmd_model_info)
     p = add("demo", "the whole path on the simulated atlas -> report.html + scorecard.json (make demo)", cmd_demo,

@@ -1,6 +1,8 @@
 import json
 import re
 
+import pytest
+
 
 def test_demo_runs_end_to_end_on_tiny(tmp_path, ray_local, shared_data_or_none):
     """The demo's whole path on the tiny preset (few steps): report + scorecard, every plot present."""
@@ -21,4 +23,4 @@ def test_demo_runs_end_to_end_on_tiny(tmp_path, ray_local, shared_data_or_none):
     assert all((out / "atlas" / img).exists() for img in re.findall(r"<img src='([^']+)'", atlas_page))
     if shared_data_or_none is not None:  # the real CRISPRi table is scored (baselines) in the same run
         crispri = json.loads((out / "atlas" / "crispri.json").read_text())
-        assert crispri["baselines"]["_counts"]["pairs"] == 10356
+        assert crispri["counts"]["valid_pairs"] == 10356 and crispri["scores"]["distance"]["auprc"] == pytest.approx(0.4359, abs=1e-3)

@@ -290,24 +290,6 @@ def test_transition_score_by_hand():
 
 
 # --- enhancer–gene and CRISPRi ---------------------------------------------------------------
-def test_crispri_reader_baselines_and_bad_table(tmp_path):
-    header = "\t".join(enhancers.CRISPRI_COLUMNS + ["Extra"])
-    rows = ["chr1\t100\t600\tG1\t1000\t10\t10\tTRUE\tx", "chr1\t5000\t5500\tG1\t50000\t10\t10\tFALSE\tx",
-            "chr1\t9000\t9500\tG2\t-2000\t1\t1\tFALSE\tx", "chr1\t9900\t9950\tG2\t30000\t40\t40\tTRUE\tx"]
-    path = tmp_path / "crispri.tsv.gz"
-    with gzip.open(path, "wt") as fh:
-        fh.write(header + "\n" + "\n".join(rows) + "\n")
-    res = enhancers.score_crispri(path)
-    assert res["baselines"]["_counts"] == {"pairs": 4, "positives": 2, "prevalence": 0.5}
-    # distance ranks 1000, 2000, 30000, 50000 → labels 1, 0, 1, 0
-    assert res["baselines"]["distance"]["auprc"] == pytest.approx(0.5 + 0.5 * 2 / 3)
-    assert res["model_coverage"]["covered_pairs"] == 0 and "only the baselines" in res["model_coverage"]["note"]
-    bad = tmp_path / "bad.tsv"
-    bad.write_text("chrom\tstart\n")
-    with pytest.raises(InputError, match="missing columns"):
-        enhancers.read_crispri(bad)
-
-
 def test_ablation_is_the_prediction_drop_when_one_peak_loses_its_signal():
     from creformer.analysis.attention import ablation, group_attention
     from creformer.config import load_config
@@ -357,7 +339,7 @@ def test_element_scores_abc_is_normalized_per_gene():
     t = enhancers.element_scores(gatt, genes, peaks)
     assert t["attention"].to_list() == [2.0, 0.5] and t["distance"].to_list() == [0, 20_000]
     assert t["ablation"].to_list() == pytest.approx([0.1, 0.3])
-    raw = np.array([2.0 / 5_000, 2.0 / 20_000])
+    raw = np.array([2.0 * 5_001 ** -0.87, 2.0 * 20_001 ** -0.87])  # ABC's power-law contact, distance floored at 5 kb
     assert t["abc"].to_list() == pytest.approx((raw / raw.sum()).tolist())
 
 

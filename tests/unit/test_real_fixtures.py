@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from creformer.analysis.enhancers import score_crispri
+from creformer.analysis.crispri import score_crispri
 from creformer.engine.io.bigwig import Track
 from creformer.engine.io.fasta import Genome
 from creformer.engine.io.fragments import iter_fragments
@@ -52,6 +52,5 @@ def test_real_jaspar_motifs():
 
 def test_real_crispri_rows_score_their_baselines():
     res = score_crispri(DATA / "crispri_k562_40rows.tsv.gz")
-    counts = res["baselines"]["_counts"]
-    assert counts["pairs"] == 40 and counts["positives"] == 10
-    assert 0.0 < res["baselines"]["distance"]["auprc"] <= 1.0
+    assert res["counts"]["valid_pairs"] == 40 and res["counts"]["positives"] == 10
+    assert 0.0 < res["scores"]["distance"]["auprc"] <= 1.0 and 0.0 < res["scores"]["abc"]["auprc"] <= 1.0
