@@ -14,7 +14,7 @@ from creformer.plotting import plt
 from creformer.trainer.evaluate import pearson
 
 from .inputs import peak_regions
-from .validate import BASELINES, CEILINGS, MODEL_VARIANTS
+from .validate import scored_tasks
 
 
 def plot_prediction(records: pl.DataFrame, path: Path) -> tuple[Path, float]:
@@ -153,21 +153,26 @@ def plot_ko_heatmap(effects: pl.DataFrame, gene_names: dict[int, str], path: Pat
     return path
 
 
+def _f(v) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
 def plot_scorecard(card: dict, path: Path) -> Path:
-    metrics = [k for k in card if not k.startswith("_")]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.4), squeeze=False)
-    for ax, m in zip(axes[0], metrics):
-        entry = card[m]
-        variants = [k for k in MODEL_VARIANTS if k in entry]
-        baselines = [k for k in BASELINES if k in entry]
-        ceilings = [k for k in CEILINGS if k in entry]
-        keys = ["model", *variants, *baselines, *ceilings]
-        ax.bar(keys, [entry[k] for k in keys], color=["tab:red"] + ["salmon"] * len(variants) + ["tab:grey"] * len(baselines)
-               + ["white"] * len(ceilings), edgecolor="k", linewidth=0.4, hatch=[""] * (len(keys) - len(ceilings)) + ["//"] * len(ceilings))
-        ax.axhline(entry["target"], c="k", ls="--", lw=0.8, label=f"target {entry['target']:.2f}")
-        ax.set_title(m.replace("_", " "), fontsize=9)
-        ax.tick_params(axis="x", rotation=30, labelsize=7)
-        ax.legend(fontsize=7)
+    """One panel per scored task: the model's readout, its variants and every baseline, the best
+    baseline's value dashed."""
+    tasks = scored_tasks(card)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.6), squeeze=False)
+    for ax, (name, t) in zip(axes[0], tasks.items()):
+        variants = {k: v for k, v in t["variants"].items() if v is not None}
+        base = {k: v for k, v in t["baselines"].items() if v is not None}
+        keys = ["model", *variants, *base]
+        vals = [t["model"], *variants.values(), *base.values()]
+        ax.bar(keys, vals, color=["tab:red"] + ["salmon"] * len(variants) + ["tab:grey"] * len(base), edgecolor="k", linewidth=0.4)
+        if t["best_baseline"]["value"] is not None:
+            ax.axhline(t["best_baseline"]["value"], c="k", ls="--", lw=0.8, label=f"best baseline {t['best_baseline']['value']:.2f}")
+            ax.legend(fontsize=7)
+        ax.set_title(f"{name.replace('_', ' ')} ({'met' if t['met'] else 'not met'})", fontsize=9)
+        ax.tick_params(axis="x", rotation=40, labelsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -175,15 +180,21 @@ def plot_scorecard(card: dict, path: Path) -> Path:
 
 
 def scorecard_table(card: dict) -> str:
-    """The scorecard as an HTML table: model, its baselines, target (and any truth-derived ceiling), met."""
-    rows = "".join(
-        f"<tr><td>{html.escape(k)}</td><td><b>{v['model']:.3f}</b>"
-        + "".join(f"<br>{m[6:]} {v[m]:.3f}" for m in MODEL_VARIANTS if m in v) + "</td><td>"
-        + ", ".join(f"{b} {v[b]:.3f}" for b in BASELINES if b in v)
-        + f"</td><td>{v['target']:.3f}" + "".join(f"<br>({c.replace('_', ' ')} {v[c]:.3f})" for c in CEILINGS if c in v)
-        + f"</td><td>{'met' if v['met'] else '<b>not met</b>'}</td></tr>"
-        for k, v in card.items() if not k.startswith("_"))
-    return f"<table><tr><th>metric</th><th>model</th><th>baselines</th><th>target</th><th></th></tr>{rows}</table>"
+    """The scorecard as an HTML table: each task's fixed model readout beside its best baseline and
+    margin, with its variants and every baseline."""
+    rows = []
+    for name, t in card.items():
+        if name.startswith("_"):
+            continue
+        if "model" not in t:
+            rows.append([name, "not scored", "", "", "", t.get("not_scored", "")])
+            continue
+        best = t["best_baseline"]
+        rows.append([f"{name} ({t['metric']})", f"{t['model']:.3f} ({t['readout']})", f"{best['name']} {_f(best['value'])}",
+                     f"{t['margin']:+.3f} {'met' if t['met'] else 'NOT met'}",
+                     ", ".join(f"{k} {_f(v)}" for k, v in t["variants"].items()),
+                     ", ".join(f"{k} {_f(v)}" for k, v in t["baselines"].items())])
+    return html_table(["task", "model", "best baseline", "margin", "variants", "all baselines"], rows)
 
 
 def _table(df: pl.DataFrame, n: int = 15) -> str:

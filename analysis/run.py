@@ -61,6 +61,7 @@ def run_analyses(p, stats: dict[str, Any], seconds: float) -> Path:
         masters = pl.concat([
             master_tf.master_tfs(mats.attention_feature[:, cols], groups, tfn, seed=a.seed).with_columns(pl.lit("model").alias("method")),
             master_tf.master_tfs(mats.activity[:, cols], groups, tfn, seed=a.seed).with_columns(pl.lit("gene_activity").alias("method")),
+            master_tf.master_tfs(mats.expression[:, cols], groups, tfn, seed=a.seed).with_columns(pl.lit("tf_expression").alias("method")),
         ])
         masters.write_parquet(out / "master_tfs.parquet")
 
@@ -103,14 +104,17 @@ def run_analyses(p, stats: dict[str, Any], seconds: float) -> Path:
     for c in p.conditions:
         st = perturb.perturbed_states(records, pert, c.name, c.mode, cid[src], mats.genes)
         states[f"{c.name} {c.mode}"] = st
-        trans_rows.append((c.name, c.mode, transitions.transition_score(base_src, base_tgt, st)))
-    trans = pl.DataFrame(trans_rows, schema={"condition": pl.Utf8, "mode": pl.Utf8, "transition_score": pl.Float64}, orient="row")
+        trans_rows.append((c.name, c.mode, transitions.transition_score(base_src, base_tgt, st),
+                           transitions.fraction_closer(base_src, base_tgt, st)))
+    trans = pl.DataFrame(trans_rows, schema={"condition": pl.Utf8, "mode": pl.Utf8, "transition_score": pl.Float64,
+                                             "fraction_closer": pl.Float64}, orient="row")
     trans = trans.sort("transition_score", descending=True)
     trans.write_parquet(out / "transitions.parquet")
     best = trans.row(0, named=True)
     emb = transitions.embed(base_src, base_tgt, states[f"{best['condition']} {best['mode']}"], seed=a.seed)
     transitions.plot(emb, f"{src} under {best['condition']} {best['mode']} vs {tgt}", figs / "transition.png")
     results["transition"] = {"source": src, "target": tgt, "best": best}
+    (out / "transition_groups.json").write_text(json.dumps({"source": src, "target": tgt}))
     ko_states = {k.split()[0]: v for k, v in states.items() if k.endswith(" KO")}
     ranking = targets.rank_knockouts(base_src, base_tgt, ko_states)
     ranking.write_parquet(out / "therapeutic_targets.parquet")

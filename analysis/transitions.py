@@ -26,6 +26,15 @@ def transition_score(source: np.ndarray, target: np.ndarray, perturbed: np.ndarr
     return float((pert - src) @ direction / norm2)
 
 
+def fraction_closer(source: np.ndarray, target: np.ndarray, perturbed: np.ndarray) -> float:
+    """Share of source cells (rows of ``source``, and the same rows of ``perturbed``) whose perturbed
+    state lies closer to the target centroid than their own state does."""
+    centre = target.mean(0)
+    before = np.linalg.norm(source - centre, axis=1)
+    after = np.linalg.norm(perturbed - centre, axis=1)
+    return float(np.mean(after < before))
+
+
 @dataclass
 class Embedding:
     pca: np.ndarray  # (n, 2)

@@ -1,46 +1,97 @@
-"""`creformer validate`: score the zero-shot analyses against the simulator's planted truth.
+"""`creformer validate`: the referee. Scores atlas_grn's outputs against the simulator's planted
+truth (simulator v2), every task's fixed model readout beside its strongest simple baseline
+computed in the same run from the written files alone (analysis/baselines.py). Each task is an
+object: `model` (the readout fixed in docs/design.md §7), `variants` (the paper's attention
+readouts and other model readouts, reported, never scored), `baselines`, `best_baseline` (name,
+value), `margin` (model − best baseline) and `met` (margin > 0).
 
-One scorecard entry per metric, each holding the model's value, every baseline that applies and
-the target (with `met`):
-- master_tf_top3_precision: per cell type, hits among the top 3 TFs over min(3, #master TFs);
-  model = attention features, baseline gene_activity. Target 0.9.
-- grn_auprc: all (TF, gene) pairs, positives = planted TF→target edges; model = the best motif
-  enrichment −log10 p over groups among each window's high-attention peaks (no p cutoff: every
-  pair ranked), model_ablation = the same with peaks ranked by ablation, model_knockout = the
-  largest |predicted log2FC| of the target over groups under the TF's in-silico knockout;
-  baselines motif_only and correlation. Target 2 × motif_only. ceiling_causal_peaks (not a
-  model): the same scan and test with exactly each window's planted causal peaks as the high
-  ones, the best a model could reach through this pipeline.
-- enhancer_gene_auprc: all (gene, peak-in-window) pairs, positives = the gene's causal elements;
-  model = attention score (docs/design.md §7; `met` is judged on it), model_ablation = the model's
-  in-silico ablation effect (analysis.attention.ablation), shown beside it; baselines distance and
-  abc. Target: above both baselines.
-- ko_direction_accuracy: planted edges whose true knockout effect in a cell type is |log2FC| ≥ 0.1;
-  the sign of the model's mean predicted log2FC in that group must match (0 counts as wrong).
-  Baseline motif_only: "down wherever the TF's motif is in the window". Target 0.9.
-  decomposition (not a score): for the right and the wrong ones apart, how often the touched
-  planted causal peaks' summed single-peak knockout effect has the true sign, and how often the
-  other touched peaks' sum opposes it (ko_mediators.parquet).
+- master_tfs — top-3 precision per cell type (hits over min(3, #master TFs)), the disease type's
+  driver included; model: attention features + logistic regression; baselines: gene activity and
+  TF expression, each with the same one-vs-rest regression.
+- grn — AUPRC of every (TF, gene) pair against the direct edges (the TF binds a causal element
+  of the gene); model: the knockout read (the target's largest |predicted log2FC| over groups
+  under the TF's knockout); variants: attention-peak motif enrichment and its ablation ranking;
+  baselines: motif in the window, TF–gene expression correlation, per-gene ridge on TF expression
+  (GENIE3-style), correlation × motif (SCENIC+-style). ceiling_causal_peaks: the enrichment
+  pipeline fed the planted causal peaks (a reference, not a baseline).
+- enhancer_gene, enhancer_gene_distal — AUPRC of (gene, peak-in-window) pairs against the gene's
+  causal elements, on all pairs and on distal ones (beyond the 3 peaks nearest the TSS); model:
+  in-silico ablation; variant: attention; baselines: distance, ABC (normalized over the gene's
+  candidates), peak accessibility–expression correlation, per-gene ridge on the window's
+  accessibility (SCARlink-style).
+- knockout, knock_in — direction accuracy over responders (|true log2FC| ≥ 0.1 in a cell type)
+  among the analysed (group, TF, gene) triples, direct and indirect reported apart, with the
+  responder AUPRC by |prediction| and the Spearman correlation over all triples beside it; model:
+  the predicted log2FC; baselines: motif sign, signed TF–gene correlation where the motif is in
+  the window, the accessibility ridge with the TF's bound peaks zeroed (knock-in: raised),
+  CellOracle-style ridge propagation, no change.
+- transition — for the planted triple (disease, driver knockout, normal): the share of disease
+  cells the perturbation moves closer to the normal centroid; baselines: a random TF's knockout
+  (mean over the others), the unchanged source (0), CellOracle-style propagation.
+- therapeutic_target — 1 / rank of the planted driver among the knockouts ranked by how far they
+  move disease cells toward normal (hit at 1 and at 3 beside it); baseline: TFs ranked by
+  disease-vs-normal differential expression.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
+from scipy.stats import spearmanr
 
+from creformer.config import load_config
 from creformer.engine.errors import InputError
 
+from .baselines import (
+    accessibility_perturbation,
+    cell_data,
+    celloracle_perturbation,
+    correlation,
+    enhancer_baselines,
+    tf_gene_baselines,
+)
 from .grn import pair_scores
-from .inputs import TF, load_tables
+from .inputs import TF, cell_groups, load_tables
 from .metrics import auprc, precision_at_recall, top_k_precision
+from .transitions import fraction_closer
 
 MIN_KO_EFFECT = 0.1
-BASELINES = ("gene_activity", "motif_only", "correlation", "distance", "abc")  # scorecard keys, in display order
-MODEL_VARIANTS = ("model_ablation", "model_knockout")  # other model-derived rankings shown beside `model`
-CEILINGS = ("ceiling_causal_peaks",)  # truth-derived upper references, neither model nor baseline
+SIMULATOR_VERSION = 2
+TASKS = ("master_tfs", "grn", "enhancer_gene", "enhancer_gene_distal", "knockout", "knock_in", "transition",
+         "therapeutic_target")
+
+
+def check_truth(truth: Path) -> None:
+    """A truth folder of this simulator version, or an error saying what it is and what to do."""
+    if not truth.is_dir():
+        raise InputError(f"truth folder {truth} does not exist (creformer simulate --out DIR writes DIR/truth)")
+    version = (truth / "VERSION").read_text().strip() if (truth / "VERSION").exists() else "1"
+    if version != str(SIMULATOR_VERSION):
+        raise InputError(f"{truth} comes from simulator v{version}; this scorecard needs simulator v{SIMULATOR_VERSION} "
+                         "truth (repressors, cascades, a disease state): simulate again with `creformer simulate`")
+
+
+def task(metric: str, model: float, readout: str, baselines: dict[str, float], variants: dict[str, float] | None = None,
+         **extra) -> dict[str, Any]:
+    """One scorecard task: the fixed readout's value beside every baseline, the best one and the margin."""
+    finite = {k: v for k, v in baselines.items() if v is not None and np.isfinite(v)}
+    best = max(finite, key=finite.get) if finite else None
+    margin = float(model - finite[best]) if best is not None else float("nan")
+    return {"metric": metric, "model": float(model), "readout": readout, "variants": variants or {},
+            "baselines": {k: (None if v is None else float(v)) for k, v in baselines.items()},
+            "best_baseline": {"name": best, "value": finite.get(best)}, "margin": margin,
+            "met": bool(best is not None and margin > 0), **extra}
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman correlation (0 when either side is constant)."""
+    if np.std(a) == 0 or np.std(b) == 0:
+        return 0.0
+    return float(spearmanr(a, b).statistic)
 
 
 def _truth(truth: Path, name: str) -> pl.DataFrame:
@@ -48,34 +99,6 @@ def _truth(truth: Path, name: str) -> pl.DataFrame:
     if not path.exists():
         raise InputError(f"{path} is missing: --truth must be the simulator's truth folder (creformer simulate --out DIR → DIR/truth)")
     return pl.read_csv(path, separator="\t", infer_schema_length=10000)
-
-
-def master_tf_metric(masters: pl.DataFrame, truth: Path, k: int = 3) -> dict:
-    ct = _truth(truth, "cell_types.tsv")
-    true = {r[0]: set(str(r[1]).split(",")) for r in ct.iter_rows()}
-    out = {}
-    for method in ("model", "gene_activity"):
-        tab = masters.filter(pl.col("method") == method)
-        per = {g: top_k_precision(tab.filter(pl.col("group") == g).sort("rank")["tf"].to_list(), true[g], k)
-               for g in tab["group"].unique().sort().to_list() if g in true}
-        if not per:
-            raise InputError(f"no analysed group matches a simulated cell type ({sorted(true)}); group cells by truth/cells.tsv")
-        out[method] = float(np.mean(list(per.values())))
-        out[f"{method}_per_group"] = per
-    return {"model": out["model"], "gene_activity": out["gene_activity"], "target": 0.9, "met": out["model"] >= 0.9,
-            "per_group": out["model_per_group"], "per_group_gene_activity": out["gene_activity_per_group"], "k": k}
-
-
-def grn_metric(scores: pl.DataFrame, truth: Path) -> dict:
-    edges = _truth(truth, "tf_targets.tsv").filter(pl.col("weight") > 0).select("tf", pl.col("gene_id").alias("gene"))
-    lab = scores.join(edges.with_columns(pl.lit(True).alias("label")), on=["tf", "gene"], how="left").with_columns(
-        pl.col("label").fill_null(False))
-    y = lab["label"].to_numpy()
-    vals = {m: auprc(lab[m].to_numpy(), y) for m in ("model", *MODEL_VARIANTS, "motif_only", "correlation", *CEILINGS)
-            if m in lab.columns}
-    target = 2 * vals["motif_only"]
-    return {**vals, "target": target, "met": vals["model"] >= target, "pairs": int(y.size), "positives": int(y.sum()),
-            "prevalence": float(y.mean())}
 
 
 def grn_ceiling(scores: pl.DataFrame, out: Path, peaks: pl.DataFrame, genes: pl.DataFrame, tfs: list[TF],
@@ -98,19 +121,6 @@ def enhancer_labels(elements: pl.DataFrame, peaks: pl.DataFrame, genes: pl.DataF
     causal = el.select("element_id", pl.col("gene_id").alias("gene"), pl.lit(True).alias("label"))
     return (elements.join(genes.select("gene_id", "gene"), on="gene_id").join(peak_el.select("peak_id", "element_id"), on="peak_id")
             .join(causal, on=["element_id", "gene"], how="left").with_columns(pl.col("label").fill_null(False)))
-
-
-def enhancer_metric(elements: pl.DataFrame, peaks: pl.DataFrame, genes: pl.DataFrame, truth: Path) -> dict:
-    lab = enhancer_labels(elements, peaks, genes, truth)
-    y = lab["label"].to_numpy()
-    cols = {"model": lab["attention"].to_numpy(), "distance": -lab["distance"].to_numpy().astype(float), "abc": lab["abc"].to_numpy()}
-    if "ablation" in lab.columns:  # atlases written before the ablation column have attention only
-        cols["model_ablation"] = lab["ablation"].to_numpy()
-    vals = {m: auprc(s, y) for m, s in cols.items()}
-    p70 = {m: precision_at_recall(s, y, 0.7) for m, s in cols.items()}
-    target = max(vals["distance"], vals["abc"])
-    return {**vals, "target": target, "met": vals["model"] > target, "precision_at_70_recall": p70,
-            "pairs": int(y.size), "positives": int(y.sum())}
 
 
 def ko_decomposition(scored: pl.DataFrame, mediators: pl.DataFrame, labels: pl.DataFrame) -> dict:
@@ -143,56 +153,227 @@ def ko_decomposition(scored: pl.DataFrame, mediators: pl.DataFrame, labels: pl.D
     return out
 
 
-def ko_metric(effects: pl.DataFrame, genes: pl.DataFrame, windows_bound: pl.DataFrame, truth: Path,
-              mediators: pl.DataFrame | None = None, peaks: pl.DataFrame | None = None) -> dict:
-    """``effects``: (group, condition, mode, gene_id, log2fc); ``windows_bound``: (tf, gene_id) pairs
-    whose window holds a peak with the TF's motif (for the motif-only baseline). With
-    ``mediators`` (``ko_mediators.parquet``) and the atlas's ``peaks``, also ``ko_decomposition``."""
-    edges = _truth(truth, "tf_targets.tsv").filter(pl.col("weight") > 0).select("tf", pl.col("gene_id").alias("gene"))
-    pert = _truth(truth, "perturbations.tsv").filter((pl.col("mode") == "KO") & (pl.col("log2fc").abs() >= MIN_KO_EFFECT))
-    pert = pert.rename({"gene_id": "gene", "log2fc": "true_lfc"}).join(edges, on=["tf", "gene"])
-    pert = pert.join(genes.select("gene_id", "gene"), on="gene")
-    model = effects.filter(pl.col("mode") == "KO").select(pl.col("group").alias("cell_type"), pl.col("condition").alias("tf"),
-                                                          "gene_id", pl.col("log2fc").alias("model_lfc"))
-    j = pert.join(model, on=["cell_type", "tf", "gene_id"], how="inner")
-    if j.height == 0:
-        raise InputError("no planted knockout effect matches an analysed (group, TF, gene): check the groups are the simulated cell types")
-    j = j.join(windows_bound.with_columns(pl.lit(-1.0).alias("motif_sign")), on=["tf", "gene_id"], how="left").with_columns(
-        pl.col("motif_sign").fill_null(0.0))
-    t = np.sign(j["true_lfc"].to_numpy())
-    acc = float(np.mean(np.sign(j["model_lfc"].to_numpy()) == t))
-    base = float(np.mean(j["motif_sign"].to_numpy() == t))
-    out = {"model": acc, "motif_only": base, "target": 0.9, "met": acc >= 0.9, "effects": int(j.height),
-           "min_true_abs_log2fc": MIN_KO_EFFECT,
-           "model_zero": int((j["model_lfc"].to_numpy() == 0).sum())}
-    if mediators is not None and peaks is not None:
-        labels = enhancer_labels(mediators.select("gene_id", "peak_id").unique(), peaks, genes, truth)
-        out["decomposition"] = ko_decomposition(j, mediators, labels)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tasks
+# ---------------------------------------------------------------------------------------------
+
+def master_tf_task(masters: pl.DataFrame, truth: Path, k: int = 3) -> dict:
+    true = {r[0]: set(str(r[1]).split(",")) for r in _truth(truth, "cell_types.tsv").iter_rows()}
+    per = {}
+    for method in ("model", "gene_activity", "tf_expression"):
+        tab = masters.filter(pl.col("method") == method)
+        per[method] = {g: top_k_precision(tab.filter(pl.col("group") == g).sort("rank")["tf"].to_list(), true[g], k)
+                       for g in tab["group"].unique().sort().to_list() if g in true}
+    if not per["model"]:
+        raise InputError(f"no analysed group matches a simulated cell type ({sorted(true)}); group cells by truth/cells.tsv")
+    mean = {m: float(np.mean(list(v.values()))) if v else None for m, v in per.items()}
+    return task("top-3 precision", mean["model"], "attention feature + logistic regression",
+                {"gene_activity": mean["gene_activity"], "tf_expression": mean["tf_expression"]},
+                per_group=per["model"], per_group_baselines={m: per[m] for m in ("gene_activity", "tf_expression")}, k=k)
+
+
+def grn_task(scores: pl.DataFrame, tfgene: pl.DataFrame, truth: Path) -> dict:
+    edges = _truth(truth, "tf_targets.tsv").select("tf", pl.col("gene_id").alias("gene"), pl.lit(True).alias("label"))
+    lab = (scores.drop([c for c in ("correlation",) if c in scores.columns])
+           .join(tfgene, on=["tf", "gene_id"], how="left").fill_null(0.0)
+           .join(edges, on=["tf", "gene"], how="left").with_columns(pl.col("label").fill_null(False)))
+    y = lab["label"].to_numpy()
+    a = {c: auprc(lab[c].to_numpy(), y) for c in lab.columns if c in (
+        "model", "model_ablation", "model_knockout", "motif_only", "correlation", "regression", "scenic_like", "ceiling_causal_peaks")}
+    return task("AUPRC, direct edges", a["model_knockout"], "knockout read: the target's largest |predicted log2FC| under the TF's knockout",
+                {b: a[b] for b in ("motif_only", "correlation", "regression", "scenic_like")},
+                {"attention": a["model"], "attention_ablation": a.get("model_ablation")},
+                ceilings={"causal_peaks": a["ceiling_causal_peaks"]} if "ceiling_causal_peaks" in a else {},
+                pairs=int(y.size), positives=int(y.sum()), prevalence=float(y.mean()))
+
+
+def enhancer_tasks(lab: pl.DataFrame) -> dict[str, dict]:
+    """``lab``: (gene_id, peak_id, attention, ablation, distance, abc, peak_correlation,
+    accessibility_regression, label)."""
+    lab = lab.with_columns(pl.col("distance").rank("ordinal").over("gene_id").alias("nearness"))
+    out = {}
+    for name, sub in (("enhancer_gene", lab), ("enhancer_gene_distal", lab.filter(pl.col("nearness") > 3))):
+        y = sub["label"].to_numpy()
+        if not y.any():
+            continue
+        cols = {"ablation": sub["ablation"].to_numpy(), "attention": sub["attention"].to_numpy(),
+                "distance": -sub["distance"].to_numpy().astype(float), "abc": sub["abc"].to_numpy(),
+                "peak_correlation": sub["peak_correlation"].to_numpy(),
+                "accessibility_regression": sub["accessibility_regression"].to_numpy()}
+        a = {k: auprc(v, y) for k, v in cols.items()}
+        p70 = {k: precision_at_recall(v, y, 0.7) for k, v in cols.items()}
+        out[name] = task("AUPRC" + (", beyond the 3 nearest peaks" if name.endswith("distal") else ""), a["ablation"],
+                         "in-silico ablation", {b: a[b] for b in ("distance", "abc", "peak_correlation", "accessibility_regression")},
+                         {"attention": a["attention"]}, precision_at_70_recall=p70, pairs=int(y.size), positives=int(y.sum()))
     return out
 
 
+def perturbation_task(mode: str, triples: pl.DataFrame, predictions: dict[str, pl.DataFrame], readout: str) -> dict:
+    """``triples``: (cell_type, tf, gene_id, true_lfc, direct) for every analysed triple;
+    ``predictions``: name → (cell_type, tf, gene_id, pred) ('model' first). Direction accuracy over
+    responders is the metric; responder AUPRC and Spearman beside it."""
+    resp = triples["true_lfc"].abs().to_numpy() >= MIN_KO_EFFECT
+    direct = triples["direct"].to_numpy()
+    t = np.sign(triples["true_lfc"].to_numpy())
+    acc, acc_direct, acc_indirect, resp_auprc, rho = {}, {}, {}, {}, {}
+    for name, p in predictions.items():
+        pred = triples.join(p, on=["cell_type", "tf", "gene_id"], how="left")["pred"].fill_null(0.0).to_numpy()
+        right = np.sign(pred) == t
+        acc[name] = float(right[resp].mean()) if resp.any() else float("nan")
+        acc_direct[name] = float(right[resp & direct].mean()) if (resp & direct).any() else None
+        acc_indirect[name] = float(right[resp & ~direct].mean()) if (resp & ~direct).any() else None
+        resp_auprc[name] = auprc(np.abs(pred), resp) if resp.any() else None
+        rho[name] = spearman(pred, triples["true_lfc"].to_numpy())
+    base = [n for n in predictions if n != "model"]
+    return task(f"{mode} direction accuracy on responders", acc["model"], readout, {b: acc[b] for b in base},
+                direct={"model": acc_direct["model"], "baselines": {b: acc_direct[b] for b in base}},
+                indirect={"model": acc_indirect["model"], "baselines": {b: acc_indirect[b] for b in base}},
+                responder_auprc={"model": resp_auprc["model"], "baselines": {b: resp_auprc[b] for b in base}},
+                spearman={"model": rho["model"], "baselines": {b: rho[b] for b in base}},
+                triples=int(triples.height), responders=int(resp.sum()), direct_responders=int((resp & direct).sum()),
+                min_true_abs_log2fc=MIN_KO_EFFECT)
+
+
+def perturbation_truth(truth: Path, mode: str, analysed: pl.DataFrame, genes: pl.DataFrame) -> pl.DataFrame:
+    """Every analysed (cell_type, tf, gene_id) with its true log2FC (0 when the network leaves the
+    gene unmoved) and whether the TF binds a causal element of the gene (``direct``)."""
+    key = genes.select(pl.col("gene").alias("gene_key"), "gene_id")
+    pert = (_truth(truth, "perturbations.tsv").filter(pl.col("mode") == mode)
+            .rename({"gene_id": "gene_key", "log2fc": "true_lfc"}).join(key, on="gene_key")
+            .select("cell_type", "tf", "gene_id", "true_lfc"))
+    edges = (_truth(truth, "tf_targets.tsv").rename({"gene_id": "gene_key"}).join(key, on="gene_key")
+             .select("tf", "gene_id", pl.lit(True).alias("direct")))
+    return (analysed.join(pert, on=["cell_type", "tf", "gene_id"], how="left").join(edges, on=["tf", "gene_id"], how="left")
+            .with_columns(pl.col("true_lfc").fill_null(0.0), pl.col("direct").fill_null(False)))
+
+
+def transition_task(trans: pl.DataFrame, disease: dict, groups: dict, co_fraction: float | None) -> dict | None:
+    if groups.get("source") != disease["disease"] or groups.get("target") != disease["normal"]:
+        return None
+    ko = trans.filter((pl.col("mode") == "KO") & ~pl.col("condition").str.contains("+", literal=True))
+    model = ko.filter(pl.col("condition") == disease["driver"])["fraction_closer"]
+    others = ko.filter(pl.col("condition") != disease["driver"])["fraction_closer"]
+    if model.is_empty():
+        return None
+    return task("share of disease cells moved toward normal", float(model[0]), "predicted states under the driver's knockout",
+                {"random_tf": float(others.mean()) if others.len() else None, "source_unchanged": 0.0, "celloracle_like": co_fraction},
+                triple=[disease["disease"], f"{disease['driver']} KO", disease["normal"]])
+
+
+def therapeutic_task(ranking: pl.DataFrame, disease: dict, groups: dict, de_rank: int) -> dict | None:
+    if groups.get("source") != disease["disease"] or groups.get("target") != disease["normal"]:
+        return None
+    single = ranking.filter(~pl.col("condition").str.contains("+", literal=True)).sort("transition_score", descending=True)
+    names = single["condition"].to_list()
+    if disease["driver"] not in names:
+        return None
+    rank = names.index(disease["driver"]) + 1
+    return task("1 / rank of the planted driver", 1.0 / rank, "knockouts ranked by transition toward normal",
+                {"differential_expression": 1.0 / de_rank}, driver=disease["driver"], rank=rank, hit_at_1=rank == 1,
+                hit_at_3=rank <= 3, baseline_rank=de_rank)
+
+
+# ---------------------------------------------------------------------------------------------
+# The scorecard
+# ---------------------------------------------------------------------------------------------
+
 def scorecard(out: Path, truth: Path, k: int = 3) -> dict:
-    """Read atlas_grn's tables from ``out`` and score them; writes ``out/scorecard.json``."""
-    need = ["master_tfs.parquet", "grn/scores.parquet", "enhancers.parquet", "perturbation_effects.parquet", "windows_bound.parquet"]
+    """Read atlas_grn's tables from ``out``, compute the baselines from its shard set, score both
+    against ``truth``; writes ``out/scorecard.json``."""
+    check_truth(truth)
+    need = ["master_tfs.parquet", "grn/scores.parquet", "enhancers.parquet", "perturbation_effects.parquet", "windows_bound.parquet",
+            "atlas.json", "config.yaml", "work/bound.npy", "transitions.parquet", "therapeutic_targets.parquet"]
     missing = [n for n in need if not (out / n).exists()]
     if missing:
-        raise InputError(f"{out} lacks {missing}: run atlas_grn first (analysis.out={out})")
+        raise InputError(f"{out} lacks {missing}: run atlas_grn (this version) first (analysis.out={out})")
     meta = json.loads((out / "atlas.json").read_text())
+    cfg = load_config(out / "config.yaml")
     tables = load_tables(meta["manifest"])
-    scores = pl.read_parquet(out / "grn" / "scores.parquet")
-    if "tf_motifs" in meta and (out / "work" / "bound.npy").exists():  # atlases from before the ceiling lack them
-        tfs = [TF(n, m, None) for n, m in zip(meta["tfs"], meta["tf_motifs"])]
-        scores = grn_ceiling(scores, out, tables.peaks, tables.genes, tfs, truth)
-    med_path = out / "ko_mediators.parquet"  # atlases written before it have none: no decomposition
-    mediators = pl.read_parquet(med_path) if med_path.exists() else None
-    card = {
-        "master_tf_top3_precision": master_tf_metric(pl.read_parquet(out / "master_tfs.parquet"), truth, k),
-        "grn_auprc": grn_metric(scores, truth),
-        "enhancer_gene_auprc": enhancer_metric(pl.read_parquet(out / "enhancers.parquet"), tables.peaks, tables.genes, truth),
-        "ko_direction_accuracy": ko_metric(pl.read_parquet(out / "perturbation_effects.parquet"), tables.genes,
-                                           pl.read_parquet(out / "windows_bound.parquet"), truth, mediators, tables.peaks),
-    }
+    genes = tables.genes
+    data = cell_data(tables)
+    groups = cell_groups(tables, cfg.analysis.groups, cfg.analysis.group_column, 2)
+    group_cells = {g: np.sort(df["cell_id"].to_numpy()) for (g,), df in groups.group_by("group")}
+    tf_genes = {n: int(genes.filter(pl.col("name") == n)["gene_id"][0]) for n in meta["tfs"] if n in set(genes["name"].to_list())}
+    bound = np.load(out / "work" / "bound.npy")
+    bound_by_tf = {n: bound[:, m] for n, m in zip(meta["tfs"], meta["tf_motifs"]) if n in tf_genes}
+    tfs = [TF(n, m, None) for n, m in zip(meta["tfs"], meta["tf_motifs"])]
+    wb = pl.read_parquet(out / "windows_bound.parquet")
+    motif_in_window = {(t, int(g)) for t, g in zip(wb["tf"], wb["gene_id"])}
+
+    # GRN
+    scores = grn_ceiling(pl.read_parquet(out / "grn" / "scores.parquet"), out, tables.peaks, genes, tfs, truth)
+    tfgene = tf_gene_baselines(data, tf_genes, genes["gene_id"].to_numpy(), motif_in_window)
+    # enhancer–gene
+    elems = pl.read_parquet(out / "enhancers.parquet")
+    windows = {int(g): df["peak_id"].to_numpy() for (g,), df in elems.group_by("gene_id")}
+    elab = enhancer_labels(enhancer_baselines(data, elems), tables.peaks, genes, truth)
+    # knockouts and knock-ins
+    effects = pl.read_parquet(out / "perturbation_effects.parquet")
+    motif_tfs: dict[int, list[str]] = {}
+    for t, g in motif_in_window:
+        if t in tf_genes:
+            motif_tfs.setdefault(g, []).append(t)
+    r_signed = {}
+    for t, tg in tf_genes.items():
+        r = correlation(data.expression.astype(np.float64), data.expression[:, tg].astype(np.float64))
+        r_signed.update({(t, g): float(r[g]) for g in range(genes.height)})
+    card: dict[str, Any] = {"master_tfs": master_tf_task(pl.read_parquet(out / "master_tfs.parquet"), truth, k),
+                            "grn": grn_task(scores, tfgene, truth), **enhancer_tasks(elab)}
+    for mode, sign in (("KO", -1.0), ("KI", 1.0)):
+        model = effects.filter((pl.col("mode") == mode) & ~pl.col("condition").str.contains("+", literal=True)).select(
+            pl.col("group").alias("cell_type"), pl.col("condition").alias("tf"), "gene_id", pl.col("log2fc").alias("pred"))
+        triples = perturbation_truth(truth, mode, model.select("cell_type", "tf", "gene_id"), genes)
+        keys = triples.select("cell_type", "tf", "gene_id")
+        motif = keys.with_columns(pl.Series("pred", [sign if (t, g) in motif_in_window else 0.0
+                                                     for t, g in zip(keys["tf"], keys["gene_id"])]))
+        signed = keys.with_columns(pl.Series("pred", [sign * r_signed.get((t, g), 0.0) if (t, g) in motif_in_window else 0.0
+                                                      for t, g in zip(keys["tf"], keys["gene_id"])]))
+        level = None if mode == "KO" else float(np.quantile(data.accessibility[data.accessibility > 0], 0.9))
+        access = accessibility_perturbation(data, windows, bound_by_tf, group_cells, level).rename(
+            {"group": "cell_type", "log2fc": "pred"})
+        oracle = celloracle_perturbation(data, tf_genes, motif_tfs, group_cells, knock_in=mode == "KI").rename(
+            {"group": "cell_type", "log2fc": "pred"})
+        none = keys.with_columns(pl.lit(0.0).alias("pred"))
+        name = "knockout" if mode == "KO" else "knock_in"
+        card[name] = perturbation_task(mode, triples, {"model": model, "motif_sign": motif, "signed_correlation": signed,
+                                                       "accessibility_regression": access, "celloracle_like": oracle,
+                                                       "no_change": none}, "predicted log2FC (group mean over cells)")
+        if mode == "KO" and (out / "ko_mediators.parquet").exists():
+            scored = triples.join(model, on=["cell_type", "tf", "gene_id"]).filter(
+                (pl.col("true_lfc").abs() >= MIN_KO_EFFECT)).rename({"pred": "model_lfc"})
+            med = pl.read_parquet(out / "ko_mediators.parquet")
+            card[name]["decomposition"] = ko_decomposition(
+                scored, med, enhancer_labels(med.select("gene_id", "peak_id").unique(), tables.peaks, genes, truth))
+    # transition and therapeutic target: the planted disease triple
+    disease = _truth(truth, "disease.tsv").row(0, named=True)
+    tg_path = out / "transition_groups.json"
+    tgroups = json.loads(tg_path.read_text()) if tg_path.exists() else {}
+    dis, nor = group_cells.get(disease["disease"]), group_cells.get(disease["normal"])
+    co_fraction, de_rank = None, None
+    if dis is not None and nor is not None and disease["driver"] in tf_genes:
+        oracle = celloracle_perturbation(data, tf_genes, motif_tfs, {disease["disease"]: dis}, only=[disease["driver"]])
+        delta = np.zeros(genes.height)
+        for g, v in zip(oracle["gene_id"], oracle["log2fc"]):
+            delta[g] = v * np.log(2)
+        co_fraction = fraction_closer(data.expression[dis], data.expression[nor], data.expression[dis] + delta)
+        de = {t: abs(float(data.expression[dis, g].mean() - data.expression[nor, g].mean())) for t, g in tf_genes.items()}
+        de_rank = sorted(de, key=de.get, reverse=True).index(disease["driver"]) + 1
+    tr = transition_task(pl.read_parquet(out / "transitions.parquet"), disease, tgroups, co_fraction)
+    th = therapeutic_task(pl.read_parquet(out / "therapeutic_targets.parquet"), disease, tgroups, de_rank) if de_rank else None
+    for key, value in (("transition", tr), ("therapeutic_target", th)):
+        card[key] = value if value is not None else {
+            "not_scored": f"atlas_grn compared {tgroups.get('source')} -> {tgroups.get('target')}; the planted disease "
+                          f"triple is {disease['disease']} -> {disease['normal']} (set analysis.source_group and "
+                          "analysis.target_group to it)"}
     card["_about"] = {"truth": str(truth), "atlas": str(out), "cells": meta.get("cells"), "groups": meta.get("groups"),
+                      "simulator_version": SIMULATOR_VERSION, "disease": disease,
                       "definitions": __doc__.split("\n\n", 1)[1].strip()}
-    (out / "scorecard.json").write_text(json.dumps(card, indent=1))
+    (out / "scorecard.json").write_text(json.dumps(card, indent=1, default=float))
     return card
+
+
+def scored_tasks(card: dict) -> dict[str, dict]:
+    """The tasks of a scorecard that were scored (name → task)."""
+    return {k: v for k, v in card.items() if not k.startswith("_") and "model" in v}

@@ -100,14 +100,18 @@ def cmd_model_info(args: argparse.Namespace) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
-    from .analysis.validate import BASELINES, scorecard
+    from .analysis.validate import scorecard
 
     card = scorecard(Path(args.atlas), Path(args.truth))
-    for name, entry in card.items():
+    for name, t in card.items():
         if name.startswith("_"):
             continue
-        base = ", ".join(f"{k} {entry[k]:.3f}" for k in BASELINES if k in entry)
-        print(f"{name:<26} model {entry['model']:.3f} | {base} | target {entry['target']:.3f} {'met' if entry['met'] else 'NOT met'}")
+        if "model" not in t:
+            print(f"{name:<22} not scored: {t.get('not_scored', '')}")
+            continue
+        best = t["best_baseline"]
+        print(f"{name:<22} model {t['model']:.3f} | best baseline {best['name']} {best['value']:.3f} | "
+              f"margin {t['margin']:+.3f} {'met' if t['met'] else 'NOT met'}")
     print(f"written {Path(args.atlas) / 'scorecard.json'}")
 
 

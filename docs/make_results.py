@@ -14,23 +14,25 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from creformer.analysis.validate import BASELINES, CEILINGS, MODEL_VARIANTS
-
 
 def _fmt(v: Any) -> str:
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
+    return "–" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
 def scorecard_section(card: dict) -> list[str]:
-    lines = ["| task | model | variants | baselines | target | met |", "|---|---|---|---|---|---|"]
-    for name, e in card.items():
+    lines = ["| task | metric | model | best baseline | margin | met | variants | all baselines |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, t in card.items():
         if name.startswith("_"):
             continue
-        variants = ", ".join(f"{m} {_fmt(e[m])}" for m in MODEL_VARIANTS if m in e)
-        base = ", ".join(f"{b} {_fmt(e[b])}" for b in BASELINES if b in e)
-        ceil = "".join(f" ({c} {_fmt(e[c])})" for c in CEILINGS if c in e)
-        lines.append(f"| {name} | {_fmt(e['model'])} | {variants} | {base} | {_fmt(e['target'])}{ceil} | "
-                     f"{'yes' if e['met'] else 'no'} |")
+        if "model" not in t:
+            lines.append(f"| {name} | not scored: {t.get('not_scored', '')} | | | | | | |")
+            continue
+        best = t["best_baseline"]
+        lines.append(f"| {name} | {t['metric']} | {_fmt(t['model'])} | {best['name']} {_fmt(best['value'])} | "
+                     f"{t['margin']:+.3f} | {'yes' if t['met'] else 'no'} | "
+                     + ", ".join(f"{k} {_fmt(v)}" for k, v in t["variants"].items()) + " | "
+                     + ", ".join(f"{k} {_fmt(v)}" for k, v in t["baselines"].items()) + " |")
     return lines
 
 
@@ -72,7 +74,8 @@ def main() -> None:
     card_path = demo / "scorecard.json"
     if card_path.exists():
         lines += ["## Demo scorecard (smoke-level: the demo's 15-minute budget)", "",
-                  f"From `{card_path}`: every task's model readout beside its baselines, the target and whether it is met.", ""]
+                  f"From `{card_path}`: every task's fixed model readout beside its best baseline (computed in the same run), "
+                  "the margin, the variants and every baseline.", ""]
         lines += scorecard_section(json.loads(card_path.read_text())) + [""]
     ev = eval_section(demo)
     if ev:

@@ -17,6 +17,16 @@ import numpy as np
 from .io.motifs import Motif
 
 BIN = 10  # bigWig resolution of simulated tracks (bp)
+VERSION = 2  # written to truth/VERSION; `creformer validate` refuses truth of another version
+# An allele of a fully active element is open in this share of cells (the mean state of an element
+# is OPEN_MAX x its openness; simulate_cells.py draws each cell's states around it).
+OPEN_MAX = 0.85
+REPRESSOR_SHARE = 0.3  # TFs that repress every element they bind as primary TF
+DUAL_SHARE = 0.2  # TFs whose elements repress with a repressor partner and activate otherwise
+GRAMMAR_FUNCTIONAL = 0.85  # P(partner at the preferred spacing) for a causal element
+GRAMMAR_INERT = 0.15  # ... and for an inert one
+TF_FROM_EXPRESSION = 0.8  # a TF's activity from its own expression: this x expression / 30
+DISEASE = "DIS"
 BASES = np.frombuffer(b"ACGT", dtype=np.uint8)
 
 
@@ -63,6 +73,8 @@ class Element:
     partner: int  # partner TF index or -1
     gene: int = -1  # target gene index for promoters/enhancers
     weight: float = 0.0  # causal effect size on the target
+    sign: int = 1  # +1 activates the target, -1 represses it (causal elements)
+    grammar: bool = False  # the partner's motif sits at the preferred spacing and orientation
 
     @property
     def center(self) -> int:
@@ -76,39 +88,84 @@ class Rulebook:
     chroms: dict[str, int]
     tfs: list[str]
     motifs: list[Motif]  # one per TF, then CTCF last
-    activity: np.ndarray  # (cell types, TFs) in [0, 1]
+    inputs: np.ndarray  # (cell types, TFs): external TF input of each cell type (the disease type last)
     masters: list[list[int]]
     genes: list[Gene]
     elements: list[Element]
+    tf_role: list[str] = field(default_factory=list)  # activator | repressor | dual, per TF
+    normal: int = 0  # the cell type the disease type derives from
+    driver: int = 0  # the TF switched on in the disease type
+    activity: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (cell types, TFs) at steady state
     repressed: list[set[int]] = field(default_factory=list)  # per cell type: silent gene indices
 
     @property
     def cell_types(self) -> list[str]:
-        return [f"CT{i}" for i in range(self.activity.shape[0])]
+        return [f"CT{i}" for i in range(self.inputs.shape[0] - 1)] + [DISEASE]
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        if getattr(self, "_cache", None) is None:
+            e = self.elements
+            n_genes = len(self.genes)
+            kind = np.array([x.kind for x in e])
+            eff = np.zeros((len(e), n_genes))
+            for j, x in enumerate(e):
+                if x.gene >= 0 and x.weight > 0:
+                    eff[j, x.gene] = x.weight * np.exp(-abs(x.center - self.genes[x.gene].tss) / 80_000)
+            sign = np.array([x.sign for x in e])[:, None]
+            self._cache = {"tf": np.array([max(x.tf, 0) for x in e]), "partner": np.array([max(x.partner, 0) for x in e]),
+                           "has_partner": np.array([x.partner >= 0 for x in e]), "ctcf": kind == "ctcf",
+                           "decoy": kind == "decoy", "act": np.where(sign > 0, eff, 0.0), "rep": np.where(sign < 0, eff, 0.0),
+                           "base": np.array([g.base for g in self.genes]),
+                           "tf_gene": np.array([next(i for i, g in enumerate(self.genes) if g.name == t) for t in self.tfs])}
+        return self._cache
 
     def element_activity(self, activity: np.ndarray) -> np.ndarray:
         """Openness of every element (0..1) for TF activity vector(s) ``activity`` (..., TFs)."""
+        a = self._arrays()
         act = np.asarray(activity, dtype=np.float64)
-        out = np.zeros(act.shape[:-1] + (len(self.elements),))
-        for j, e in enumerate(self.elements):
-            if e.kind == "ctcf":
-                out[..., j] = 0.9
-            elif e.kind == "decoy":
-                out[..., j] = 0.0
-            else:
-                boost = 0.5 + 0.5 * act[..., e.partner] if e.partner >= 0 else 1.0
-                out[..., j] = act[..., e.tf] * boost
-        return out
+        boost = np.where(a["has_partner"], 0.5 + 0.5 * act[..., a["partner"]], 1.0)
+        out = act[..., a["tf"]] * boost
+        out = np.where(a["ctcf"], 0.9, out)
+        return np.where(a["decoy"], 0.0, out)
 
     def expression(self, openness: np.ndarray) -> np.ndarray:
-        """Mean expression (counts-per-10k scale) of every gene given element openness (..., elements)."""
-        drive = np.zeros(openness.shape[:-1] + (len(self.genes),))
-        drive += np.array([g.base for g in self.genes])
-        for j, e in enumerate(self.elements):
-            if e.gene >= 0 and e.weight > 0:
-                decay = np.exp(-abs(e.center - self.genes[e.gene].tss) / 80_000)
-                drive[..., e.gene] += e.weight * decay * openness[..., j]
-        return 30.0 * drive / (drive + 1.0)  # saturation
+        """Mean expression (counts-per-10k scale) of every gene given element openness (..., elements):
+        activating elements add to a saturating drive, repressive ones divide it."""
+        a = self._arrays()
+        drive = a["base"] + openness @ a["act"]
+        return 30.0 * drive / (drive + 1.0) / (1.0 + openness @ a["rep"])
+
+    def steady_activity(self, inputs: np.ndarray, fixed: dict[int, float] | None = None, iters: int = 80) -> np.ndarray:
+        """TF activity at the network's fixed point for external ``inputs`` (..., TFs): each TF's
+        activity is max(input, TF_FROM_EXPRESSION x its gene's expression / 30) at the mean element
+        states it implies; ``fixed`` holds TFs at a level (a knockout 0, a knock-in 1)."""
+        tf_gene = self._arrays()["tf_gene"]
+        inputs = np.asarray(inputs, np.float64).copy()
+        for t, v in (fixed or {}).items():
+            inputs[..., t] = v
+        act = inputs.copy()
+        for _ in range(iters):
+            expr = self.expression(OPEN_MAX * self.element_activity(act))
+            new = np.maximum(inputs, TF_FROM_EXPRESSION * expr[..., tf_gene] / 30.0)
+            for t, v in (fixed or {}).items():
+                new[..., t] = v
+            act = 0.5 * act + 0.5 * new  # damped: repression makes the map non-monotone
+        return act
+
+    def mean_expression(self, activity: np.ndarray) -> np.ndarray:
+        """Expression at the mean element states of TF activity ``activity``."""
+        return self.expression(OPEN_MAX * self.element_activity(activity))
+
+    def direct_edges(self) -> dict[tuple[int, int], float]:
+        """(TF, gene) -> signed weight: the TF's motif sits in a causal element of the gene (primary
+        TF, or partner at half weight), signed by the element's effect."""
+        edges: dict[tuple[int, int], float] = {}
+        for e in self.elements:
+            if e.gene >= 0 and e.weight > 0 and e.kind in ("promoter", "enhancer"):
+                for tf, share in ((e.tf, 1.0), (e.partner, 0.5)):
+                    if tf >= 0:
+                        edges[(tf, e.gene)] = edges.get((tf, e.gene), 0.0) + share * e.weight * e.sign
+        return edges
 
 
 def _pwm(rng: np.random.Generator, width: int) -> np.ndarray:
@@ -129,20 +186,34 @@ def make_rulebook(preset: str | SimPreset, seed: int = 0) -> Rulebook:
     tfs = [f"TF{i + 1:02d}" for i in range(p.n_tfs)]
     motifs = [Motif(f"SIM{i + 1:04d}.1", tf, _pwm(rng, int(rng.integers(8, 13)))) for i, tf in enumerate(tfs)]
     motifs.append(Motif("SIM9999.1", "CTCF", _pwm(rng, 15)))
-    # Cell types: two master TFs each (cycling through all TFs), weak background activity elsewhere.
-    activity = np.zeros((p.n_cell_types, p.n_tfs))
+    # Cell types: two master TFs each (cycling through all TFs), weak background input elsewhere.
+    inputs = np.zeros((p.n_cell_types, p.n_tfs))
     masters = []
     for c in range(p.n_cell_types):
         m = [(2 * c) % p.n_tfs, (2 * c + 1) % p.n_tfs]
         masters.append(m)
-        activity[c, m] = 1.0
+        inputs[c, m] = 1.0
         weak = rng.choice(p.n_tfs, size=2, replace=False)
-        activity[c, weak] = np.maximum(activity[c, weak], 0.25)
+        inputs[c, weak] = np.maximum(inputs[c, weak], 0.25)
+    # TF roles: repressors and dual TFs drawn among all TFs (a master may repress its targets).
+    order = rng.permutation(p.n_tfs)
+    n_rep, n_dual = max(1, round(REPRESSOR_SHARE * p.n_tfs)), max(1, round(DUAL_SHARE * p.n_tfs))
+    role = ["activator"] * p.n_tfs
+    for t in order[:n_rep]:
+        role[t] = "repressor"
+    for t in order[n_rep:n_rep + n_dual]:
+        role[t] = "dual"
     genes: list[Gene] = []
     elements: list[Element] = []
 
     def add(chrom: str, center: int, kind: str, tf: int, partner: int, gene: int = -1, weight: float = 0.0) -> None:
-        elements.append(Element(f"E{len(elements):05d}", chrom, center - 150, center + 150, kind, tf, partner, gene, weight))
+        sign = 1
+        if kind in ("promoter", "enhancer"):
+            sign = -1 if role[tf] == "repressor" or (role[tf] == "dual" and partner >= 0 and role[partner] == "repressor") else 1
+        p_grammar = GRAMMAR_FUNCTIONAL if kind == "enhancer" else GRAMMAR_INERT if kind == "inert" else 0.0
+        grammar = partner >= 0 and bool(rng.random() < p_grammar)
+        elements.append(Element(f"E{len(elements):05d}", chrom, center - 150, center + 150, kind, tf, partner, gene, weight,
+                                sign, grammar))
 
     for chrom, length in chroms.items():
         pos = 20_000
@@ -157,12 +228,13 @@ def make_rulebook(preset: str | SimPreset, seed: int = 0) -> Rulebook:
             # Promoter: a motif of one TF; TF genes autoregulate through their own motif.
             ptf = gi if is_tf else int(rng.integers(0, p.n_tfs))
             add(chrom, pos, "promoter", ptf, -1, gi, float(rng.uniform(0.3, 1.0)))
-            # Causal enhancers, some far beyond the nearest elements.
-            for _ in range(int(rng.integers(1, 4))):
+            # Causal enhancers, some far beyond the nearest elements. A TF gene's first enhancer
+            # carries its own motif (autoregulation); the others any TF's (cascades between TFs).
+            for k in range(int(rng.integers(1, 4))):
                 dist = int(rng.choice([rng.integers(3_000, 20_000), rng.integers(20_000, 120_000)]))
                 center = pos + dist * (1 if rng.random() < 0.5 else -1)
                 if 1_000 < center < length - 1_000:
-                    tf = gi if is_tf else int(rng.integers(0, p.n_tfs))
+                    tf = gi if is_tf and k == 0 else int(rng.integers(0, p.n_tfs))
                     partner = int(rng.integers(0, p.n_tfs))
                     add(chrom, center, "enhancer", tf, partner, gi, float(rng.gamma(2.0, 1.5)))
             # Inert (open, no target) elements near the TSS and closed decoys: same motifs, no effect.
@@ -190,9 +262,22 @@ def make_rulebook(preset: str | SimPreset, seed: int = 0) -> Rulebook:
         kept.append(e)
     for i, e in enumerate(kept):
         e.element_id = f"E{i:05d}"
-    book = Rulebook(p, seed, chroms, tfs, motifs, activity, masters, genes, kept)
-    expr = book.expression(book.element_activity(activity))
-    book.repressed = [set(np.flatnonzero(expr[c] < np.quantile(expr[c], 0.25)).tolist()) for c in range(p.n_cell_types)]
+    # The disease type: cell type 0 with a driver TF switched on, the activator (not active in type
+    # 0) with the most direct targets.
+    book = Rulebook(p, seed, chroms, tfs, motifs, inputs, masters, genes, kept, role)
+    targets = np.zeros(p.n_tfs)
+    for (t, _), w in book.direct_edges().items():
+        targets[t] += abs(w)
+    candidates = [t for t in range(p.n_tfs) if inputs[0, t] == 0 and role[t] == "activator"] or \
+                 [t for t in range(p.n_tfs) if inputs[0, t] == 0]
+    book.normal, book.driver = 0, max(candidates, key=lambda t: targets[t])
+    disease = inputs[book.normal].copy()
+    disease[book.driver] = 1.0
+    book.inputs = np.vstack([inputs, disease])
+    book.masters = masters + [sorted(masters[book.normal] + [book.driver])]
+    book.activity = book.steady_activity(book.inputs)
+    expr = book.mean_expression(book.activity)
+    book.repressed = [set(np.flatnonzero(expr[c] < np.quantile(expr[c], 0.25)).tolist()) for c in range(expr.shape[0])]
     return book
 
 

@@ -17,7 +17,7 @@ import pysam
 from creformer.config import ASSAYS
 
 from .io.files import write_tsv
-from .rulebook import BASES, BIN, Gene, Rulebook, gap_of, sample_motif
+from .rulebook import BASES, BIN, VERSION, Gene, Rulebook, gap_of, sample_motif
 
 
 def make_sequences(book: Rulebook) -> tuple[dict[str, np.ndarray], list[tuple[str, str, int, int, str]]]:
@@ -31,8 +31,12 @@ def make_sequences(book: Rulebook) -> tuple[dict[str, np.ndarray], list[tuple[st
         for k, tf in enumerate(tfs):
             motif = book.motifs[tf] if tf >= 0 else book.motifs[-1]
             for rep in range(2 if k == 0 else 1):  # two copies of the primary motif, one of the partner
-                at = e.start + 40 + 80 * (2 * k + rep)
                 site = sample_motif(rng, motif.pwm)
+                at = e.start + 40 + 80 * (2 * k + rep)
+                if k == 1 and not e.grammar:
+                    # the grammar: the partner's motif sits 80 bp after the primary's second copy;
+                    # without it, 30 bp further (either strand, as every planted site)
+                    at += 30
                 seq[at : at + len(site)] = site
                 instances.append((motif.name, e.chrom, at, at + len(site), e.element_id))
     for chrom, seq in seqs.items():
@@ -150,19 +154,22 @@ def write_bigwig(path: Path, chroms: dict[str, int], per_chrom: dict[str, np.nda
 def write_truth(out: Path, book: Rulebook, instances) -> None:
     truth = out / "truth"
     truth.mkdir(parents=True, exist_ok=True)
-    write_tsv(truth / "tfs.tsv", ["tf", "motif_id", "gene_id"],
-               [(tf, book.motifs[i].id, book.genes[i].gene_id) for i, tf in enumerate(book.tfs)])
+    (truth / "VERSION").write_text(f"{VERSION}\n")
+    write_tsv(truth / "tfs.tsv", ["tf", "motif_id", "gene_id", "role"],
+               [(tf, book.motifs[i].id, book.genes[i].gene_id, book.tf_role[i]) for i, tf in enumerate(book.tfs)])
+    write_tsv(truth / "disease.tsv", ["disease", "normal", "driver"],
+               [(book.cell_types[-1], book.cell_types[book.normal], book.tfs[book.driver])])
     write_tsv(truth / "cell_types.tsv", ["cell_type", "master_tfs"],
                [(ct, ",".join(book.tfs[m] for m in book.masters[c])) for c, ct in enumerate(book.cell_types)])
     write_tsv(truth / "tf_activity.tsv", ["cell_type", *book.tfs],
                [(ct, *[f"{v:.3f}" for v in book.activity[c]]) for c, ct in enumerate(book.cell_types)])
     name = lambda i: book.tfs[i] if i >= 0 else ("CTCF" if i == -1 else "")  # noqa: E731
-    write_tsv(truth / "elements.tsv", ["element_id", "chrom", "start", "end", "kind", "tf", "partner_tf", "gene_id", "weight"],
+    write_tsv(truth / "elements.tsv", ["element_id", "chrom", "start", "end", "kind", "tf", "partner_tf", "gene_id", "weight",
+                                       "sign", "grammar"],
                [(e.element_id, e.chrom, e.start, e.end, e.kind, name(e.tf) if e.kind != "ctcf" else "CTCF",
                  name(e.partner) if e.partner >= 0 else "", book.genes[e.gene].gene_id if e.gene >= 0 else "",
-                 f"{e.weight:.4f}") for e in book.elements])
+                 f"{e.weight:.4f}", e.sign if e.gene >= 0 else 0, str(e.grammar).lower()) for e in book.elements])
     write_tsv(truth / "motif_instances.tsv", ["motif", "chrom", "start", "end", "element_id"], instances)
-    openness = book.element_activity(book.activity)
-    expr = book.expression(openness)
+    expr = book.mean_expression(book.activity)
     write_tsv(truth / "expression_celltype.tsv", ["gene_id", "name", *book.cell_types],
                [(g.gene_id, g.name, *[f"{expr[c, i]:.4f}" for c in range(len(book.cell_types))]) for i, g in enumerate(book.genes)])

@@ -22,18 +22,17 @@ import pysam
 from scipy import sparse
 
 from .io.files import write_tsv
-from .rulebook import Rulebook, gap_of
+from .rulebook import OPEN_MAX, Rulebook, gap_of
 
 # In-peak fragments per cell per peak: real multiome cells have ~0.2-0.4, so most cell x peak pairs
 # are empty; the large preset (benchmarks, 100 k cells) is sparser still to keep its file small.
 FRAGMENTS_PER_PEAK = {"tiny": 0.3, "small": 0.3, "large": 0.05}
-# An allele of a fully active element is open in this share of cells. Why states are drawn per cell:
+# An allele of a fully active element is open in OPEN_MAX of cells (rulebook.py). Why states are drawn per cell:
 # with openness shared by every element of a TF, a gene's causal and inert elements of one TF open
 # together in every cell, and an observational estimator can hardly tell them apart (measured on
 # the small atlas, 2,000 cells: within-cell-type correlation of a distal element's fragment count
 # with the gene's RNA ranks causal elements at chance, AUPRC 0.05 vs prevalence 0.049; with
 # per-cell states 0.90). Real single-cell accessibility is per-cell stochastic.
-OPEN_MAX = 0.85
 
 
 def _barcodes(n: int, rng: np.random.Generator) -> list[str]:
@@ -48,7 +47,8 @@ def _barcodes(n: int, rng: np.random.Generator) -> list[str]:
 
 
 def cell_states(book: Rulebook, n_cells: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Cell types (n,) and noisy per-cell TF activity (n, TFs)."""
+    """Cell types (n,) and per-cell TF activity (n, TFs): the type's steady-state activity (the
+    network's fixed point, ``Rulebook.steady_activity``) with cell-level noise."""
     k = book.activity.shape[0]
     weights = rng.dirichlet(np.full(k, 5.0))
     types = np.sort(rng.choice(k, size=n_cells, p=weights))
@@ -190,27 +190,22 @@ def _write_truth_cells(out: Path, book: Rulebook, barcodes, types, peaks, elem_i
     ct = book.cell_types
     write_tsv(truth / "cells.tsv", ["barcode", "cell_type"], [(b, ct[t]) for b, t in zip(barcodes, types)])
     write_tsv(truth / "peaks.tsv", ["chrom", "start", "end", "element_id"], peaks)
-    # TF -> target: the TF's motif sits in a causal element (primary or partner) of the gene.
-    edges: dict[tuple[str, str], float] = {}
-    for e in book.elements:
-        if e.gene >= 0 and e.weight > 0 and e.kind in ("promoter", "enhancer"):
-            for tf, share in ((e.tf, 1.0), (e.partner, 0.5)):
-                if tf >= 0:
-                    key = (book.tfs[tf], book.genes[e.gene].gene_id)
-                    edges[key] = edges.get(key, 0.0) + share * e.weight
-    write_tsv(truth / "tf_targets.tsv", ["tf", "gene_id", "weight"], [(t, g, f"{w:.4f}") for (t, g), w in sorted(edges.items())])
-    # Perturbations from the generative model itself: TF activity forced to 0 (KO) or 1 (KI), at
-    # each cell type's mean element state.
-    base = book.expression(mean_element_states(book, book.activity))
+    # TF -> target: the TF's motif sits in a causal element (primary or partner) of the gene, signed.
+    direct = book.direct_edges()
+    write_tsv(truth / "tf_targets.tsv", ["tf", "gene_id", "weight", "sign"],
+              [(book.tfs[t], book.genes[g].gene_id, f"{abs(w):.4f}", 1 if w > 0 else -1)
+               for (t, g), w in sorted(direct.items()) if w != 0])
+    # Perturbations from the generative network itself: the TF's activity held at 0 (KO) or 1 (KI)
+    # and every other TF's activity solved again (cascades), at each cell type's mean element
+    # states. `direct`: the TF binds a causal element of the gene; the rest are indirect effects.
+    base = book.mean_expression(book.activity)
     rows = []
     for ti, tf in enumerate(book.tfs):
         for mode, level in (("KO", 0.0), ("KI", 1.0)):
-            act = book.activity.copy()
-            act[:, ti] = level
-            pert = book.expression(mean_element_states(book, act))
+            pert = book.mean_expression(book.steady_activity(book.inputs, {ti: level}))
             lfc = np.log2((pert + 0.1) / (base + 0.1))
             for c in range(len(ct)):
                 for gi, g in enumerate(book.genes):
                     if abs(lfc[c, gi]) > 1e-6:
-                        rows.append((ct[c], tf, mode, g.gene_id, f"{lfc[c, gi]:.5f}"))
-    write_tsv(truth / "perturbations.tsv", ["cell_type", "tf", "mode", "gene_id", "log2fc"], rows)
+                        rows.append((ct[c], tf, mode, g.gene_id, f"{lfc[c, gi]:.5f}", str((ti, gi) in direct).lower()))
+    write_tsv(truth / "perturbations.tsv", ["cell_type", "tf", "mode", "gene_id", "log2fc", "direct"], rows)

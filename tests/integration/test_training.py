@@ -113,7 +113,7 @@ def test_fault_run_equals_uninterrupted_run(sim_tiny, tmp_path, ray_local):
 
 
 def test_bad_configs_fail_before_workers(sim_tiny, tmp_path, trained_elementary):
-    with pytest.raises(ConfigError, match="does not exist; run train_elementary first"):
+    with pytest.raises(ConfigError, match="do not exist; run train_elementary first"):
         train_regulatory(tiny_config(f"train.regulatory.elementary_weights={tmp_path / 'none.safetensors'}"))
     _, export = trained_elementary
     with pytest.raises(ConfigError, match="does not match the model config"):

@@ -1,6 +1,5 @@
 """Each zero-shot analysis on hand-made inputs with hand-computed answers."""
 
-import gzip
 import math
 
 import numpy as np

@@ -2,6 +2,7 @@ import csv
 
 import numpy as np
 import pyBigWig
+import pytest
 
 from creformer.engine.io.fasta import Genome
 from creformer.engine.io.motifs import read_meme
@@ -20,7 +21,7 @@ def test_files_are_real_and_readable(sim_tiny):
     motifs = read_meme(sim_tiny / "motifs.meme")
     assert [m.name for m in motifs][-1] == "CTCF" and len(motifs) == 7
     tracks = rows(sim_tiny / "samples.tsv")
-    assert len(tracks) == 3 * 7 and {r["assay"] for r in tracks} == {"ATAC", "H3K4me1", "H3K4me3", "H3K27ac", "H3K27me3", "H3K36me3", "CTCF"}
+    assert len(tracks) == 4 * 7 and {r["assay"] for r in tracks} == {"ATAC", "H3K4me1", "H3K4me3", "H3K27ac", "H3K27me3", "H3K36me3", "CTCF"}
     gtf = (sim_tiny / "genes.gtf").read_text().splitlines()
     assert sum(1 for line in gtf if "\tgene\t" in line) == len(rows(sim_tiny / "truth" / "expression_celltype.tsv"))
 
@@ -32,33 +33,40 @@ def test_deterministic_by_seed():
 
 
 def test_planted_grammar_in_tracks(sim_tiny):
-    """ATAC is high at enhancers whose primary TF is a master of the sample's cell type, low otherwise,
-    and decoys (motif, but closed) stay closed."""
+    """ATAC is high at enhancers whose primary TF is active (steady-state activity >= 0.8) in the
+    sample's cell type, low where it is nearly inactive (<= 0.2; v2 TFs that are not masters are
+    partly active through their own expression, so some types have none), and decoys stay closed."""
     elements = rows(sim_tiny / "truth" / "elements.tsv")
-    masters = {r["cell_type"]: r["master_tfs"].split(",") for r in rows(sim_tiny / "truth" / "cell_types.tsv")}
-    for ct, tfs in masters.items():
+    activity = {r["cell_type"]: {k: float(v) for k, v in r.items() if k != "cell_type"}
+                for r in rows(sim_tiny / "truth" / "tf_activity.tsv")}
+    for ct, act in activity.items():
         bw = pyBigWig.open(str(sim_tiny / "tracks" / f"bulk_{ct}.ATAC.bw"))
         def mean(e):
             return bw.stats(e["chrom"], int(e["start"]), int(e["end"]))[0] or 0.0
-        active = [mean(e) for e in elements if e["kind"] == "enhancer" and e["tf"] in tfs]
-        inactive = [mean(e) for e in elements if e["kind"] == "enhancer" and e["tf"] not in tfs and e["partner_tf"] not in tfs]
+        enh = [e for e in elements if e["kind"] == "enhancer"]
+        active = [mean(e) for e in enh if act[e["tf"]] >= 0.8]
+        inactive = [mean(e) for e in enh if act[e["tf"]] <= 0.2]
         decoys = [mean(e) for e in elements if e["kind"] == "decoy"]
-        assert np.mean(active) > 5 * max(np.mean(inactive), 0.1)
+        assert active
+        if inactive:
+            assert np.mean(active) > 3 * max(np.mean(inactive), 0.1)
         assert np.mean(decoys) < 0.2 * np.mean(active)
 
 
 def test_motif_instances_are_in_the_sequence(sim_tiny):
     g = Genome(sim_tiny / "genome.fa")
     motifs = {m.name: m for m in read_meme(sim_tiny / "motifs.meme")}
-    inst = rows(sim_tiny / "truth" / "motif_instances.tsv")[:50]
+    inst = rows(sim_tiny / "truth" / "motif_instances.tsv")
     comp = bytes.maketrans(b"ACGT", b"TGCA")
+    close = 0
     for r in inst:
         site = g.fetch(r["chrom"], int(r["start"]), int(r["end"]))
         pwm = motifs[r["motif"]].pwm
         cons = bytes(b"ACGT"[i] for i in pwm.argmax(1))
         fwd = sum(a == b for a, b in zip(site, cons))
         rev = sum(a == b for a, b in zip(site.translate(comp)[::-1], cons))
-        assert max(fwd, rev) >= len(cons) - 4  # sampled from the PWM: mostly the consensus
+        close += max(fwd, rev) >= len(cons) - 4
+    assert close >= 0.95 * len(inst)  # sampled from the PWM (0.88 per position): mostly the consensus
 
 
 def test_causal_enhancers_not_all_nearest():
@@ -85,7 +93,8 @@ def test_element_states_are_per_cell_and_make_causal_elements_identifiable():
     states (not its inert ones'), which shared openness hid (noise-free states here; the fragments
     the model sees are far noisier)."""
     from creformer.analysis.metrics import auprc
-    from creformer.engine.simulate_cells import OPEN_MAX, cell_states, element_states
+    from creformer.engine.rulebook import OPEN_MAX
+    from creformer.engine.simulate_cells import cell_states, element_states
 
     book = make_rulebook("small", 0)
     rng = np.random.default_rng(0)
@@ -113,9 +122,51 @@ def test_element_states_are_per_cell_and_make_causal_elements_identifiable():
                 if e.chrom == g.chrom and abs(e.center - g.tss) <= 150_000 and e.kind != "decoy":
                     y.append(e.gene == gi and e.weight > 0)
                     d = np.sqrt((expr[:, gi] ** 2).sum() * (st[:, j] ** 2).sum())
-                    s.append((expr[:, gi] * st[:, j]).sum() / d if d > 0 else 0.0)
+                    s.append(abs((expr[:, gi] * st[:, j]).sum()) / d if d > 0 else 0.0)  # repressors: negative
         return auprc(np.array(s), np.array(y)), float(np.mean(y))
 
     per_cell, prevalence = scores(state)
     shared, _ = scores(OPEN_MAX * openness)  # openness shared by a TF's elements: the old simulator
     assert per_cell > 0.8 and per_cell > 2 * shared and shared > prevalence
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_v2_invariants(preset):
+    """Simulator v2: >= 25 % repressive TF->target edges, dual TFs acting both ways, cascades
+    (knocking out one TF moves another's activity), a disease type with its driver, grammar that
+    separates functional from inert elements, and a knockout truth that the motif-only rule
+    ("down wherever the motif is") gets right at most 80 % of the time."""
+    book = make_rulebook(preset, 0)
+    edges = book.direct_edges()
+    assert sum(w < 0 for w in edges.values()) / len(edges) >= 0.25
+    dual = [t for t, r in enumerate(book.tf_role) if r == "dual"]
+    signs = {e.sign for e in book.elements if e.tf in dual and e.gene >= 0 and e.kind == "enhancer"}
+    assert dual and signs == {-1, 1}
+    moved = max(float(np.abs(book.steady_activity(book.inputs, {t: 0.0}) - book.activity)[:, [u for u in range(len(book.tfs)) if u != t]].max())
+                for t in range(len(book.tfs)))
+    assert moved >= 0.05
+    assert book.cell_types[-1] == "DIS" and book.inputs[book.normal, book.driver] == 0 and book.inputs[-1, book.driver] == 1
+    assert book.driver in book.masters[-1]
+    enh = [e.grammar for e in book.elements if e.kind == "enhancer" and e.partner >= 0]
+    inert = [e.grammar for e in book.elements if e.kind == "inert"]
+    assert np.mean(enh) >= 0.7 and np.mean(inert) <= 0.3
+    base = book.mean_expression(book.activity)
+    right = total = 0
+    for t in range(len(book.tfs)):
+        lfc = np.log2((book.mean_expression(book.steady_activity(book.inputs, {t: 0.0})) + 0.1) / (base + 0.1))
+        for (tf, g) in edges:
+            if tf == t:
+                resp = np.abs(lfc[:, g]) >= 0.1
+                right += int((lfc[resp, g] < 0).sum())
+                total += int(resp.sum())
+    assert total > 0 and right / total <= 0.8
+
+
+def test_v2_truth_files(sim_tiny):
+    assert (sim_tiny / "truth" / "VERSION").read_text().strip() == "2"
+    dis = rows(sim_tiny / "truth" / "disease.tsv")
+    assert len(dis) == 1 and dis[0]["disease"] == "DIS" and dis[0]["normal"] == "CT0"
+    pert = rows(sim_tiny / "truth" / "perturbations.tsv")
+    assert {r["direct"] for r in pert} == {"true", "false"}
+    assert {r["sign"] for r in rows(sim_tiny / "truth" / "tf_targets.tsv")} == {"1", "-1"}
+    assert {r["cell_type"] for r in rows(sim_tiny / "truth" / "cells.tsv")} == {"CT0", "CT1", "CT2", "DIS"}

@@ -1,0 +1,171 @@
+"""The simple baselines every scored readout stands beside (docs/design.md §7), computed from the
+written files alone: every cell's expression and peak accessibility in the regulatory shard set.
+
+They are minimal versions of what peers do, with hyperparameters fixed by rule, never tuned per
+run: ridge penalties are chosen by 5-fold cross-validation over cells from ``RIDGE_ALPHAS``.
+- per-gene regression of expression on the window's peak accessibility (SCARlink-style);
+- peak accessibility–expression correlation;
+- TF–gene expression correlation, per-gene regression on TF expression (GENIE3/GRNBoost2-style),
+  and correlation × motif in the window (SCENIC+-style);
+- knockouts and knock-ins simulated by per-gene ridge models on the expression of the TFs with a
+  motif in the gene's window, propagated a few steps (CellOracle-style, ``n_propagation``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+from sklearn.linear_model import RidgeCV
+
+from .inputs import AtlasTables, level_values
+
+RIDGE_ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0)
+CELLORACLE_STEPS = 3  # CellOracle's default n_propagation
+
+
+@dataclass
+class CellData:
+    cell_ids: np.ndarray  # (cells,)
+    expression: np.ndarray  # (cells, genes) log1p CP10k, columns = gene_id order
+    accessibility: np.ndarray  # (cells, peaks) ATAC mass per peak (sum of token level values)
+
+
+def cell_data(tables: AtlasTables) -> CellData:
+    """Every cell's expression (from the sample shards) and peak accessibility (from the signal
+    blocks) as dense matrices; the simulated atlases and test sets fit easily."""
+    man = tables.manifest
+    n_cells, n_genes, n_peaks = tables.cells.height, tables.genes.height, tables.peaks.height
+    expr = np.zeros((n_cells, n_genes), np.float32)
+    for entry in man.shards:
+        t = pq.read_table(man.root / "shards" / entry["file"], columns=["cell_id", "gene_id", "expression"])
+        expr[t.column("cell_id").to_numpy(), t.column("gene_id").to_numpy()] = t.column("expression").to_numpy()
+    values = level_values(tables.atac_cuts)
+    acc = np.zeros((n_cells, n_peaks), np.float32)
+    for entry in man.data["tables"]["signal"]:
+        t = pq.read_table(man.root / entry["file"], columns=["cell", "peak", "tok"])
+        if t.num_rows == 0:
+            continue
+        tok = t.column("tok").combine_chunks()
+        per_row = np.add.reduceat(values[tok.values.to_numpy()], tok.offsets.to_numpy()[:-1]) if len(tok.values) else 0
+        acc[t.column("cell").to_numpy(), t.column("peak").to_numpy()] = per_row
+    return CellData(np.arange(n_cells), expr, acc)
+
+
+def _z(x: np.ndarray) -> np.ndarray:
+    sd = x.std(0)
+    return (x - x.mean(0)) / np.where(sd > 0, sd, 1.0)
+
+
+def correlation(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson r of each column of ``x`` with ``y`` (0 for constant columns)."""
+    xc, yc = x - x.mean(0), y - y.mean()
+    den = np.sqrt((xc**2).sum(0) * (yc**2).sum())
+    return np.where(den > 0, xc.T @ yc / np.where(den > 0, den, 1.0), 0.0)
+
+
+def ridge(x: np.ndarray, y: np.ndarray) -> RidgeCV:
+    """Ridge regression of ``y`` on standardized ``x``, its penalty by 5-fold CV over cells."""
+    return RidgeCV(alphas=RIDGE_ALPHAS, cv=5).fit(_z(x), y)
+
+
+def enhancer_baselines(data: CellData, pairs: pl.DataFrame) -> pl.DataFrame:
+    """``pairs`` (gene_id, peak_id) with ``peak_correlation`` (|r| of the peak's accessibility with
+    the gene's expression over all cells) and ``accessibility_regression`` (|coefficient| of the
+    peak in the gene's ridge model on its window's standardized accessibility)."""
+    corr, coef = np.zeros(pairs.height), np.zeros(pairs.height)
+    for (gid,), grp in pairs.with_row_index("row").group_by("gene_id"):
+        rows, pids = grp["row"].to_numpy(), grp["peak_id"].to_numpy()
+        x, y = data.accessibility[:, pids].astype(np.float64), data.expression[:, gid].astype(np.float64)
+        corr[rows] = np.abs(correlation(x, y))
+        if y.std() > 0 and x.std(0).max() > 0:
+            coef[rows] = np.abs(ridge(x, y).coef_)
+    return pairs.with_columns(pl.Series("peak_correlation", corr), pl.Series("accessibility_regression", coef))
+
+
+def tf_gene_baselines(data: CellData, tf_genes: dict[str, int], gene_ids: np.ndarray, motif_in_window: set[tuple[str, int]]
+                      ) -> pl.DataFrame:
+    """(tf, gene_id) with ``correlation`` (|r| of TF and gene expression over all cells),
+    ``regression`` (|coefficient| of the TF in the gene's ridge model on every TF's expression,
+    the TF's own gene left out) and ``scenic_like`` (correlation where the TF's motif is in the
+    gene's window, else 0)."""
+    names = list(tf_genes)
+    tf_x = data.expression[:, [tf_genes[t] for t in names]].astype(np.float64)
+    rows = []
+    for gid in gene_ids.tolist():
+        y = data.expression[:, gid].astype(np.float64)
+        r = np.abs(correlation(tf_x, y))
+        keep = np.array([tf_genes[t] != gid for t in names])
+        coef = np.zeros(len(names))
+        if y.std() > 0 and keep.any():
+            coef[keep] = np.abs(ridge(tf_x[:, keep], y).coef_)
+        for j, t in enumerate(names):
+            rows.append((t, gid, float(r[j]), float(coef[j]), float(r[j]) if (t, gid) in motif_in_window else 0.0))
+    return pl.DataFrame(rows, schema={"tf": pl.Utf8, "gene_id": pl.Int64, "correlation": pl.Float64, "regression": pl.Float64,
+                                      "scenic_like": pl.Float64}, orient="row")
+
+
+def accessibility_perturbation(data: CellData, windows: dict[int, np.ndarray], bound_by_tf: dict[str, np.ndarray],
+                               group_cells: dict[str, np.ndarray], level: float | None = None) -> pl.DataFrame:
+    """Knockout (``level`` None: the TF's bound peaks' accessibility set to 0) or knock-in (set to
+    ``level``) through each gene's ridge model on its window's accessibility: (group, tf,
+    gene_id, log2fc), the group's mean predicted change / ln 2 (expression is log1p)."""
+    rows = []
+    for gid, pids in windows.items():
+        if pids.size == 0:
+            continue
+        x, y = data.accessibility[:, pids].astype(np.float64), data.expression[:, gid].astype(np.float64)
+        if y.std() == 0 or x.std(0).max() == 0:
+            continue
+        mean, sd = x.mean(0), np.where(x.std(0) > 0, x.std(0), 1.0)
+        model = RidgeCV(alphas=RIDGE_ALPHAS, cv=5).fit((x - mean) / sd, y)
+        for tf, bound in bound_by_tf.items():
+            hit = bound[pids]
+            if not hit.any():
+                continue
+            for g, cells in group_cells.items():
+                xg = x[cells].copy()
+                before = model.predict((xg - mean) / sd)
+                xg[:, hit] = 0.0 if level is None else level
+                rows.append((g, tf, gid, float(np.mean(model.predict((xg - mean) / sd) - before) / np.log(2))))
+    return pl.DataFrame(rows, schema={"group": pl.Utf8, "tf": pl.Utf8, "gene_id": pl.Int64, "log2fc": pl.Float64}, orient="row")
+
+
+def celloracle_perturbation(data: CellData, tf_genes: dict[str, int], motif_tfs: dict[int, list[str]],
+                            group_cells: dict[str, np.ndarray], knock_in: bool = False,
+                            steps: int = CELLORACLE_STEPS, only: list[str] | None = None) -> pl.DataFrame:
+    """CellOracle-style: a ridge model per gene on the expression of the TFs with a motif in its
+    window; a TF's expression set to 0 (knockout) or to its 99th percentile over cells (knock-in),
+    the predicted change propagated ``steps`` times through the models (TF genes' changes feed
+    their targets). (group, tf, gene_id, log2fc): the group's mean change / ln 2; ``only``: perturb
+    these TFs (default all)."""
+    n_genes = data.expression.shape[1]
+    models = {}
+    for gid, tfs in motif_tfs.items():
+        cols = [tf_genes[t] for t in tfs if tf_genes[t] != gid]
+        y = data.expression[:, gid].astype(np.float64)
+        if cols and y.std() > 0:
+            x = data.expression[:, cols].astype(np.float64)
+            mean, sd = x.mean(0), np.where(x.std(0) > 0, x.std(0), 1.0)
+            m = RidgeCV(alphas=RIDGE_ALPHAS, cv=5).fit((x - mean) / sd, y)
+            models[gid] = (np.array(cols), m.coef_ / sd)  # change of y per unit change of each TF's expression
+    rows = []
+    for tf, tg in tf_genes.items():
+        if only is not None and tf not in only:
+            continue
+        target = float(np.quantile(data.expression[:, tg], 0.99)) if knock_in else 0.0
+        for g, cells in group_cells.items():
+            delta = np.zeros(n_genes)
+            delta[tg] = target - float(data.expression[cells, tg].mean())
+            for _ in range(steps):
+                new = np.zeros(n_genes)
+                for gid, (cols, w) in models.items():
+                    new[gid] = float(w @ delta[cols])
+                new[tg] = delta[tg]  # the perturbed TF is held
+                delta = new
+            for gid in range(n_genes):
+                if gid != tg and delta[gid] != 0:
+                    rows.append((g, tf, gid, float(delta[gid] / np.log(2))))
+    return pl.DataFrame(rows, schema={"group": pl.Utf8, "tf": pl.Utf8, "gene_id": pl.Int64, "log2fc": pl.Float64}, orient="row")

@@ -1,0 +1,95 @@
+"""Scorecard v2 on hand-made inputs with hand-computed answers: the task object (best baseline,
+margin, met), direction accuracy / responder AUPRC / Spearman split direct and indirect, the
+transition fraction, the driver's rank, the truth-version check and the ridge baselines."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from creformer.analysis.baselines import CellData, accessibility_perturbation, celloracle_perturbation, enhancer_baselines
+from creformer.analysis.transitions import fraction_closer
+from creformer.analysis.validate import check_truth, perturbation_task, spearman, task, therapeutic_task, transition_task
+from creformer.engine.errors import InputError
+
+
+def test_task_picks_the_best_baseline_and_the_margin():
+    t = task("AUPRC", 0.6, "ablation", {"distance": 0.5, "abc": 0.7, "missing": None}, {"attention": 0.3})
+    assert t["best_baseline"] == {"name": "abc", "value": 0.7} and t["margin"] == pytest.approx(-0.1) and not t["met"]
+    assert task("x", 0.8, "r", {"a": 0.7})["met"] and not task("x", 0.7, "r", {"a": 0.7})["met"]  # a tie is not a win
+
+
+def test_spearman_and_fraction_closer_by_hand():
+    assert spearman(np.array([1.0, 2.0, 3.0]), np.array([10.0, 30.0, 20.0])) == pytest.approx(0.5)
+    assert spearman(np.zeros(3), np.arange(3.0)) == 0.0
+    src = np.array([[0.0, 0.0], [4.0, 0.0], [0.0, 3.0]])
+    tgt = np.array([[1.0, 1.0], [1.0, -1.0]])  # centroid (1, 0)
+    pert = np.array([[0.5, 0.0], [5.0, 0.0], [0.0, 1.0]])  # closer, farther, closer
+    assert fraction_closer(src, tgt, pert) == pytest.approx(2 / 3)
+
+
+def test_perturbation_task_by_hand():
+    """Five triples: three responders (two direct, one indirect) and two below 0.1."""
+    triples = pl.DataFrame({"cell_type": ["A"] * 5, "tf": ["T"] * 5, "gene_id": [0, 1, 2, 3, 4],
+                            "true_lfc": [-1.0, 0.5, -0.3, 0.05, 0.0], "direct": [True, True, False, True, False]})
+    keys = triples.select("cell_type", "tf", "gene_id")
+    model = keys.with_columns(pl.Series("pred", [-0.8, -0.1, -0.2, 0.0, 0.01]))  # right, wrong, right
+    motif = keys.with_columns(pl.Series("pred", [-1.0, -1.0, 0.0, -1.0, 0.0]))  # right, wrong, wrong (0)
+    t = perturbation_task("KO", triples, {"model": model, "motif_sign": motif}, "predicted log2FC")
+    assert t["model"] == pytest.approx(2 / 3) and t["baselines"]["motif_sign"] == pytest.approx(1 / 3)
+    assert t["direct"]["model"] == pytest.approx(0.5) and t["indirect"]["model"] == pytest.approx(1.0)
+    assert t["responders"] == 3 and t["direct_responders"] == 2 and t["met"]
+    # |prediction| ranks 0.8 (resp), 0.2 (resp), 0.1 (resp), 0.01, 0: every responder first → AUPRC 1
+    assert t["responder_auprc"]["model"] == pytest.approx(1.0)
+    assert t["spearman"]["model"] == pytest.approx(spearman(np.array([-0.8, -0.1, -0.2, 0.0, 0.01]),
+                                                            np.array([-1.0, 0.5, -0.3, 0.05, 0.0])))
+
+
+def test_transition_and_therapeutic_tasks_need_the_planted_groups():
+    disease = {"disease": "DIS", "normal": "CT0", "driver": "TF06"}
+    trans = pl.DataFrame({"condition": ["TF06", "TF01", "TF02", "TF01+TF02"], "mode": ["KO"] * 4,
+                          "transition_score": [0.9, 0.1, 0.3, 0.2], "fraction_closer": [0.8, 0.4, 0.2, 0.9]})
+    t = transition_task(trans, disease, {"source": "DIS", "target": "CT0"}, 0.5)
+    assert t["model"] == 0.8 and t["baselines"]["random_tf"] == pytest.approx(0.3) and t["best_baseline"]["name"] == "celloracle_like"
+    assert transition_task(trans, disease, {"source": "CT1", "target": "CT0"}, 0.5) is None
+    ranking = trans.select("condition", "transition_score").sort("transition_score", descending=True)
+    th = therapeutic_task(ranking.with_row_index("rank", offset=1), disease, {"source": "DIS", "target": "CT0"}, de_rank=2)
+    assert th["rank"] == 1 and th["hit_at_1"] and th["model"] == 1.0 and th["baselines"]["differential_expression"] == 0.5
+
+
+def test_truth_of_another_simulator_version_is_refused(tmp_path):
+    (tmp_path / "truth").mkdir()
+    with pytest.raises(InputError, match="simulator v1; this scorecard needs simulator v2"):
+        check_truth(tmp_path / "truth")
+    (tmp_path / "truth" / "VERSION").write_text("2\n")
+    check_truth(tmp_path / "truth")
+    with pytest.raises(InputError, match="does not exist"):
+        check_truth(tmp_path / "nope")
+
+
+def _cells(seed=0, n=400):
+    """Gene 0 driven by peak 1 (not peak 0); gene 1 (a TF) drives gene 2."""
+    rng = np.random.default_rng(seed)
+    acc = rng.gamma(1.0, 1.0, (n, 3)).astype(np.float32)
+    expr = np.zeros((n, 3), np.float32)
+    expr[:, 0] = 2.0 * acc[:, 1] + rng.normal(0, 0.3, n)
+    expr[:, 1] = rng.gamma(2.0, 1.0, n)
+    expr[:, 2] = 1.5 * expr[:, 1] + rng.normal(0, 0.3, n)
+    return CellData(np.arange(n), expr, acc)
+
+
+def test_accessibility_ridge_ranks_the_driving_peak_and_predicts_its_knockout():
+    data = _cells()
+    pairs = enhancer_baselines(data, pl.DataFrame({"gene_id": [0, 0], "peak_id": [0, 1]}))
+    assert pairs["accessibility_regression"][1] > 10 * pairs["accessibility_regression"][0]
+    assert pairs["peak_correlation"][1] > 0.9
+    ko = accessibility_perturbation(data, {0: np.array([0, 1])}, {"T": np.array([False, True, False])},
+                                    {"A": np.arange(400)})
+    # zeroing peak 1 removes about 2 x its mean accessibility (1.0) from gene 0's expression
+    assert ko["log2fc"][0] == pytest.approx(-2.0 * data.accessibility[:, 1].mean() / np.log(2), rel=0.1)
+
+
+def test_celloracle_like_propagates_a_tf_knockout_to_its_targets():
+    data = _cells()
+    ko = celloracle_perturbation(data, {"T1": 1}, {2: ["T1"]}, {"A": np.arange(400)})
+    row = ko.filter(pl.col("gene_id") == 2)
+    assert row.height == 1 and row["log2fc"][0] == pytest.approx(-1.5 * data.expression[:, 1].mean() / np.log(2), rel=0.1)
