@@ -24,6 +24,7 @@ from creformer.analysis.report import html_table, scorecard_table, training_chec
 from creformer.engine.elementary_shards import prepare_elementary
 from creformer.engine.elementary_stream import elementary_dataset, iter_manifest_records
 from creformer.engine.regulatory_shards import prepare_regulatory
+from creformer.engine.rulebook import VERSION as SIMULATOR_VERSION
 from creformer.engine.simulate import simulate
 from creformer.engine.tokenize import SIG_VOCAB
 from creformer.plotting import plt
@@ -113,8 +114,9 @@ def run(out: Path, config: str = "demo", overrides: tuple[str, ...] = (), data_d
     stages = []
     t = time.perf_counter()
     sim = Path(cfg.simulate.out)
-    if not (sim / "truth" / "expression_celltype.tsv").exists():
-        simulate(sim, preset=cfg.simulate.preset, seed=cfg.simulate.seed)
+    version = sim / "truth" / "VERSION"
+    if not (version.exists() and version.read_text().strip() == str(SIMULATOR_VERSION)):
+        simulate(sim, preset=cfg.simulate.preset, seed=cfg.simulate.seed)  # absent, or from another simulator version
     stages.append(("simulate", f"{cfg.simulate.preset} preset: genome, GTF, motifs, bulk tracks, multiome, truth",
                    time.perf_counter() - t))
     ensure_ray(cfg.ray)

@@ -14,6 +14,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from creformer.analysis.report import training_checks
+
 
 def _fmt(v: Any) -> str:
     return "–" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
@@ -37,20 +39,11 @@ def scorecard_section(card: dict) -> list[str]:
 
 
 def eval_section(demo: Path) -> list[str]:
-    lines = []
-    el = demo / "train" / "elementary" / "eval.json"
-    if el.exists():
-        e = json.loads(el.read_text())
-        lines += [f"- Elementary, masked DNA accuracy at planted motif k-mers: model {_fmt(e['model']['motif'])}, "
-                  f"k-mer frequency {_fmt(e['kmer_frequency']['motif'])}, left-context k-mer "
-                  f"{_fmt(e['kmer_left_context']['motif'])} ({e['masked_motif_kmers']} k-mers)."]
-    rg = demo / "train" / "regulatory" / "eval.json"
-    if rg.exists():
-        r = json.loads(rg.read_text())
-        lines += [f"- Regulatory, held-out cells: Pearson r {_fmt(r['pearson_r'])} against each gene's training mean "
-                  f"{_fmt(r['baseline_gene_mean_r'])}; within-gene r {_fmt(r['within_gene_r'])} "
-                  f"({r['samples']} samples of {r['holdout_cells_scored']} cells)."]
-    return lines
+    """The training runs' eval.json as the report shows them (analysis.report.training_checks)."""
+    evals = {n: json.loads(p.read_text()) for n in ("elementary", "regulatory")
+             if (p := demo / "train" / n / "eval.json").exists()}
+    rows = training_checks(evals)
+    return ["| check | model | baselines | on |", "|---|---|---|---|"] + [f"| {' | '.join(r)} |" for r in rows] if rows else []
 
 
 def flatten(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
