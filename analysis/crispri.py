@@ -178,7 +178,7 @@ def score_crispri(path: str | Path, *, predictions: str | Path | None = None, we
     return result
 
 
-def model_predictions(elements: pl.DataFrame, genes: pl.DataFrame, peaks: pl.DataFrame, column: str = "ablation"
+def model_predictions(elements: pl.DataFrame, genes: pl.DataFrame, peaks: pl.DataFrame, column: str = "ablation_abs"
                       ) -> pl.DataFrame:
     """The atlas model's enhancer–gene scores as a predictions table (chrom, start, end, gene, score)."""
     return (elements.join(genes.select("gene_id", pl.col("name").alias("gene")), on="gene_id")

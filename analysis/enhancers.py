@@ -12,11 +12,13 @@ from .features import peak_distance
 
 
 def element_scores(group_att: pl.DataFrame, genes: pl.DataFrame, peaks: pl.DataFrame) -> pl.DataFrame:
-    """(gene_id, peak_id, attention, ablation, activity, distance, abc): attention and ablation =
-    the highest group mean (an enhancer may act in one cell type only); activity = mean ATAC mass
+    """(gene_id, peak_id, attention, ablation, ablation_abs, activity, distance, abc): attention and
+    ablation = the highest group mean (an enhancer may act in one cell type only); ablation_abs =
+    the largest |group mean ablation| (a repressive element's ablation is negative); activity = mean ATAC mass
     over groups; abc = activity × contact over the sum of that product over the gene's candidates."""
     t = (group_att.group_by("gene_id", "peak_id")
-         .agg(pl.col("attention").max(), pl.col("ablation").max(), pl.col("atac").mean().alias("activity"))
+         .agg(pl.col("attention").max(), pl.col("ablation").max(), pl.col("ablation").abs().max().alias("ablation_abs"),
+              pl.col("atac").mean().alias("activity"))
          .sort("gene_id", "peak_id"))
     dist = peak_distance(genes, peaks, t["gene_id"].to_numpy(), t["peak_id"].to_numpy())
     t = t.with_columns(pl.Series("distance", dist))

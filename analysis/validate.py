@@ -16,7 +16,7 @@ value), `margin` (model − best baseline) and `met` (margin > 0).
   pipeline fed the planted causal peaks (a reference, not a baseline).
 - enhancer_gene, enhancer_gene_distal — AUPRC of (gene, peak-in-window) pairs against the gene's
   causal elements, on all pairs and on distal ones (beyond the 3 peaks nearest the TSS); model:
-  in-silico ablation; variant: attention; baselines: distance, ABC (normalized over the gene's
+  |in-silico ablation| (a repressive element's is negative); variants: signed ablation, attention; baselines: distance, ABC (normalized over the gene's
   candidates), peak accessibility–expression correlation, per-gene ridge on the window's
   accessibility (SCARlink-style).
 - knockout, knock_in — direction accuracy over responders (|true log2FC| ≥ 0.1 in a cell type)
@@ -198,15 +198,16 @@ def enhancer_tasks(lab: pl.DataFrame) -> dict[str, dict]:
         y = sub["label"].to_numpy()
         if not y.any():
             continue
-        cols = {"ablation": sub["ablation"].to_numpy(), "attention": sub["attention"].to_numpy(),
+        magnitude = sub["ablation_abs"] if "ablation_abs" in sub.columns else sub["ablation"].abs()  # older atlases
+        cols = {"ablation_abs": magnitude.to_numpy(), "ablation": sub["ablation"].to_numpy(), "attention": sub["attention"].to_numpy(),
                 "distance": -sub["distance"].to_numpy().astype(float), "abc": sub["abc"].to_numpy(),
                 "peak_correlation": sub["peak_correlation"].to_numpy(),
                 "accessibility_regression": sub["accessibility_regression"].to_numpy()}
         a = {k: auprc(v, y) for k, v in cols.items()}
         p70 = {k: precision_at_recall(v, y, 0.7) for k, v in cols.items()}
-        out[name] = task("AUPRC" + (", beyond the 3 nearest peaks" if name.endswith("distal") else ""), a["ablation"],
-                         "in-silico ablation", {b: a[b] for b in ("distance", "abc", "peak_correlation", "accessibility_regression")},
-                         {"attention": a["attention"]}, precision_at_70_recall=p70, pairs=int(y.size), positives=int(y.sum()))
+        out[name] = task("AUPRC" + (", beyond the 3 nearest peaks" if name.endswith("distal") else ""), a["ablation_abs"],
+                         "|in-silico ablation|", {b: a[b] for b in ("distance", "abc", "peak_correlation", "accessibility_regression")},
+                         {"signed_ablation": a["ablation"], "attention": a["attention"]}, precision_at_70_recall=p70, pairs=int(y.size), positives=int(y.sum()))
     return out
 
 

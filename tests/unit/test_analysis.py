@@ -337,7 +337,7 @@ def test_element_scores_abc_is_normalized_per_gene():
                          "attention": [1.0, 2.0, 0.5, 0.2], "atac": [1.0, 3.0, 2.0, 2.0], "ablation": [0.1, -0.2, 0.0, 0.3]})
     t = enhancers.element_scores(gatt, genes, peaks)
     assert t["attention"].to_list() == [2.0, 0.5] and t["distance"].to_list() == [0, 20_000]
-    assert t["ablation"].to_list() == pytest.approx([0.1, 0.3])
+    assert t["ablation"].to_list() == pytest.approx([0.1, 0.3]) and t["ablation_abs"].to_list() == pytest.approx([0.2, 0.3])
     raw = np.array([2.0 * 5_001 ** -0.87, 2.0 * 20_001 ** -0.87])  # ABC's power-law contact, distance floored at 5 kb
     assert t["abc"].to_list() == pytest.approx((raw / raw.sum()).tolist())
 
