@@ -27,15 +27,17 @@ from creformer.engine.tokenize import SIG_PAD, default_cutpoints, dna_tokens, si
 
 from ..conftest import ASSAYS, elementary_config
 
+WINDOWS = 4 * 14  # the tiny world's 4 bulk samples (3 cell types and the disease type) x 14 windows
+
 
 def test_round_trip_equals_direct_tokenization(sim_tiny, tiny_shards):
     """Decode records and re-tokenize FASTA + per-base bigWig values at their coordinates: equal."""
     man = Manifest(tiny_shards)
     genome = Genome(sim_tiny / "genome.fa")
     samples = {s.name: s for s in read_samples(sim_tiny / "samples.tsv", ASSAYS)}
-    assert man.data["records"] == 42 and man.data["tokenizer"]["assays"] == ASSAYS
+    assert man.data["records"] == WINDOWS and man.data["tokenizer"]["assays"] == ASSAYS
     records = list(iter_manifest_records(man))
-    assert len(records) == 42 and len({r["key"] for r in records}) == 42
+    assert len(records) == WINDOWS and len({r["key"] for r in records}) == WINDOWS
     cuts = default_cutpoints()
     for rec in records[::5]:
         sample, region = rec["key"].split("/")
@@ -120,7 +122,7 @@ def test_other_inputs_refuse_to_overwrite(sim_tiny, tiny_shards, tmp_path):
     with pytest.raises(ShardError, match="other inputs.*--overwrite"):
         prepare_elementary(elementary_config(sim_tiny / "samples.tsv", sim_tiny / "genome.fa", out, shard_size_mb=1, windows_per_sample=3, executor="local"))
     res = prepare_elementary(elementary_config(sim_tiny / "samples.tsv", sim_tiny / "genome.fa", out, shard_size_mb=1, windows_per_sample=3, executor="local"), overwrite=True)
-    assert Manifest(res.manifest_path).data["records"] == 9
+    assert Manifest(res.manifest_path).data["records"] == 3 * 4  # 3 windows x 4 samples
 
 
 def test_missing_assay_is_pad_and_flagged(sim_tiny, tmp_path):
@@ -199,7 +201,7 @@ def test_elementary_dataset_streams_crops(tiny_shards, ray_local):
         assert batch["dna"].dtype == torch.int32 and batch["present"].all()
         assert int(batch["dna"].max()) < 4100 and int(batch["sig"].max()) < 38
         n += batch["dna"].shape[0]
-    assert n == 42
+    assert n == WINDOWS
     # crops are real slices of the stored windows
     rows = elementary_dataset(tiny_shards, length=128, seed=1, keys=True, crops_per_window=1).take(3)
     recs = {r["key"]: r for r in iter_manifest_records(tiny_shards)}
@@ -208,14 +210,14 @@ def test_elementary_dataset_streams_crops(tiny_shards, ray_local):
         assert np.array_equal(row["dna"], recs[key]["dna"][int(off):int(off) + 128])
     # several non-overlapping crops per decoded window
     many = elementary_dataset(tiny_shards, length=1024, crops_per_window=8, keys=True).take_all()
-    assert len(many) == 42 * 8
+    assert len(many) == WINDOWS * 8
     by_window = {}
     for row in many:
         key, off = row["key"].rsplit("@", 1)
         by_window.setdefault(key, []).append(int(off))
     assert all(len(v) == 8 and min(np.diff(sorted(v))) >= 1024 for v in by_window.values())
     # by default every crop the window holds after a random phase: 31 or 32 of 1,024 in 32,768 (from the manifest)
-    assert 42 * 31 <= elementary_dataset(tiny_shards, length=1024).count() <= 42 * 32
+    assert WINDOWS * 31 <= elementary_dataset(tiny_shards, length=1024).count() <= WINDOWS * 32
     # two streaming splits (one per Ray Train worker) together see every window once
     a, b = elementary_dataset(tiny_shards, length=128, keys=True, crops_per_window=1).streaming_split(2, equal=False)
     import threading
@@ -248,7 +250,7 @@ def test_cli_prepare_elementary(sim_tiny, tmp_path, capsys):
 
     rc = main(["prepare", "elementary", "--samples", str(sim_tiny / "samples.tsv"), "--genome", str(sim_tiny / "genome.fa"),
                "--out", str(tmp_path / "el"), "data.executor=local", "data.windows_per_sample=2"])
-    assert rc == 0 and "6 windows" in capsys.readouterr().out
+    assert rc == 0 and "8 windows" in capsys.readouterr().out  # 2 x 4 samples
     rc = main(["prepare", "elementary", "--samples", str(tmp_path / "none.tsv"), "--genome", str(sim_tiny / "genome.fa"),
                "--out", str(tmp_path / "el2"), "data.executor=local"])
     assert rc == 2 and "does not exist" in capsys.readouterr().err
