@@ -54,11 +54,6 @@ def cell_data(tables: AtlasTables) -> CellData:
     return CellData(np.arange(n_cells), expr, acc)
 
 
-def _z(x: np.ndarray) -> np.ndarray:
-    sd = x.std(0)
-    return (x - x.mean(0)) / np.where(sd > 0, sd, 1.0)
-
-
 def correlation(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Pearson r of each column of ``x`` with ``y`` (0 for constant columns)."""
     xc, yc = x - x.mean(0), y - y.mean()
@@ -66,9 +61,24 @@ def correlation(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.where(den > 0, xc.T @ yc / np.where(den > 0, den, 1.0), 0.0)
 
 
-def ridge(x: np.ndarray, y: np.ndarray) -> RidgeCV:
-    """Ridge regression of ``y`` on standardized ``x``, its penalty by 5-fold CV over cells."""
-    return RidgeCV(alphas=RIDGE_ALPHAS, cv=5).fit(_z(x), y)
+def fit_ridge(x: np.ndarray, y: np.ndarray) -> tuple[RidgeCV, np.ndarray, np.ndarray]:
+    """Ridge regression of ``y`` on standardized ``x``, its penalty by 5-fold CV over cells; with
+    the column means and spreads (constant columns: 1) that standardize new inputs the same way."""
+    mean, sd = x.mean(0), np.where(x.std(0) > 0, x.std(0), 1.0)
+    return RidgeCV(alphas=RIDGE_ALPHAS, cv=5).fit((x - mean) / sd, y), mean, sd
+
+
+def window_models(data: CellData, windows: dict[int, np.ndarray]) -> dict[int, tuple[np.ndarray, RidgeCV, np.ndarray, np.ndarray]]:
+    """Each gene's ridge model on its window's accessibility (``fit_ridge``), fitted once for the
+    knockout and the knock-in baselines: gene_id → (peak ids, model, mean, spread)."""
+    out = {}
+    for gid, pids in windows.items():
+        if pids.size == 0:
+            continue
+        x, y = data.accessibility[:, pids].astype(np.float64), data.expression[:, gid].astype(np.float64)
+        if y.std() > 0 and x.std(0).max() > 0:
+            out[gid] = (pids, *fit_ridge(x, y))
+    return out
 
 
 def enhancer_baselines(data: CellData, pairs: pl.DataFrame) -> pl.DataFrame:
@@ -81,7 +91,7 @@ def enhancer_baselines(data: CellData, pairs: pl.DataFrame) -> pl.DataFrame:
         x, y = data.accessibility[:, pids].astype(np.float64), data.expression[:, gid].astype(np.float64)
         corr[rows] = np.abs(correlation(x, y))
         if y.std() > 0 and x.std(0).max() > 0:
-            coef[rows] = np.abs(ridge(x, y).coef_)
+            coef[rows] = np.abs(fit_ridge(x, y)[0].coef_)
     return pairs.with_columns(pl.Series("peak_correlation", corr), pl.Series("accessibility_regression", coef))
 
 
@@ -100,7 +110,7 @@ def tf_gene_baselines(data: CellData, tf_genes: dict[str, int], gene_ids: np.nda
         keep = np.array([tf_genes[t] != gid for t in names])
         coef = np.zeros(len(names))
         if y.std() > 0 and keep.any():
-            coef[keep] = np.abs(ridge(tf_x[:, keep], y).coef_)
+            coef[keep] = np.abs(fit_ridge(tf_x[:, keep], y)[0].coef_)
         for j, t in enumerate(names):
             rows.append((t, gid, float(r[j]), float(coef[j]), float(r[j]) if (t, gid) in motif_in_window else 0.0))
     return pl.DataFrame(rows, schema={"tf": pl.Utf8, "gene_id": pl.Int64, "correlation": pl.Float64, "regression": pl.Float64,
@@ -108,19 +118,15 @@ def tf_gene_baselines(data: CellData, tf_genes: dict[str, int], gene_ids: np.nda
 
 
 def accessibility_perturbation(data: CellData, windows: dict[int, np.ndarray], bound_by_tf: dict[str, np.ndarray],
-                               group_cells: dict[str, np.ndarray], level: float | None = None) -> pl.DataFrame:
+                               group_cells: dict[str, np.ndarray], level: float | None = None,
+                               models: dict | None = None) -> pl.DataFrame:
     """Knockout (``level`` None: the TF's bound peaks' accessibility set to 0) or knock-in (set to
-    ``level``) through each gene's ridge model on its window's accessibility: (group, tf,
-    gene_id, log2fc), the group's mean predicted change / ln 2 (expression is log1p)."""
+    ``level``) through each gene's ridge model on its window's accessibility (``models`` from
+    ``window_models``, fitted here when not given): (group, tf, gene_id, log2fc), the group's mean
+    predicted change / ln 2 (expression is log1p)."""
     rows = []
-    for gid, pids in windows.items():
-        if pids.size == 0:
-            continue
-        x, y = data.accessibility[:, pids].astype(np.float64), data.expression[:, gid].astype(np.float64)
-        if y.std() == 0 or x.std(0).max() == 0:
-            continue
-        mean, sd = x.mean(0), np.where(x.std(0) > 0, x.std(0), 1.0)
-        model = RidgeCV(alphas=RIDGE_ALPHAS, cv=5).fit((x - mean) / sd, y)
+    for gid, (pids, model, mean, sd) in (window_models(data, windows) if models is None else models).items():
+        x = data.accessibility[:, pids].astype(np.float64)
         for tf, bound in bound_by_tf.items():
             hit = bound[pids]
             if not hit.any():
@@ -147,9 +153,7 @@ def celloracle_perturbation(data: CellData, tf_genes: dict[str, int], motif_tfs:
         cols = [tf_genes[t] for t in tfs if tf_genes[t] != gid]
         y = data.expression[:, gid].astype(np.float64)
         if cols and y.std() > 0:
-            x = data.expression[:, cols].astype(np.float64)
-            mean, sd = x.mean(0), np.where(x.std(0) > 0, x.std(0), 1.0)
-            m = RidgeCV(alphas=RIDGE_ALPHAS, cv=5).fit((x - mean) / sd, y)
+            m, _, sd = fit_ridge(data.expression[:, cols].astype(np.float64), y)
             models[gid] = (np.array(cols), m.coef_ / sd)  # change of y per unit change of each TF's expression
     rows = []
     for tf, tg in tf_genes.items():

@@ -53,6 +53,7 @@ from .baselines import (
     correlation,
     enhancer_baselines,
     tf_gene_baselines,
+    window_models,
 )
 from .grn import pair_scores
 from .inputs import TF, cell_groups, load_tables
@@ -310,6 +311,7 @@ def scorecard(out: Path, truth: Path, k: int = 3) -> dict:
     elems = pl.read_parquet(out / "enhancers.parquet")
     windows = {int(g): df["peak_id"].to_numpy() for (g,), df in elems.group_by("gene_id")}
     elab = enhancer_labels(enhancer_baselines(data, elems), tables.peaks, genes, truth)
+    access_models = window_models(data, windows)  # shared by the knockout and knock-in baselines
     # knockouts and knock-ins
     effects = pl.read_parquet(out / "perturbation_effects.parquet")
     motif_tfs: dict[int, list[str]] = {}
@@ -332,7 +334,7 @@ def scorecard(out: Path, truth: Path, k: int = 3) -> dict:
         signed = keys.with_columns(pl.Series("pred", [sign * r_signed.get((t, g), 0.0) if (t, g) in motif_in_window else 0.0
                                                       for t, g in zip(keys["tf"], keys["gene_id"])]))
         level = None if mode == "KO" else float(np.quantile(data.accessibility[data.accessibility > 0], 0.9))
-        access = accessibility_perturbation(data, windows, bound_by_tf, group_cells, level).rename(
+        access = accessibility_perturbation(data, windows, bound_by_tf, group_cells, level, access_models).rename(
             {"group": "cell_type", "log2fc": "pred"})
         oracle = celloracle_perturbation(data, tf_genes, motif_tfs, group_cells, knock_in=mode == "KI").rename(
             {"group": "cell_type", "log2fc": "pred"})
