@@ -7,7 +7,8 @@ CREFORMER_DATA), side by side:
   cells, for every pair of peaks within 150 kb on one chromosome;
 - the distribution of peak–gene correlation: Pearson r of a peak's binarized accessibility with a
   gene's log1p CP10k expression, for every peak within 150 kb of the gene (the real set gives gene
-  intervals without strand, so the gene's midpoint stands in for its TSS on both sides).
+  intervals without strand, so the gene's midpoint stands in for its TSS on both sides);
+- the ratio simulated / real of the non-zero fraction and of each distribution's 90th percentile.
 
     python benchmarks/simulator_calibration.py [--preset small] [--json out.json]
 
@@ -110,6 +111,12 @@ def main() -> None:
         res = {"simulated": statistics(load_sim(sim / "multiome"))}
     real = data / "multiome" / "test_rna_atac.h5mu"
     res["real_muon_pbmc"] = statistics(load_real(real)) if real.exists() else f"not found: {real}"
+    if isinstance(res["real_muon_pbmc"], dict):  # simulated / real, measured in this run
+        sim_s, real_s = res["simulated"], res["real_muon_pbmc"]
+        res["ratio_simulated_over_real"] = {
+            "nonzero_fraction": sim_s["nonzero_fraction"] / real_s["nonzero_fraction"],
+            **{f"{k}_q90": sim_s[k]["q90"] / real_s[k]["q90"] for k in ("coaccessibility", "peak_gene_correlation")
+               if sim_s[k] and real_s[k] and real_s[k]["q90"]}}
     print(json.dumps(res, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
