@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export DS_ACCELERATOR ?= cpu
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-fast install clean-demo bench results
+.PHONY: demo test test-fast install clean-demo bench results image
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -43,3 +43,8 @@ bench: $(STAMP)
 
 clean-demo:
 	rm -rf runs/demo
+
+# The container image (infra/Dockerfile); CUDA: make image IMAGE=... DOCKER_ARGS="--build-arg BASE=nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04 --build-arg TORCH_INDEX=cu124 --build-arg DS_ACCELERATOR=cuda"
+IMAGE ?= creformer:latest
+image:
+	docker build -f infra/Dockerfile $(DOCKER_ARGS) -t $(IMAGE) .

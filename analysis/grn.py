@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 from scipy.stats import hypergeom
 
-from .inputs import TF, peak_regions
+from .inputs import TF
 
 EDGE_SCHEMA = {"tf": pl.Utf8, "target": pl.Utf8, "gene_id": pl.Int64, "group": pl.Utf8, "score": pl.Float64,
                "pvalue": pl.Float64, "n_peaks": pl.Int64, "peaks": pl.List(pl.Int64)}
@@ -134,30 +134,8 @@ def score_table(best: dict[tuple[str, int], float], windows: dict[int, np.ndarra
                               for name, v in (variants or {}).items())
 
 
-def scenicplus_layout(edges: pl.DataFrame, group_att: pl.DataFrame, peaks: pl.DataFrame) -> pl.DataFrame:
-    """eRegulon-style metadata: one row per (TF, region, gene) with region-to-gene importance
-    (attention) and TF-to-gene importance (edge score), eRegulons named TF_+_(n g) per group."""
-    region = peak_regions(peaks, "Region")
-    long = edges.explode("peaks").rename({"peaks": "peak_id"})
-    long = long.join(group_att.select("group", "gene_id", "peak_id", "attention"), on=["group", "gene_id", "peak_id"], how="left")
-    sizes = edges.group_by("group", "tf").agg(pl.col("target").n_unique().alias("n_genes"))
-    return (long.join(region, on="peak_id").join(sizes, on=["group", "tf"])
-            .select(pl.format("{}_+_({}g)", "tf", "n_genes").alias("eRegulon_name"), pl.col("tf").alias("TF"),
-                    "Region", pl.col("target").alias("Gene"), pl.col("attention").alias("importance_R2G"),
-                    pl.col("score").alias("importance_TF2G"), pl.lit(False).alias("is_extended"), "group"))
-
-
-def celloracle_layout(edges: pl.DataFrame) -> pl.DataFrame:
-    """CellOracle Links-style table per cluster: source, target, coef_mean, coef_abs, p, -logp."""
-    return edges.select(pl.col("tf").alias("source"), pl.col("target"), pl.col("score").alias("coef_mean"),
-                        pl.col("score").abs().alias("coef_abs"), pl.col("pvalue").alias("p"),
-                        (-pl.col("pvalue").log10()).alias("-logp"), pl.col("group").alias("cluster"))
-
-
-def write_grn(edges: pl.DataFrame, group_att: pl.DataFrame, peaks: pl.DataFrame, out: Path) -> list[Path]:
+def write_grn(edges: pl.DataFrame, out: Path) -> list[Path]:
+    """grn/edges.parquet (the CellOracle and SCENIC+ layouts are analysis/exports.py's)."""
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "edges.parquet", out / "scenicplus_eregulons.tsv", out / "celloracle_links.tsv"]
-    edges.write_parquet(paths[0])
-    scenicplus_layout(edges, group_att, peaks).write_csv(paths[1], separator="\t")
-    celloracle_layout(edges).write_csv(paths[2], separator="\t")
-    return paths
+    edges.write_parquet(out / "edges.parquet")
+    return [out / "edges.parquet"]

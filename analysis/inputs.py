@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from creformer.config import Config, ConfigError, ModelConfig, load_config
 from creformer.engine.errors import InputError, ShardError
-from creformer.engine.io.motifs import Motif, read_meme
+from creformer.engine.io.motifs import Motif, name_motifs, read_motif_table, read_motifs
 from creformer.engine.shards import Manifest
 from creformer.engine.tokenize import SIG_OFFSET, SIG_VOCAB
 from creformer.trainer.model import Elementary
@@ -151,10 +151,12 @@ def resolve_genes(genes: pl.DataFrame, wanted: list[str], root: Path) -> list[in
     return sorted({index[w.upper()] for w in wanted})
 
 
-def load_motifs(path: str) -> list[Motif]:
+def load_motifs(path: str, table: str = "") -> list[Motif]:
+    """The motif file, named by the JASPAR metadata table when one is given."""
     if not path:
-        raise ConfigError("analysis.motifs is empty: give a MEME motif file (JASPAR MEME export or the simulator's motifs.meme)")
-    return read_meme(path)
+        raise ConfigError("analysis.motifs is empty: give a motif file (JASPAR's MEME, .jaspar or .pfm download, or the simulator's motifs.meme)")
+    motifs = read_motifs(path)
+    return name_motifs(motifs, read_motif_table(table)) if table else motifs
 
 
 @dataclass

@@ -54,7 +54,7 @@ def prepare(cfg: Config) -> Prepared:
     if a.source_group and a.source_group == a.target_group:
         raise InputError(f"analysis.source_group and analysis.target_group are both {a.source_group!r}: pick two groups")
     genes = inputs.resolve_genes(tables.genes, a.genes, tables.root)
-    motifs = inputs.load_motifs(a.motifs)
+    motifs = inputs.load_motifs(a.motifs, a.motif_table)
     tfs = inputs.resolve_tfs(motifs, tables.genes, a.tfs)
     if not tfs:
         raise InputError(f"no motif name in {a.motifs} matches a gene name of the atlas: nothing to call TFs")

@@ -131,6 +131,14 @@ def plot_network(edges: pl.DataFrame, path: Path, top: int = 60) -> Path:
 
 def plot_ko_heatmap(effects: pl.DataFrame, gene_names: dict[int, str], path: Path, n_genes: int = 30) -> Path:
     ko = effects.filter(pl.col("mode") == "KO")
+    if ko.height == 0:  # e.g. no motif hit in any peak (peaks without sequence): say so instead of an empty grid
+        fig, ax = plt.subplots(figsize=(6, 2))
+        ax.text(0.5, 0.5, "no knockout touched any analysed gene:\nno TF motif hit in the peaks of their windows",
+                ha="center", va="center")
+        ax.set_axis_off()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
     groups = sorted(ko["group"].unique().to_list())
     conds = sorted(ko["condition"].unique().to_list())
     top = (ko.group_by("gene_id").agg(pl.col("log2fc").abs().max()).sort("log2fc", descending=True)["gene_id"].head(n_genes).to_list())
@@ -252,8 +260,9 @@ def write_report(out: Path, p, records, gatt, masters, edges, effects, trans, ca
                .agg(pl.col("tf").sort_by("rank").str.join(", ")).sort("method", "group"))
         parts.append(f"<h2>Master TFs</h2><img src='figures/{plot_master_dotplot(masters, figs / 'master_tfs.png').name}' width='100%'>{_table(top, 50)}")
     parts.append(f"<h2>GRN</h2><img src='figures/{plot_network(edges, figs / 'grn.png').name}' width='60%'>"
-                 f"<p>{edges.height} edges (p ≤ {p.cfg.analysis.max_edge_p}); grn/edges.parquet, grn/scenicplus_eregulons.tsv, "
-                 f"grn/celloracle_links.tsv.</p>{_table(edges.sort('score', descending=True).drop('peaks'))}")
+                 f"<p>{edges.height} edges (p ≤ {p.cfg.analysis.max_edge_p}) in grn/edges.parquet. For other tools: "
+                 f"grn/celloracle_base_grn.parquet (CellOracle's <code>import_TF_data</code>), grn/scenicplus_eregulons.tsv "
+                 f"(SCENIC+'s eRegulon table) and atlas.h5mu (MuData: RNA and peak modalities).</p>{_table(edges.sort('score', descending=True).drop('peaks'))}")
     parts.append(f"<h2>Knockouts</h2><img src='figures/{plot_ko_heatmap(effects, gene_names, figs / 'ko_heatmap.png').name}' width='100%'>")
     if mediators is not None and mediators.height:
         parts.append("<p>The strongest knockout effects and the peak each acts through most (its own knockout's log2FC "

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from . import attention, crispri, enhancers, features, grn, master_tf, perturb, targets, transitions
+from . import attention, crispri, enhancers, exports, features, grn, master_tf, perturb, targets, transitions
 from .diagnostics import embedding_sensitivity
 from .partitions import load_partitions
 from .report import write_report
@@ -41,7 +41,8 @@ def run_analyses(p, stats: dict[str, Any], seconds: float) -> Path:
     gatt = attention.group_attention(long, cells)
     (out / "tables").mkdir(exist_ok=True)
     gatt.write_parquet(out / "tables" / "attention_groups.parquet")
-    results["tracks"] = [str(x) for x in attention.write_tracks(attention.peak_tracks(gatt, tables.peaks), out / "tracks")]
+    sizes = tables.manifest.data.get("chrom_sizes")  # shard sets built before it was recorded: sized by their last peak
+    results["tracks"] = [str(x) for x in attention.write_tracks(attention.peak_tracks(gatt, tables.peaks), out / "tracks", sizes)]
 
     # features + AnnData
     mats = features.gene_cell_matrices(records, tables.genes, tables.peaks, a.tss_region_bp)
@@ -67,7 +68,7 @@ def run_analyses(p, stats: dict[str, Any], seconds: float) -> Path:
 
     # GRN edges (+ SCENIC+/CellOracle layouts) and the all-pairs score table with baselines
     edges = grn.grn_edges(gatt, p.bound, p.tfs, gene_names, high_k=a.high_attention_peaks, max_p=a.max_edge_p)
-    results["grn_files"] = [str(x) for x in grn.write_grn(edges, gatt, tables.peaks, out / "grn")]
+    results["grn_files"] = [str(x) for x in grn.write_grn(edges, out / "grn")]
     windows = {int(g): np.asarray(df["peak_ids"][0].to_list(), np.int64)
                for (g,), df in sorted(records.group_by("gene_id"), key=lambda kv: kv[0])}
     best = grn.pair_scores(gatt, p.bound, p.tfs, a.high_attention_peaks)
@@ -91,6 +92,11 @@ def run_analyses(p, stats: dict[str, Any], seconds: float) -> Path:
 
     # perturbations: per group effects, and the peaks each knockout acts through
     effects.write_parquet(out / "perturbation_effects.parquet")
+    # the layouts CellOracle, SCENIC+ and scverse load
+    links = exports.regulatory_links(elems, tables.genes, tables.peaks, a.tss_region_bp, a.high_attention_peaks)
+    results["exports"] = [str(x) for x in exports.write_exports(links, p.bound, p.tfs, tables.genes, tables.peaks, records,
+                                                                effects, mats, cells.join(tables.cells.select("cell_id", "rna_counts"), on="cell_id", how="left"),
+                                                                out, a.seed)]
     mediators = perturb.ko_mediators(gatt, p.bound, p.conditions)
     mediators.write_parquet(out / "ko_mediators.parquet")
 

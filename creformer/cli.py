@@ -54,7 +54,7 @@ def cmd_prepare_elementary(args: argparse.Namespace) -> None:
 def regulatory_flags(args: argparse.Namespace) -> dict[str, Any]:
     """`prepare regulatory`'s flags as the config keys they set."""
     r = "data.regulatory."
-    return {r + "multiome": args.multiome, r + "fragments": args.fragments, "data.genome": args.genome,
+    return {r + "multiome": args.multiome, r + "fragments": args.fragments, r + "peaks": args.peaks, "data.genome": args.genome,
             r + "annotation": args.annotation, r + "shards": args.out, r + "genes": args.genes, r + "n_hvg": args.n_hvg,
             r + "min_counts": args.min_counts, r + "cells": args.cells,
             r + "keep_genes_without_peaks": False if args.skip_genes_without_peaks else None,
@@ -122,6 +122,16 @@ def cmd_crispri(args: argparse.Namespace) -> None:
     print(json.dumps(res, indent=1))
 
 
+def cmd_run(args: argparse.Namespace) -> None:
+    from .pipeline import run_pipeline
+
+    res = run_pipeline(_config(args, {}))
+    print("\n".join([f"creformer run finished ({sum(s for _, s in res.stages):.0f} s):",
+                      *[f"  {name:<20} {secs:7.0f} s" for name, secs in res.stages],
+                      f"  Elementary weights   {res.elementary_weights}", f"  Regulatory weights   {res.regulatory_weights}",
+                      f"  analyses             {res.atlas.out}", f"  report               {res.atlas.report}"]))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run
 
@@ -151,12 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--genome", help="genome FASTA, plain, gzip or bgzip (data.genome)")
     p.add_argument("--out", help="output folder (data.shards)")
     p.add_argument("--overwrite", action="store_true", help="replace a shard set built from other inputs")
-    p = add("regulatory", "10x Multiome (Cell Ranger ARC folder/h5 or .h5mu) -> cell x gene Arrow shards",
+    p = add("regulatory", "10x Multiome (Cell Ranger ARC folder/h5, .h5mu, or RNA .h5ad + fragments) -> cell x gene Arrow shards",
             cmd_prepare_regulatory, prep)
-    p.add_argument("--multiome", help="Cell Ranger ARC output folder, filtered_feature_bc_matrix.h5 or .h5mu "
-                   "(data.regulatory.multiome)")
+    p.add_argument("--multiome", "--rna", dest="multiome",
+                   help="Cell Ranger ARC output folder, filtered_feature_bc_matrix.h5, .h5mu, or an RNA-only .h5ad "
+                   "(raw counts in layers['counts'], raw.X or X; needs --fragments and --peaks) (data.regulatory.multiome)")
     p.add_argument("--fragments", help="atac_fragments.tsv.gz, when not next to the matrix / named in the h5mu "
                    "(data.regulatory.fragments)")
+    p.add_argument("--peaks", help="BED or narrowPeak (gzip ok) replacing the input's peaks, merged like bedtools merge "
+                   "(data.regulatory.peaks)")
     p.add_argument("--genome", help="genome FASTA (data.genome)")
     p.add_argument("--annotation", help="GTF/GFF3, BED of gene bounds, or TSS table (data.regulatory.annotation)")
     p.add_argument("--out", help="output folder (data.regulatory.shards)")
@@ -187,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-column", help="a column of per-pair weights, e.g. direct_vs_indirect_negative")
     p.set_defaults(func=cmd_crispri)
     add("model-info", "parameter count of each model part (no memory: meta device)", cmd_model_info)
+    add("run", "the whole path on your data from one config: prepare -> train_elementary (skipped when "
+        "train.regulatory.elementary_weights is set) -> train_regulatory -> atlas_grn -> report "
+        "(templates: docs/templates/)", cmd_run)
     p = add("demo", "the whole path on the simulated atlas -> report.html + scorecard.json (make demo)", cmd_demo,
             config="demo")
     p.add_argument("--out", default="runs/demo", help="output folder (every path of the run lies under it)")

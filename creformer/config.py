@@ -32,8 +32,9 @@ class ConfigError(ValueError):
 class RegulatoryDataConfig:
     """`prepare regulatory`: a 10x Multiome atlas -> cell x gene sample shards (engine/regulatory_shards.py)."""
 
-    multiome: str = ""  # Cell Ranger ARC folder, filtered_feature_bc_matrix.h5 or .h5mu
+    multiome: str = ""  # Cell Ranger ARC folder, filtered_feature_bc_matrix.h5, .h5mu, or RNA-only .h5ad (+ fragments, peaks)
     fragments: str = ""  # atac_fragments.tsv.gz when not next to the matrix / named in the h5mu
+    peaks: str = ""  # BED/narrowPeak replacing the input's peaks (e.g. MACS2 per cluster; merged); required with .h5ad
     annotation: str = ""  # GTF/GFF3, BED of gene bounds, or TSS table
     shards: str = "runs/shards/regulatory"  # output folder
     genes: str = "expressed"  # "expressed", "hvg" or a file of gene ids/names (one per line)
@@ -52,7 +53,7 @@ class RegulatoryDataConfig:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in REGULATORY_INPUT_KEYS}
 
 
-REGULATORY_INPUT_KEYS = ("multiome", "fragments", "annotation", "shards")
+REGULATORY_INPUT_KEYS = ("multiome", "fragments", "peaks", "annotation", "shards")
 
 
 @dataclass
@@ -177,7 +178,8 @@ class RayConfig:
 class AnalysisConfig:
     out: str = "runs/atlas"  # atlas_grn outputs (partitions, tables, h5ad, tracks, report)
     regulatory_weights: str = ""  # exported Regulatory safetensors (default: <storage_path>/regulatory/export)
-    motifs: str = ""  # MEME motif file (JASPAR export, or the simulator's motifs.meme)
+    motifs: str = ""  # motif file: MEME, JASPAR (.jaspar) or raw PFM, as JASPAR exports them (or the simulator's motifs.meme)
+    motif_table: str = ""  # JASPAR metadata TSV (matrix_id, tf_name, ...): names motifs by matrix ID
     groups: str = ""  # TSV with barcode + group_column; empty: the cells' own labels
     group_column: str = "cell_type"
     truth: str = ""  # simulator truth folder: when set, atlas_grn also writes scorecard.json

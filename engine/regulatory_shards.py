@@ -59,19 +59,21 @@ def _write_table(path: Path, table: pa.Table) -> dict[str, Any]:
 
 
 def prepare_regulatory(cfg: Config, *, overwrite: bool = False) -> BuildResult:
-    """10x Multiome (Cell Ranger ARC folder/h5 or .h5mu + fragments) → regulatory tables and shards,
+    """10x Multiome (Cell Ranger ARC folder/h5, .h5mu, or RNA .h5ad + fragments + peaks) → regulatory tables and shards,
     as ``cfg.data.regulatory`` and ``cfg.data.genome`` say."""
     opts = cfg.data.regulatory
     if not (opts.multiome and cfg.data.genome and opts.annotation):
         raise InputError("prepare regulatory needs data.regulatory.multiome, data.genome and data.regulatory.annotation "
                          "(config keys, or --multiome / --genome / --annotation)")
     genome_path, annotation, out = cfg.data.genome, opts.annotation, Path(opts.shards)
-    mo = read_multiome(opts.multiome, opts.fragments or None)
+    mo = read_multiome(opts.multiome, opts.fragments or None, opts.peaks or None)
     genome = Genome(genome_path)
     genes_ann = read_annotation(annotation)
     cuts = np.asarray(tokenizer_spec([ATAC_ASSAY])["signal"]["cutpoints"][ATAC_ASSAY])
     inputs = [{"role": "multiome", **fingerprint(mo.source)}, {"role": "fragments", **fingerprint(mo.fragments)},
               {"role": "genome", **fingerprint(genome_path)}, {"role": "annotation", **fingerprint(annotation)}]
+    if opts.peaks:
+        inputs.append({"role": "peaks", **fingerprint(opts.peaks)})
     input_hash = content_hash({"kind": "regulatory", "options": opts.options(), "cuts": cuts.tolist(),
                                "inputs": [{k: v for k, v in i.items() if k != "path"} for i in inputs]})
     manifest_path = out / "manifest.json"
@@ -87,6 +89,8 @@ def prepare_regulatory(cfg: Config, *, overwrite: bool = False) -> BuildResult:
         raise InputError(f"no peak chromosome of {mo.source} ({', '.join(sorted(set(mo.peak_chrom))[:5])}) is in genome "
                          f"{genome_path} ({', '.join(genome.chroms[:5])}); check that both use the same assembly")
     missing = np.flatnonzero(~pw["has_sequence"])
+    # the genome's length of each peak chromosome, in the peaks' own spelling (bigWig headers downstream)
+    chrom_sizes = {str(c): int(genome.lengths[g]) for c, g in dict(zip(mo.peak_chrom, pw["genome_chrom"])).items() if g is not None}
     gene_tss = match_genes(mo, genes_ann, counts)
     if missing.size:
         miss_genes = sum(1 for t in gene_tss.values() if t is not None and np.any(
@@ -219,6 +223,7 @@ def prepare_regulatory(cfg: Config, *, overwrite: bool = False) -> BuildResult:
         "tables": tables,
         "peak": {"tokens": PEAK_TOKENS, "span_bp": PEAK_SPAN},
         "cells_per_shard": cells_per_block,
+        "chrom_sizes": chrom_sizes,
         "counts": counts,
     }
     return build_shard_set(out, kind="regulatory", input_hash=input_hash, tasks=tasks,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 from ..errors import InputError
 from .files import open_text, require_file
@@ -54,8 +55,10 @@ def _parse_row(f: list[str], path: Path, lineno: int):
         if f[2] != "gene":
             return None
         start, end, strand = int(f[3]) - 1, int(f[4]), f[6]
-        attrs = dict(_GTF_ATTR.findall(f[8])) or dict(kv.split("=", 1) for kv in f[8].strip(";").split(";") if "=" in kv)
-        gid = attrs.get("gene_id") or attrs.get("ID", "").removeprefix("gene:")
+        # GTF: key "value"; GFF3: key=value, percent-encoded (Ensembl ID=gene:X, RefSeq ID=gene-X, GENCODE gene_id=X)
+        attrs = dict(_GTF_ATTR.findall(f[8])) or {k.strip(): unquote(v) for k, v in
+                                                   (kv.split("=", 1) for kv in f[8].strip().strip(";").split(";") if "=" in kv)}
+        gid = attrs.get("gene_id") or attrs.get("ID", "").removeprefix("gene:").removeprefix("gene-")
         name = attrs.get("gene_name") or attrs.get("Name") or gid
         if not gid:
             raise InputError(f"{path}, line {lineno}: gene row without gene_id/ID attribute")

@@ -18,6 +18,7 @@ from scipy import sparse
 
 from ..errors import InputError
 from .files import require_file
+from .peaks import read_peaks
 
 _INTERVAL = re.compile(r"^([^:]+)[:-](\d+)-(\d+)$")
 
@@ -219,17 +220,79 @@ def read_h5mu(path: str | Path, fragments: str | Path | None = None) -> Multiome
     return Multiome(rna_cells, gene_ids, gene_names, rna, chrom, start, end, frag, labels, path)
 
 
-def read_multiome(path: str | Path, fragments: str | Path | None = None) -> Multiome:
-    """A Cell Ranger ARC folder or its ``filtered_feature_bc_matrix.h5``, or a ``.h5mu``."""
+def _counts_source(path: Path, f: h5py.File) -> tuple[h5py.Group, str, h5py.Group]:
+    """Where an RNA-only AnnData keeps raw counts: ``layers/counts``, else ``raw/X``, else ``X``
+    (returned as a group holding ``X``, the label, and the var group that names its columns)."""
+    layers = f.get("layers")
+    if layers is not None and "counts" in layers:
+        return _XView(layers, "counts"), "layers['counts']", f["var"]
+    if "raw" in f and "X" in f["raw"]:
+        return f["raw"], "raw.X", f["raw/var"]
+    return f, "X", f["var"]
+
+
+class _XView(dict):
+    """A one-key mapping that presents ``group[key]`` as ``X`` (for ``_anndata_counts``)."""
+
+    def __init__(self, group: h5py.Group, key: str):
+        super().__init__(X=group[key])
+
+
+def _check_integer_counts(rna: CountMatrix, path: Path, where: str) -> None:
+    """Expression is log-normalized from raw counts here; refuse a matrix that is already normalized."""
+    sample = rna.read(np.arange(min(rna.n_cells, 200)))
+    if sample.nnz and not np.allclose(sample.data, np.round(sample.data)):
+        raise InputError(f"{path}: {where} holds non-integer values (e.g. {sample.data[~np.isclose(sample.data, np.round(sample.data))][0]:.3f}); "
+                         "creformer normalizes raw UMI counts itself: store them in layers['counts'] (or raw.X) and retry")
+
+
+def read_h5ad(path: str | Path, fragments: str | Path | None, peaks: str | Path | None) -> Multiome:
+    """RNA-only AnnData ``.h5ad`` (cells x genes raw counts) + an ATAC fragments file + a peak file.
+    Counts come from ``layers['counts']``, ``raw.X`` or ``X``, in that order."""
+    path = Path(path)
+    if not peaks:
+        raise InputError(f"{path} is RNA-only AnnData: give the ATAC peaks with data.regulatory.peaks (--peaks peaks.bed "
+                         "or a MACS2 narrowPeak), and the fragments with --fragments")
+    if not fragments:
+        raise InputError(f"{path} is RNA-only AnnData: give the ATAC fragments with data.regulatory.fragments (--fragments)")
+    with _open_h5(path) as f:
+        try:
+            group, where, var = _counts_source(path, f)
+            rna = _anndata_counts(path, group, f"{path}:{where}")
+            barcodes = _strs(f["obs/_index"])
+            gene_names = _strs(var["_index"])
+            id_col = next((k for k in ("gene_ids", "gene_id", "ensembl_id") if k in var), None)
+            gene_ids = _strs(var[id_col]) if id_col else gene_names
+            labels = _labels(f["obs"])
+        except KeyError as err:
+            raise InputError(f"{path}: missing {err} (expected an AnnData .h5ad with obs, var and X)") from err
+    if rna.n_genes != len(gene_names):
+        raise InputError(f"{path}: {where} has {rna.n_genes} columns but var lists {len(gene_names)} genes")
+    _check_integer_counts(rna, path, where)
+    ps = read_peaks(peaks)
+    frag = Path(fragments)
+    require_file(frag, "fragments file")
+    return Multiome(barcodes, gene_ids, gene_names, rna, ps.chrom, ps.start, ps.end, frag, labels, path)
+
+
+def read_multiome(path: str | Path, fragments: str | Path | None = None, peaks: str | Path | None = None) -> Multiome:
+    """A Cell Ranger ARC folder or its ``filtered_feature_bc_matrix.h5``, a ``.h5mu``, or an RNA-only
+    ``.h5ad`` with fragments and peaks. ``peaks`` (BED/narrowPeak) replaces the input's own peak set."""
     path = Path(path)
     if path.is_dir():
         path = path / "filtered_feature_bc_matrix.h5"
+    if path.suffix == ".h5ad":
+        return read_h5ad(path, fragments, peaks)
     if path.suffix == ".h5mu":
         mo = read_h5mu(path, fragments)
     elif path.suffix == ".h5":
         mo = read_10x_h5(path, fragments)
     else:
-        raise InputError(f"{path}: expected a Cell Ranger ARC folder, a filtered_feature_bc_matrix.h5 or a .h5mu")
+        raise InputError(f"{path}: expected a Cell Ranger ARC folder, a filtered_feature_bc_matrix.h5, a .h5mu, "
+                         "or an RNA-only .h5ad with --fragments and --peaks")
     if mo.fragments is None:
         raise InputError(f"no fragments file found for {path}; pass --fragments atac_fragments.tsv.gz")
+    if peaks:
+        ps = read_peaks(peaks)
+        mo.peak_chrom, mo.peak_start, mo.peak_end = ps.chrom, ps.start, ps.end
     return mo

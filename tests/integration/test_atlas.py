@@ -2,10 +2,16 @@
 head, resumed per partition, scored by `creformer validate`; bad inputs fail before Ray work."""
 
 import json
+import os
 import re
 import shutil
+import subprocess
+from pathlib import Path
 
 import anndata as ad
+import mudata as md
+import numpy as np
+import pandas as pd
 import polars as pl
 import pyBigWig
 import pytest
@@ -14,6 +20,7 @@ from creformer.analysis.atlas import atlas_grn
 from creformer.cli import main as cli_main
 from creformer.config import ConfigError
 from creformer.engine.errors import InputError
+from creformer.engine.io.peaks import read_peaks
 from creformer.trainer.jobs import train_elementary, train_regulatory
 
 from ..conftest import tiny_config
@@ -77,8 +84,19 @@ def test_atlas_grn_job_submit_outputs_and_resume(cluster, trained, sim_tiny, tmp
     bw.close()
     edges = pl.read_parquet(out / "grn" / "edges.parquet")
     assert set(edges.columns) >= {"tf", "target", "group", "score", "n_peaks", "peaks"}
-    for name in ("scenicplus_eregulons.tsv", "celloracle_links.tsv"):
-        assert (out / "grn" / name).exists()
+    # the layouts other tools load (unit-tested in tests/unit/test_exports.py; here: written, consistent)
+    base = pd.read_parquet(out / "grn" / "celloracle_base_grn.parquet")
+    assert list(base.columns[:2]) == ["peak_id", "gene_short_name"] and base.shape[0] > 0
+    assert set(base.columns[2:]) <= set(json.loads((out / "atlas.json").read_text())["tfs"])
+    ereg = pl.read_csv(out / "grn" / "scenicplus_eregulons.tsv", separator="\t")
+    assert ereg.height > 0 and set(ereg["regulation"].unique()) <= {-1, 1}
+    assert ereg["eRegulon_name"].str.contains(r"^.+_direct_[+-]/[+-]$").all()
+    mdata = md.read_h5mu(out / "atlas.h5mu")
+    assert mdata.n_obs == adata.n_obs and set(mdata.mod) == {"rna", "peaks"} and "X_umap" in mdata.obsm
+    sizes = json.loads((tmp / "reg" / "manifest.json").read_text())["chrom_sizes"]
+    bw = pyBigWig.open(str(out / "tracks" / f"attention.{groups[0]}.bw"))
+    assert all(bw.chroms()[c] == sizes[c] for c in bw.chroms())  # headers carry the genome's lengths
+    bw.close()
     eff = pl.read_parquet(out / "perturbation_effects.parquet")
     assert {"KO", "KI"} == set(eff["mode"].unique()) and "TF01+TF02" in set(eff["condition"].unique())
     med = pl.read_parquet(out / "ko_mediators.parquet")
@@ -125,3 +143,63 @@ def test_atlas_grn_bad_inputs_fail_before_ray_work(trained, sim_tiny, tmp_path):
     with pytest.raises(ConfigError, match="do not exist"):
         atlas_grn(tiny_config(*base, f"analysis.regulatory_weights={tmp_path / 'missing.safetensors'}"))
     assert not (tmp_path / "bad" / "partitions").exists()  # nothing ran
+
+
+@pytest.fixture(scope="module")
+def h5ad_run(trained, sim_tiny, tmp_path_factory, ray_local):
+    """`creformer run` on data as users often have it: RNA as .h5ad, fragments, a peak BED;
+    pretrained Elementary weights (so train_elementary is skipped). Returns (exit code, run folder)."""
+    from creformer.engine.io.multiome import read_10x_h5
+
+    tmp, el, _ = trained
+    tmp_path = tmp_path_factory.mktemp("h5ad_run")
+    mo = read_10x_h5(sim_tiny / "multiome" / "filtered_feature_bc_matrix.h5")
+    counts = mo.rna.read(np.arange(mo.rna.n_cells)).toarray()
+    ad.AnnData(X=np.log1p(counts), obs=pd.DataFrame(index=list(mo.barcodes)),
+               var=pd.DataFrame({"gene_ids": list(mo.gene_ids)}, index=list(mo.gene_names)),
+               layers={"counts": counts}).write_h5ad(tmp_path / "rna.h5ad")
+    (tmp_path / "peaks.bed").write_text("".join(f"{c}\t{s}\t{e}\n" for c, s, e in zip(mo.peak_chrom, mo.peak_start, mo.peak_end)))
+    out = tmp_path / "run"
+    cfg_args = [f"data.genome={sim_tiny / 'genome.fa'}", f"data.regulatory.multiome={tmp_path / 'rna.h5ad'}",
+                f"data.regulatory.fragments={mo.fragments}", f"data.regulatory.peaks={tmp_path / 'peaks.bed'}",
+                f"data.regulatory.annotation={sim_tiny / 'genes.gtf'}", f"data.regulatory.shards={out / 'reg'}",
+                f"train.storage_path={out / 'train'}", f"train.regulatory.elementary_weights={el}",
+                *[f"train.regulatory.{k}" for k in ("lr=1e-3", "warmup_steps=2", "max_steps=10", "checkpoint_every=10", "micro_batch=16")],
+                f"analysis.out={out / 'atlas'}", f"analysis.motifs={sim_tiny / 'motifs.meme'}",
+                f"analysis.groups={sim_tiny / 'truth' / 'cells.tsv'}", "analysis.cells_per_group=4", "analysis.min_cells_per_group=5",
+                "analysis.cells_per_partition=8"]
+    return cli_main(["run", "--config", "tiny", *cfg_args]), out
+
+
+def test_creformer_run_on_h5ad_fragments_and_own_peaks(h5ad_run, trained):
+    code, out = h5ad_run
+    tmp = trained[0]
+    assert code == 0
+    assert not (out / "train" / "elementary").exists()  # pretrained weights given: no Elementary training
+    assert (out / "train" / "regulatory" / "export" / "model.safetensors").exists()
+    for name in ("report.html", "atlas.h5mu", "grn/celloracle_base_grn.parquet", "grn/scenicplus_eregulons.tsv"):
+        assert (out / "atlas" / name).exists(), name
+    # the same cells and genes as the ARC folder; the BED's overlapping peaks merged (bedtools merge)
+    ref = json.loads((tmp / "reg" / "manifest.json").read_text())
+    got = json.loads((out / "reg" / "manifest.json").read_text())
+    assert (got["counts"]["cells"], got["counts"]["genes"]) == (ref["counts"]["cells"], ref["counts"]["genes"])
+    merged = read_peaks(out.parent / "peaks.bed")
+    assert got["tables"]["peaks"]["rows"] == merged.chrom.size == ref["tables"]["peaks"]["rows"] - merged.merged
+
+
+def test_celloracle_loads_the_base_grn_and_simulates_a_knockout(h5ad_run):
+    """With the real CellOracle (its own environment: it pins pandas <= 1.5.3 and matplotlib < 3.7,
+    so it cannot share ours), load atlas.h5mu's RNA and grn/celloracle_base_grn.parquet, fit the
+    GRN and simulate a knockout (tests/integration/celloracle_check.py)."""
+    python = os.environ.get("CREFORMER_CELLORACLE_PYTHON")
+    if not python:
+        pytest.skip("set CREFORMER_CELLORACLE_PYTHON to a Python with celloracle installed "
+                    "(python -m venv co && co/bin/pip install 'numpy<2' cython && co/bin/pip install --no-build-isolation "
+                    "velocyto && co/bin/pip install celloracle 'pyarrow<15')")
+    code, out = h5ad_run
+    assert code == 0
+    proc = subprocess.run([python, str(Path(__file__).with_name("celloracle_check.py")), str(out / "atlas"), "TF01"],
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["base_grn_rows"] > 0 and got["tfs_in_base_grn"] > 0 and got["links_clusters"] and got["delta_abs_sum"] > 0

@@ -358,3 +358,62 @@ def test_config_file_reproduces_a_flag_built_shard_set(tmp_path):
     assert [s["sha256"] for s in a.shards] == [s["sha256"] for s in b.shards]
     assert a.data["options"]["min_counts"] == 4 and a.data["options"]["keep_genes_without_peaks"] is False
     assert a.data["counts"]["cells_below_min_counts"] == 1  # the flags took effect
+
+
+def _shard_rows(manifest_path):
+    man = Manifest(manifest_path)
+    rows = [r for s in man.shards for r in pq.read_table(man.shard_path(s)).to_pylist()]
+    return sorted((r["cell_id"], r["gene_id"], round(r["expression"], 6), tuple(r["peak_ids"])) for r in rows)
+
+
+def test_h5ad_with_fragments_and_own_peaks_equals_the_arc_folder(tmp_path):
+    """An RNA-only AnnData (normalized X, raw counts in layers['counts']) + fragments + a narrowPeak
+    whose overlapping and book-ended calls merge back into the ARC peaks builds the same shards."""
+    import anndata as ad
+    import pandas as pd
+
+    root = make_hand_multiome(tmp_path / "hand")
+    arc = prepare_regulatory(regulatory_config(root / "multiome", root / "genome.fa", root / "genes.gtf", tmp_path / "arc",
+                                               min_cells_per_gene=1))
+    counts = np.array(((5, 0, 1), (0, 3, 0), (2, 2, 0)), np.float32)
+    adata = ad.AnnData(X=np.log1p(counts), obs=pd.DataFrame(index=BARCODES),
+                       var=pd.DataFrame({"gene_ids": ["GA", "GB", "GC"]}, index=["A", "B", "C"]), layers={"counts": counts})
+    adata.write_h5ad(tmp_path / "rna.h5ad")
+    calls = [("chr1", 4800, 5000), ("chr1", 4950, 5200), ("chr1", 9000, 9200), ("chr1", 9200, 9400), ("chr1", 15000, 15300)]
+    with gzip.open(tmp_path / "peaks.narrowPeak.gz", "wt") as fh:
+        fh.write("track type=narrowPeak\n")
+        for i, (c, s, e) in enumerate(reversed(calls)):  # unsorted, as concatenated per-cluster calls are
+            fh.write(f"{c}\t{s}\t{e}\tpeak{i}\t100\t.\t5.0\t10.0\t8.0\t50\n")
+    h5ad = prepare_regulatory(regulatory_config(tmp_path / "rna.h5ad", root / "genome.fa", root / "genes.gtf", tmp_path / "h5ad",
+                                                fragments=root / "multiome" / "atac_fragments.tsv.gz",
+                                                peaks=tmp_path / "peaks.narrowPeak.gz", min_cells_per_gene=1))
+    for table in ("peaks", "genes"):
+        assert pq.read_table(tmp_path / "arc" / "tables" / f"{table}.parquet").equals(
+            pq.read_table(tmp_path / "h5ad" / "tables" / f"{table}.parquet"))
+    assert pq.read_table(tmp_path / "arc" / "signal" / "block-000000.parquet").equals(
+        pq.read_table(tmp_path / "h5ad" / "signal" / "block-000000.parquet"))
+    assert _shard_rows(arc.manifest_path) == _shard_rows(h5ad.manifest_path)
+    assert {"role": "peaks"}.items() <= Manifest(h5ad.manifest_path).data["inputs"][-1].items()
+
+
+def test_h5ad_input_errors_say_what_to_do(tmp_path):
+    import anndata as ad
+    import pandas as pd
+
+    root = make_hand_multiome(tmp_path / "hand")
+    frag = root / "multiome" / "atac_fragments.tsv.gz"
+    (tmp_path / "p.bed").write_text("chr1\t4800\t5200\n")
+    adata = ad.AnnData(X=np.log1p(np.array(((5, 0, 1), (0, 3, 0), (2, 2, 0)), np.float32)), obs=pd.DataFrame(index=BARCODES),
+                       var=pd.DataFrame(index=["A", "B", "C"]))
+    adata.write_h5ad(tmp_path / "norm.h5ad")
+    cfg = regulatory_config(tmp_path / "norm.h5ad", root / "genome.fa", root / "genes.gtf", tmp_path / "o", fragments=frag)
+    with pytest.raises(InputError, match="--peaks"):
+        prepare_regulatory(cfg)
+    cfg = regulatory_config(tmp_path / "norm.h5ad", root / "genome.fa", root / "genes.gtf", tmp_path / "o", fragments=frag,
+                            peaks=tmp_path / "p.bed")
+    with pytest.raises(InputError, match=r"non-integer.*layers\['counts'\]"):
+        prepare_regulatory(cfg)
+    (tmp_path / "bad.bed").write_text("chr1\tstart\tend\n")
+    with pytest.raises(InputError, match="bad.bed, line 1: start/end"):
+        prepare_regulatory(regulatory_config(root / "multiome", root / "genome.fa", root / "genes.gtf", tmp_path / "o",
+                                             peaks=tmp_path / "bad.bed"))
