@@ -45,6 +45,7 @@ from scipy.stats import spearmanr
 
 from creformer.config import load_config
 from creformer.engine.errors import InputError
+from creformer.engine.rulebook import VERSION as SIMULATOR_VERSION
 
 from .baselines import (
     accessibility_perturbation,
@@ -61,7 +62,6 @@ from .metrics import auprc, precision_at_recall, top_k_precision
 from .transitions import fraction_closer
 
 MIN_KO_EFFECT = 0.1
-SIMULATOR_VERSION = 2
 TASKS = ("master_tfs", "grn", "enhancer_gene", "enhancer_gene_distal", "knockout", "knock_in", "transition",
          "therapeutic_target")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -116,7 +117,12 @@ def run(out: Path, config: str = "demo", overrides: tuple[str, ...] = (), data_d
     sim = Path(cfg.simulate.out)
     version = sim / "truth" / "VERSION"
     if not (version.exists() and version.read_text().strip() == str(SIMULATOR_VERSION)):
-        simulate(sim, preset=cfg.simulate.preset, seed=cfg.simulate.seed)  # absent, or from another simulator version
+        # absent, or from another simulator version: what was built from the old one (shards,
+        # checkpoints a training would resume from, atlas partitions) goes with it
+        for derived in (Path(cfg.data.shards).parent, Path(cfg.train.storage_path), Path(cfg.analysis.out)):
+            if derived.is_relative_to(out) and derived.exists():
+                shutil.rmtree(derived)
+        simulate(sim, preset=cfg.simulate.preset, seed=cfg.simulate.seed)
     stages.append(("simulate", f"{cfg.simulate.preset} preset: genome, GTF, motifs, bulk tracks, multiome, truth",
                    time.perf_counter() - t))
     ensure_ray(cfg.ray)

@@ -17,7 +17,7 @@ import numpy as np
 from .io.motifs import Motif
 
 BIN = 10  # bigWig resolution of simulated tracks (bp)
-VERSION = 2  # written to truth/VERSION; `creformer validate` refuses truth of another version
+VERSION = 3  # written to truth/VERSION; `creformer validate` refuses truth of another version
 # An allele of a fully active element is open in this share of cells (the mean state of an element
 # is OPEN_MAX x its openness; simulate_cells.py draws each cell's states around it).
 OPEN_MAX = 0.85
@@ -271,6 +271,18 @@ def make_rulebook(preset: str | SimPreset, seed: int = 0) -> Rulebook:
     candidates = [t for t in range(p.n_tfs) if inputs[0, t] == 0 and role[t] == "activator"] or \
                  [t for t in range(p.n_tfs) if inputs[0, t] == 0]
     book.normal, book.driver = 0, max(candidates, key=lambda t: targets[t])
+    # A signal-activated driver (constitutive activity, as an activating mutation or a fusion gives):
+    # it does not regulate its own gene, whose mRNA therefore barely moves in the disease type while
+    # its targets do. With autoregulation, disease-vs-normal DE ranked the driver first on every
+    # preset (the therapeutic task was trivial for its baseline); without it, 2nd-7th (seeds 0-3).
+    driver_gene = next(i for i, g in enumerate(genes) if g.name == tfs[book.driver])
+    stand_in = (book.driver + 1) % p.n_tfs
+    for e in kept:
+        if e.gene == driver_gene and e.tf == book.driver:
+            e.tf = stand_in
+        if e.gene == driver_gene and e.partner == book.driver:
+            e.partner = (stand_in + 1) % p.n_tfs
+    book._cache = None  # element arrays are built lazily; drop any built before this change
     disease = inputs[book.normal].copy()
     disease[book.driver] = 1.0
     book.inputs = np.vstack([inputs, disease])

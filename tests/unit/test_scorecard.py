@@ -58,9 +58,12 @@ def test_transition_and_therapeutic_tasks_need_the_planted_groups():
 
 def test_truth_of_another_simulator_version_is_refused(tmp_path):
     (tmp_path / "truth").mkdir()
-    with pytest.raises(InputError, match="simulator v1; this scorecard needs simulator v2"):
+    with pytest.raises(InputError, match="simulator v1; this scorecard needs simulator v3"):
         check_truth(tmp_path / "truth")
     (tmp_path / "truth" / "VERSION").write_text("2\n")
+    with pytest.raises(InputError, match="simulator v2; this scorecard needs simulator v3"):
+        check_truth(tmp_path / "truth")
+    (tmp_path / "truth" / "VERSION").write_text("3\n")
     check_truth(tmp_path / "truth")
     with pytest.raises(InputError, match="does not exist"):
         check_truth(tmp_path / "nope")

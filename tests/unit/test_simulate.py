@@ -132,7 +132,7 @@ def test_element_states_are_per_cell_and_make_causal_elements_identifiable():
 
 @pytest.mark.parametrize("preset", ["tiny", "small"])
 def test_v2_invariants(preset):
-    """Simulator v2: >= 25 % repressive TF->target edges, dual TFs acting both ways, cascades
+    """Simulator v2 (and v3's signal-activated driver): >= 25 % repressive TF->target edges, dual TFs acting both ways, cascades
     (knocking out one TF moves another's activity), a disease type with its driver, grammar that
     separates functional from inert elements, and a knockout truth that the motif-only rule
     ("down wherever the motif is") gets right at most 80 % of the time."""
@@ -147,6 +147,13 @@ def test_v2_invariants(preset):
     assert moved >= 0.05
     assert book.cell_types[-1] == "DIS" and book.inputs[book.normal, book.driver] == 0 and book.inputs[-1, book.driver] == 1
     assert book.driver in book.masters[-1]
+    # the driver is signal-activated: it binds no element of its own gene, and disease-vs-normal
+    # differential expression of the TF genes does not rank it first
+    driver_gene = book._arrays()["tf_gene"][book.driver]
+    assert not any(e.gene == driver_gene and book.driver in (e.tf, e.partner) for e in book.elements)
+    expr = np.log1p(book.mean_expression(book.activity)[:, book._arrays()["tf_gene"]])
+    de = np.abs(expr[-1] - expr[book.normal])
+    assert de[book.driver] < de.max()
     enh = [e.grammar for e in book.elements if e.kind == "enhancer" and e.partner >= 0]
     inert = [e.grammar for e in book.elements if e.kind == "inert"]
     assert np.mean(enh) >= 0.7 and np.mean(inert) <= 0.3
@@ -163,7 +170,7 @@ def test_v2_invariants(preset):
 
 
 def test_v2_truth_files(sim_tiny):
-    assert (sim_tiny / "truth" / "VERSION").read_text().strip() == "2"
+    assert (sim_tiny / "truth" / "VERSION").read_text().strip() == "3"
     dis = rows(sim_tiny / "truth" / "disease.tsv")
     assert len(dis) == 1 and dis[0]["disease"] == "DIS" and dis[0]["normal"] == "CT0"
     pert = rows(sim_tiny / "truth" / "perturbations.tsv")
