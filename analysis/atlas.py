@@ -46,7 +46,9 @@ def atlas_grn(cfg: Config) -> AtlasResult:
     config_path = p.out / "config.yaml"
     save_config(cfg, config_path)
     print(f"[atlas_grn] {p.chosen.height} cells in {p.chosen['group'].n_unique()} groups x {p.tables.genes.height} genes, "
-          f"{len(p.tfs)} TFs, {len(p.conditions)} perturbations (knock-in level {p.ki_level})", flush=True)
+          f"{len(p.tfs)} TFs, {len(p.conditions)} perturbations (knock-in level {p.ki_level})"
+          + (f"; {len(p.not_perturbed)} TFs with a motif but no gene in the atlas are not perturbed (analysis.perturb=all "
+             "perturbs them too)" if p.not_perturbed else ""), flush=True)
     ensure_ray(cfg.ray)
     stats = run_partitions(p, config_path)
     try:

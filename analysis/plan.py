@@ -18,7 +18,7 @@ from creformer.engine.errors import InputError
 
 from . import inputs
 from .motif_scan import decode_dna, scan
-from .perturb import conditions, knock_in_level
+from .perturb import conditions, knock_in_level, perturbed_tfs
 
 
 @dataclass
@@ -32,6 +32,7 @@ class Prepared:
     motifs: list
     bound: np.ndarray  # (n_peaks, n_motifs) motif sites present
     conditions: list
+    not_perturbed: list[str]  # TFs with a motif but no condition (analysis.perturb), named in atlas.json
     ki_level: int
     elementary_weights: str
     regulatory_weights: str
@@ -62,10 +63,11 @@ def prepare(cfg: Config) -> Prepared:
     rg = a.regulatory_weights or str(cfg.train.weights("regulatory"))
     models = inputs.load_models(el, rg, cfg, tables)  # fails here, not in a worker, when artifacts do not fit
     hits = scan(decode_dna(tables.peak_dna), motifs, a.motif_threshold, pvalue=a.motif_pvalue or None)
-    conds = conditions(tfs, a.multi_tf)
+    perturbed, not_perturbed = perturbed_tfs(tfs, a.perturb, a.tfs)
+    conds = conditions(perturbed, a.multi_tf, known=tfs)
     sig0 = tables.manifest.data["tables"]["signal"][0]["file"]
     tok = pq.read_table(tables.root / sig0, columns=["tok"]).column("tok").combine_chunks().values.to_numpy()
-    return Prepared(cfg, Path(a.out), tables, groups, chosen, tfs, motifs, hits.bound, conds,
+    return Prepared(cfg, Path(a.out), tables, groups, chosen, tfs, motifs, hits.bound, conds, not_perturbed,
                     knock_in_level(tok, a.ki_quantile), el, rg, genes, models)
 
 

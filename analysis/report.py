@@ -237,7 +237,10 @@ def write_report(out: Path, p, records, gatt, masters, edges, effects, trans, ca
     pred_png, r = plot_prediction(records, figs / "prediction.png")
     parts = [f"<h1>atlas_grn report</h1><p>{records['cell_id'].n_unique()} cells in {p.chosen['group'].n_unique()} "
              f"groups × {records['gene_id'].n_unique()} genes ({records.height:,} cell × gene pairs); {len(p.tfs)} TFs; "
-             f"{len(p.conditions)} perturbations at knock-in level {p.ki_level}. Model: <code>{html.escape(p.regulatory_weights)}</code>. "
+             f"{len(p.conditions)} perturbations at knock-in level {p.ki_level}"
+             + (f" ({len(p.not_perturbed)} TFs with a motif but no gene among the atlas genes not perturbed: analysis.perturb="
+                f"{p.cfg.analysis.perturb})" if p.not_perturbed else "")
+             + f". Model: <code>{html.escape(p.regulatory_weights)}</code>. "
              f"Scoring: {results['stats']['seconds']:.1f} s ({results['stats']['pairs_per_s']:.1f} pairs/s, "
              f"{results['stats']['reused']}/{results['stats']['partitions']} partitions reused); total {results['seconds']:.1f} s.</p>"]
     san = results.get("sanity", {})

@@ -132,7 +132,12 @@ def run_analyses(p, stats: dict[str, Any], seconds: float) -> Path:
     results["sanity"] = embedding_sensitivity(p.models.elementary, tables.peak_dna, sig0, seed=a.seed)
     meta = {"manifest": str(tables.manifest.path.resolve()), "cells": cells.height, "groups": names,
             "genes": int(len(mats.genes)), "tfs": [t.name for t in p.tfs], "tf_motifs": [t.motif for t in p.tfs],
-            "conditions": len(p.conditions),
+            "sampling": {"cells_per_group": a.cells_per_group, "analysed_cells": cells.height, "grouped_cells": p.groups.height,
+                         "note": "a seeded sample of each group's cells (analysis.cells_per_group; 0 = every cell)"
+                         if a.cells_per_group else "every grouped cell"},
+            "conditions": len(p.conditions), "perturb_rule": p.cfg.analysis.perturb,
+            "not_perturbed": {"count": len(p.not_perturbed), "why": "a motif but no gene among the atlas genes (analysis.perturb)",
+                              "tfs": p.not_perturbed},
             "ki_level": p.ki_level, "stats": stats, "seconds": seconds, "sanity": results["sanity"],
             "elementary_weights": p.elementary_weights, "regulatory_weights": p.regulatory_weights}
     (out / "atlas.json").write_text(json.dumps(meta, indent=1, default=str))

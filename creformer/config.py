@@ -189,6 +189,9 @@ class AnalysisConfig:
     top_k_tfs: int = 3
     genes: list[str] = field(default_factory=list)  # restrict to these genes (names or ids; empty: all)
     tfs: list[str] = field(default_factory=list)  # restrict to these TFs (empty: every motif with a gene)
+    # which TFs get a knockout and a knock-in: "expressed" (a motif and a gene among the atlas genes) or
+    # "all" (every motif); TFs named in analysis.tfs always are
+    perturb: str = "expressed"
     multi_tf: list[str] = field(default_factory=list)  # combined perturbations, e.g. ["TF01+TF02"]
     # PWM hit: a site at most this likely in random sequence (FIMO's rule and default); 0: use
     # motif_threshold, the fraction of the way from a motif's min to max log-odds score, instead
@@ -398,6 +401,8 @@ def validate(cfg: Config) -> None:
     for name in ("workers", "threads_per_worker", "batch_size", "cells_per_partition", "high_attention_peaks", "top_k_tfs", "tss_region_bp"):
         if getattr(a, name) <= 0:
             raise ConfigError(f"analysis.{name}={getattr(a, name)} must be positive")
+    if a.perturb not in ("expressed", "all"):
+        raise ConfigError(f"analysis.perturb={a.perturb!r} must be 'expressed' (TFs with a gene in the atlas) or 'all'")
     if not 0.0 < a.motif_threshold <= 1.0:
         raise ConfigError(f"analysis.motif_threshold={a.motif_threshold} must lie in (0, 1]")
     if not 0.0 <= a.motif_pvalue < 1.0:

@@ -224,6 +224,15 @@ def test_conditions_and_unknown_multi_tf():
         perturb.conditions(tfs, ["A+Z"])
 
 
+def test_perturbed_tfs_default_to_those_the_atlas_expresses():
+    tfs = [TF("A", 0, 1), TF("B", 1, None), TF("C", 2, 5)]  # B: a motif, no gene in the atlas
+    keep, out = perturb.perturbed_tfs(tfs, "expressed", [])
+    assert [t.name for t in keep] == ["A", "C"] and out == ["B"]
+    assert perturb.perturbed_tfs(tfs, "all", [])[0] == tfs and perturb.perturbed_tfs(tfs, "expressed", ["B"]) == (tfs, [])
+    c = perturb.conditions(keep, ["A+B"], known=tfs)  # a combination may name any motif's TF
+    assert [x.name for x in c] == ["A", "A", "C", "C", "A+B", "A+B"]
+
+
 def test_group_effects_average_log2fc_with_untouched_as_zero():
     base = pl.DataFrame({"cell_id": [0, 1], "gene_id": [5, 5], "pred": [1.0, 2.0]})
     pert = pl.DataFrame({"cell_id": [0], "gene_id": [5], "condition": ["A"], "mode": ["KO"], "pred": [1.0 - math.log(2)]})
