@@ -4,9 +4,14 @@ Peaks are stored as overlapping 6-mer tokens (docs/design.md §2); bases are dec
 holds bases i..i+5), so scanning needs no FASTA. Scores are log-odds against a uniform background.
 Two hit rules:
 - ``pvalue`` (FIMO's and MOODS' rule; FIMO's default 1e-4): a site is a hit when a random uniform
-  sequence reaches its score with at most that chance, from the exact score distribution of the
-  matrix discretized to 1/100 bit (dynamic programming over positions). The cut adapts to motif
-  length: a 12-bp motif admits two mismatches from its consensus at 1e-4, an 8-bp one none.
+  sequence reaches its score with at most that chance. atlas_grn scans with memelite's FIMO
+  (``scan_fimo``: numba, maintained by the tangermeme authors). ``scan`` keeps an exact NumPy
+  version (the score distribution of the matrix discretized to 1/100 bit, by dynamic programming
+  over positions) as the reference the tests hold memelite to: on the demo atlas both find the
+  same (peak, motif) pairs (recall 0.812, precision 0.788 at the planted sites), memelite in 0.04 s
+  against 0.45 s after a one-off 1.9 s numba compilation (benchmarks/motif_scan.py). The cut
+  adapts to motif length: a 12-bp motif admits two mismatches from its consensus at 1e-4, an
+  8-bp one none.
 - ``threshold``: the score reaches that fraction of the way from the motif's minimum to its maximum
   (MOODS' and Biopython's relative score). One fraction for every motif lets a short motif hit far
   more often than a long one (measured on the demo atlas at 0.85: an 8-bp motif in 64 % of peaks at
@@ -120,4 +125,29 @@ def scan(bases: np.ndarray, motifs: list[Motif], threshold: float = 0.85, chunk:
                 for k in range(w):
                     score += strand[k][b[:, k:length - w + 1 + k]]
                 counts[a:a + chunk, mi] += (score >= cut).sum(1).astype(np.int32)
+    return MotifHits(motifs, counts)
+
+
+def one_hot(bases: np.ndarray) -> np.ndarray:
+    """(n, L) base codes → (n, 4, L) float32 one-hot; N (4) is all zero."""
+    x = np.zeros((bases.shape[0], 4, bases.shape[1]), np.float32)
+    for b in range(4):
+        x[:, b, :] = bases == b
+    return x
+
+
+def scan_fimo(bases: np.ndarray, motifs: list[Motif], pvalue: float = 1e-4, chunk: int = 20_000) -> MotifHits:
+    """Sites per (peak, motif), both strands, at FIMO's p-value rule, with memelite's FIMO over
+    blocks of ``chunk`` peaks (a one-hot block of 20,000 1-kb peaks is 330 MB)."""
+    from memelite import fimo  # here: importing it compiles nothing, but pulls numba in only where scans run
+
+    if not 0.0 < pvalue < 1.0:
+        raise ValueError(f"motif p-value {pvalue} must be in (0, 1)")
+    pwms = {f"{i}": m.pwm.T.astype(np.float64) for i, m in enumerate(motifs)}
+    counts = np.zeros((bases.shape[0], len(motifs)), np.int32)
+    for a in range(0, bases.shape[0], chunk):
+        tables = fimo(pwms, one_hot(bases[a:a + chunk]), threshold=pvalue)  # one table per motif, in order
+        for j, t in enumerate(tables):
+            if len(t):
+                np.add.at(counts[:, j], a + t["sequence_name"].to_numpy().astype(np.int64), 1)
     return MotifHits(motifs, counts)

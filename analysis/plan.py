@@ -17,7 +17,7 @@ from creformer.config import Config
 from creformer.engine.errors import InputError
 
 from . import inputs
-from .motif_scan import decode_dna, scan
+from .motif_scan import decode_dna, scan, scan_fimo
 from .perturb import conditions, knock_in_level, perturbed_tfs
 
 
@@ -62,7 +62,8 @@ def prepare(cfg: Config) -> Prepared:
     el = cfg.train.regulatory.elementary_weights or str(cfg.train.weights("elementary"))
     rg = a.regulatory_weights or str(cfg.train.weights("regulatory"))
     models = inputs.load_models(el, rg, cfg, tables)  # fails here, not in a worker, when artifacts do not fit
-    hits = scan(decode_dna(tables.peak_dna), motifs, a.motif_threshold, pvalue=a.motif_pvalue or None)
+    bases = decode_dna(tables.peak_dna)
+    hits = scan_fimo(bases, motifs, a.motif_pvalue) if a.motif_pvalue else scan(bases, motifs, a.motif_threshold)
     perturbed, not_perturbed = perturbed_tfs(tfs, a.perturb, a.tfs)
     conds = conditions(perturbed, a.multi_tf, known=tfs)
     sig0 = tables.manifest.data["tables"]["signal"][0]["file"]

@@ -65,7 +65,8 @@ def test_pvalue_cut_is_exact_on_every_sequence():
     assert motif_scan.pvalue_cut(ilo, 1e-6) > scores.max()  # rarer than any 5-mer: no site can hit
 
 
-def test_scan_pvalue_admits_mismatches_by_motif_length():
+@pytest.mark.parametrize("scanner", ["numpy", "memelite"])
+def test_scan_pvalue_admits_mismatches_by_motif_length(scanner):
     # consensus probability 0.88 per position: each mismatch costs the same score, so at p 1e-4 an
     # 8-mer needs its consensus (4^-8 = 1.5e-5; one mismatch 24 x 4^-8 more) and a 12-mer may
     # carry two mismatches (sum over j <= 2 of C(12, j) 3^j 4^-12 = 3.6e-5; three: 3.9e-4)
@@ -83,10 +84,28 @@ def test_scan_pvalue_admits_mismatches_by_motif_length():
         for k in range(4):
             seq = spacer + mutate(cons, k) + spacer
             bases = motif_scan.decode_dna(dna_tokens(seq.encode())[None])
-            n = motif_scan.scan(bases, [motif(cons)], pvalue=1e-4).counts[0, 0]
-            assert (n > 0) == (k <= allowed), (cons, k)
+            hits = (motif_scan.scan(bases, [motif(cons)], pvalue=1e-4) if scanner == "numpy"
+                    else motif_scan.scan_fimo(bases, [motif(cons)], 1e-4))
+            assert (hits.counts[0, 0] > 0) == (k <= allowed), (cons, k)
+            rc = spacer + mutate(cons, k)[::-1].translate(str.maketrans("ACGT", "TGCA")) + spacer  # the other strand
+            rc_bases = motif_scan.decode_dna(dna_tokens(rc.encode())[None])
+            if scanner == "memelite":
+                assert (motif_scan.scan_fimo(rc_bases, [motif(cons)], 1e-4).counts[0, 0] > 0) == (k <= allowed)
     with pytest.raises(ValueError, match="p-value"):
         motif_scan.scan(bases, [motif(short)], pvalue=1.5)
+    with pytest.raises(ValueError, match="p-value"):
+        motif_scan.scan_fimo(bases, [motif(short)], 1.5)
+
+
+def test_fimo_hit_rate_on_random_sequence_is_the_p_value():
+    """Under a uniform background a site hits with chance <= p (FIMO's rule; discrete scores make it
+    somewhat less): over 2 x 300 x 1,000 random sites at p = 1e-3, the count sits near 600."""
+    rng = np.random.default_rng(0)
+    bases = rng.integers(0, 4, (300, 1_011)).astype(np.uint8)
+    pwm = rng.dirichlet(np.ones(4) * 0.5, 12)
+    n = int(motif_scan.scan_fimo(bases, [Motif("R", "R", pwm)], 1e-3).counts.sum())
+    exact = int(motif_scan.scan(bases, [Motif("R", "R", pwm)], pvalue=1e-3).counts.sum())
+    assert 0.5 * 600 <= n <= 1.1 * 600 and abs(n - exact) <= 0.1 * exact, (n, exact)
 
 
 def test_level_values_follow_the_cut_points():
