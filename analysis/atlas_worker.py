@@ -25,7 +25,7 @@ from creformer.trainer.model.cache import EmbeddingCache
 from . import inputs
 from .attention import score_batch
 from .perturb import bound_peaks, perturbed_predictions
-from .shared_slices import SHARED_FILES, embed_shared, ensure_shared
+from .shared_slices import SHARED_FILES, claim_slice, embed_shared, ensure_shared
 
 SCORE_SCHEMA = {"cell_id": pl.Int32, "gene_id": pl.Int32, "expression": pl.Float32, "pred": pl.Float32,
                 "peak_ids": pl.List(pl.Int32), "attention": pl.List(pl.Float32), "atac": pl.List(pl.Float32),
@@ -65,9 +65,27 @@ class AtlasWorker:
         stats = []
         for raw in batch["item"]:
             item = json.loads(raw)
+            inject_fault(self, item)
             stats.append(embed_shared(self, item) if item.get("kind") == "shared" else run_partition(self, item))
         return {k: np.array([s[k] for s in stats]) for k in stats[0]}
 
+
+
+def inject_fault(w: AtlasWorker, item: dict[str, Any]) -> None:
+    """analysis.fail_at ("shared:I" or "partition:I"), for the fault tests: the first worker to start
+    that item dies at once, as a lost node's would (no exception, no cleanup); Ray Data restarts
+    the actor and retries the item."""
+    target = w.plan.get("fail_at", "")
+    here = f"shared:{item['slice']}" if item.get("kind") == "shared" else f"partition:{item['index']}"
+    if target and here == target:
+        try:  # once per run: the marker's exclusive create picks the one worker that dies
+            os.close(os.open(w.work / f"fault-{target.replace(':', '-')}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+        if item.get("kind") == "shared":
+            claim_slice(w.work, item["slice"])  # die holding the claim, mid-slice
+        print(f"[atlas_grn] fault injection: worker {os.getpid()} dies at {here}", flush=True)
+        os._exit(1)
 
 
 def run_partition(w: AtlasWorker, part: dict[str, Any]) -> dict[str, Any]:

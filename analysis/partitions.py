@@ -43,6 +43,7 @@ def run_partitions(p: Prepared, config_path: Path) -> dict[str, Any]:
             "regulatory_weights": str(Path(p.regulatory_weights).resolve()), "out": str(out.resolve()),
             "cache": a.cache, "cache_dir": str((out / "embedding_cache").resolve()), "threads": a.threads_per_worker,
             "batch_size": a.batch_size, "genes": p.genes, "ki_level": p.ki_level, "fingerprint": fingerprint,
+            "fail_at": a.fail_at,
             "conditions": [{"name": c.name, "mode": c.mode, "motifs": list(c.motifs)} for c in p.conditions]}
     todo = []
     for it in items:

@@ -6,6 +6,7 @@ NFS file system), computes it into the shared disk cache, and marks it done."""
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,13 +26,45 @@ SHARED_TAG = "shared-"  # cache part files of the shared-embedding pass, which e
 SHARED_FILES = f"part-{SHARED_TAG}*.arrow"
 SHARED_WAIT_S = 600.0  # past this, a worker stops waiting for the shared slices and computes what it needs
 
+def _claimant() -> str:
+    return f"{socket.gethostname()} {os.getpid()}"
+
+
+def stale_claim(path: Path) -> bool:
+    """A claim whose worker process is gone (a worker killed mid-slice, on this host); claims of
+    other hosts count as live (their end shows as SHARED_WAIT_S passing)."""
+    try:
+        host, pid = path.read_text().split()
+    except (OSError, ValueError):
+        return False  # being written, or from an older run
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def claim_slice(work: Path, i: int) -> bool:
     """Take shared slice ``i`` for this worker: True for exactly one caller (an exclusive create,
-    atomic on a local or NFS file system), which then computes it."""
+    atomic on a local or NFS file system), which then computes it; a slice whose claimant died
+    without finishing it is taken over (two workers doing so at once compute the same entries)."""
+    path = work / "shared_claim" / f"slice-{i:05d}"
     try:
-        os.close(os.open(work / "shared_claim" / f"slice-{i:05d}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
-        return False
+        if (work / "shared_done" / path.name).exists() or not stale_claim(path):
+            return False
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(_claimant())
+        os.replace(tmp, path)
+        print(f"[atlas_grn] shared slice {i}: its worker died before finishing it; taken over", flush=True)
+        return True
+    with os.fdopen(fd, "w") as fh:
+        fh.write(_claimant())
     return True
 
 
@@ -66,6 +99,8 @@ def ensure_shared(w: AtlasWorker) -> int:
     computed = sum(embed_slice(w, i) for i in range(n) if claim_slice(w.work, i))
     t0 = time.perf_counter()
     while len(list((w.work / "shared_done").glob("slice-*"))) < n:
+        computed += sum(embed_slice(w, i) for i in range(n)  # a claimant died meanwhile: take its slice
+                        if not (w.work / "shared_done" / f"slice-{i:05d}").exists() and claim_slice(w.work, i))
         if time.perf_counter() - t0 > SHARED_WAIT_S:
             print(f"[atlas_grn] shared embeddings not all on disk after {SHARED_WAIT_S:.0f} s; this worker computes "
                   f"the ones it needs itself", flush=True)

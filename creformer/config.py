@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -210,6 +211,7 @@ class AnalysisConfig:
     batch_size: int = 64
     cells_per_partition: int = 16  # small partitions balance the workers and make resumes cheap
     cache: bool = True  # the frozen-Elementary embedding cache
+    fail_at: str = ""  # fault injection for tests: "shared:I" or "partition:I" kills the first worker starting that item
     seed: int = 0
 
 
@@ -401,6 +403,8 @@ def validate(cfg: Config) -> None:
     for name in ("workers", "threads_per_worker", "batch_size", "cells_per_partition", "high_attention_peaks", "top_k_tfs", "tss_region_bp"):
         if getattr(a, name) <= 0:
             raise ConfigError(f"analysis.{name}={getattr(a, name)} must be positive")
+    if a.fail_at and not re.fullmatch(r"(shared|partition):\d+", a.fail_at):
+        raise ConfigError(f"analysis.fail_at={a.fail_at!r} must be 'shared:I' or 'partition:I' (or empty)")
     if a.perturb not in ("expressed", "all"):
         raise ConfigError(f"analysis.perturb={a.perturb!r} must be 'expressed' (TFs with a gene in the atlas) or 'all'")
     if not 0.0 < a.motif_threshold <= 1.0:

@@ -203,3 +203,27 @@ def test_celloracle_loads_the_base_grn_and_simulates_a_knockout(h5ad_run):
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["base_grn_rows"] > 0 and got["tfs_in_base_grn"] > 0 and got["links_clusters"] and got["delta_abs_sum"] > 0
+
+
+def test_atlas_grn_survives_a_worker_killed_mid_run(trained, sim_tiny, tmp_path, ray_local):
+    """A worker process dies (os._exit, as with a lost node) when it starts partition 1, after the
+    shared embeddings; Ray Data restarts it and retries the partition. Every partition is written
+    once and the scores equal a clean run's."""
+    from creformer.analysis.partitions import load_partitions
+
+    tmp, el, rg = trained
+    clean, faulty = tmp_path / "clean", tmp_path / "faulty"
+    atlas_grn(tiny_config(*args(sim_tiny, tmp, el, rg, clean)))
+    res = atlas_grn(tiny_config(*args(sim_tiny, tmp, el, rg, faulty, "analysis.fail_at=partition:1")))
+    assert (faulty / "work" / "fault-partition-1").exists()  # the fault did happen
+    n = res.stats["partitions"]
+    for sub, suffix in (("done", ".json"), ("scores", ".parquet")):
+        names = sorted(f.name for f in (faulty / "partitions" / sub).glob("part-*"))
+        assert names == [f"part-{i:05d}{suffix}" for i in range(n)], (sub, names)
+    (s0, p0), (s1, p1) = load_partitions(clean), load_partitions(faulty)
+    assert s0.select("cell_id", "gene_id").equals(s1.select("cell_id", "gene_id"))
+    assert np.allclose(s0["pred"].to_numpy(), s1["pred"].to_numpy(), atol=1e-5)
+    key = ["cell_id", "gene_id", "condition", "mode"]
+    assert np.allclose(p0.sort(key)["pred"].to_numpy(), p1.sort(key)["pred"].to_numpy(), atol=1e-5)
+    assert json.loads((clean / "scorecard.json").read_text())["knockout"]["model"] == \
+        pytest.approx(json.loads((faulty / "scorecard.json").read_text())["knockout"]["model"])

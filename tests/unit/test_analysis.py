@@ -1,6 +1,9 @@
 """Each zero-shot analysis on hand-made inputs with hand-computed answers."""
 
 import math
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import polars as pl
@@ -478,3 +481,20 @@ def test_each_shared_slice_is_computed_once_and_a_first_partition_waits_for_all(
     assert atlas.embed_shared(w, {"kind": "shared", "slice": 2})["cache_misses"] == 0 and len(computed) == 4
     w.slices = []  # cache off, or nothing left to run: nothing to compute or wait for
     assert atlas.ensure_shared(w) == 0 and len(computed) == 4
+
+
+def test_a_dead_workers_shared_slice_claim_is_taken_over(tmp_path):
+    from creformer.analysis.shared_slices import claim_slice, stale_claim
+
+    for sub in ("shared_claim", "shared_done"):
+        (tmp_path / sub).mkdir()
+    assert claim_slice(tmp_path, 0) and not claim_slice(tmp_path, 0)  # ours, alive: one claimant
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    claim = tmp_path / "shared_claim" / "slice-00001"
+    claim.write_text(f"{socket.gethostname()} {int(dead.stdout)}")  # a claimant that has exited
+    assert stale_claim(claim) and claim_slice(tmp_path, 1) and not stale_claim(claim)
+    (tmp_path / "shared_done" / "slice-00002").touch()
+    (tmp_path / "shared_claim" / "slice-00002").write_text(f"{socket.gethostname()} {int(dead.stdout)}")
+    assert not claim_slice(tmp_path, 2)  # finished before its claimant died: nothing to redo
+    (tmp_path / "shared_claim" / "slice-00003").write_text(f"another-host {int(dead.stdout)}")
+    assert not claim_slice(tmp_path, 3)  # other hosts' claims count as live
