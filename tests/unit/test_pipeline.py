@@ -3,8 +3,8 @@
 from pathlib import Path
 
 import pytest
-import ray
 
+from creformer import pipeline
 from creformer.cli import main as cli_main
 from creformer.config import load_config
 from creformer.pipeline import missing_inputs
@@ -23,11 +23,14 @@ def test_templates_are_valid_configs_and_name_what_to_edit(name):
         assert {"data.regulatory.fragments", "data.regulatory.peaks"} <= keys
 
 
-def test_run_names_every_missing_input_before_ray(tmp_path, capsys):
+def test_run_names_every_missing_input_before_ray(tmp_path, capsys, monkeypatch):
     (tmp_path / "g.fa").write_text(">chr1\nACGT\n")
+    started = []  # every stage (each starts Ray) is replaced by a recorder: none may run
+    for stage in ("prepare_regulatory", "prepare_elementary", "train_elementary", "train_regulatory", "atlas_grn"):
+        monkeypatch.setattr(pipeline, stage, lambda cfg, _s=stage: started.append(_s))
     code = cli_main(["run", "--config", "tiny", f"data.genome={tmp_path / 'g.fa'}", f"data.regulatory.multiome={tmp_path / 'rna.h5ad'}",
                      "train.regulatory.elementary_weights=/nope/model.safetensors"])
-    assert code != 0 and not ray.is_initialized()  # refused before any Ray start
+    assert code != 0 and started == []  # refused before any stage, so before any Ray start
     msg = capsys.readouterr().err
     assert "data.regulatory.multiome=" in msg and "does not exist" in msg
     assert "data.regulatory.annotation is not set" in msg and "analysis.motifs is not set" in msg
