@@ -111,6 +111,12 @@ def _strs(ds) -> np.ndarray:
     return np.array([x.decode() if isinstance(x, bytes) else str(x) for x in ds[()]], dtype=object)
 
 
+def _index(frame: h5py.Group) -> np.ndarray:
+    """An AnnData obs/var group's index: the column its "_index" attribute names ("_index" unless
+    the index had a name when written)."""
+    return _strs(frame[frame.attrs.get("_index", "_index")])
+
+
 def parse_intervals(names, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     chrom, start, end = [], [], []
     for i, name in enumerate(names):
@@ -200,10 +206,10 @@ def read_h5mu(path: str | Path, fragments: str | Path | None = None) -> Multiome
         try:
             rna_g, atac_g = f["mod/rna"], f["mod/atac"]
             rna = _anndata_counts(path, rna_g, f"{path}:mod/rna")
-            rna_cells, atac_cells = _strs(rna_g["obs/_index"]), _strs(atac_g["obs/_index"])
-            gene_names = _strs(rna_g["var/_index"])
+            rna_cells, atac_cells = _index(rna_g["obs"]), _index(atac_g["obs"])
+            gene_names = _index(rna_g["var"])
             gene_ids = _strs(rna_g["var/gene_ids"]) if "gene_ids" in rna_g["var"] else gene_names
-            peak_names = _strs(atac_g["var/_index"])
+            peak_names = _index(atac_g["var"])
             stored = atac_g.get("uns/files/fragments")
             stored_frag = stored[()].decode() if stored is not None and isinstance(stored[()], bytes) else None
             labels = _labels(rna_g["obs"]) if "obs" in rna_g else None
@@ -259,8 +265,8 @@ def read_h5ad(path: str | Path, fragments: str | Path | None, peaks: str | Path 
         try:
             group, where, var = _counts_source(path, f)
             rna = _anndata_counts(path, group, f"{path}:{where}")
-            barcodes = _strs(f["obs/_index"])
-            gene_names = _strs(var["_index"])
+            barcodes = _index(f["obs"])
+            gene_names = _index(var)
             id_col = next((k for k in ("gene_ids", "gene_id", "ensembl_id") if k in var), None)
             gene_ids = _strs(var[id_col]) if id_col else gene_names
             labels = _labels(f["obs"])

@@ -377,7 +377,8 @@ def test_h5ad_with_fragments_and_own_peaks_equals_the_arc_folder(tmp_path):
                                                min_cells_per_gene=1))
     counts = np.array(((5, 0, 1), (0, 3, 0), (2, 2, 0)), np.float32)
     adata = ad.AnnData(X=np.log1p(counts), obs=pd.DataFrame(index=BARCODES),
-                       var=pd.DataFrame({"gene_ids": ["GA", "GB", "GC"]}, index=["A", "B", "C"]), layers={"counts": counts})
+                       var=pd.DataFrame({"gene_ids": ["GA", "GB", "GC"]}, index=pd.Index(["A", "B", "C"], name="symbol")),
+                       layers={"counts": counts})  # a named index: AnnData stores it under that name
     adata.write_h5ad(tmp_path / "rna.h5ad")
     calls = [("chr1", 4800, 5000), ("chr1", 4950, 5200), ("chr1", 9000, 9200), ("chr1", 9200, 9400), ("chr1", 15000, 15300)]
     with gzip.open(tmp_path / "peaks.narrowPeak.gz", "wt") as fh:
