@@ -23,8 +23,11 @@ import polars as pl
 from scipy import sparse
 from sklearn.decomposition import PCA
 
+from .baselines import correlation
 from .features import GeneCellMatrices, peak_distance
+from .grn import correlation_scores
 from .inputs import TF, peak_regions
+from .transitions import umap_2d
 
 
 def regulatory_links(elements: pl.DataFrame, genes: pl.DataFrame, peaks: pl.DataFrame, tss_region_bp: int,
@@ -67,11 +70,8 @@ def region_gene_correlation(records: pl.DataFrame, pairs: pl.DataFrame) -> np.nd
         window = {int(p): j for j, p in enumerate(df["peak_ids"][0].to_list())}
         atac = np.stack(df["atac"].to_list()).astype(np.float64)
         y = df["expression"].to_numpy().astype(np.float64)
-        yc = y - y.mean()
-        for i, pid in wanted[int(gid)]:
-            x = atac[:, window[pid]] - atac[:, window[pid]].mean()
-            den = np.sqrt((x**2).sum() * (yc**2).sum())
-            out[i] = float(x @ yc / den) if den > 0 else 0.0
+        rows, pids = zip(*wanted[int(gid)])
+        out[list(rows)] = correlation(atac[:, [window[p] for p in pids]], y)
     return out
 
 
@@ -87,20 +87,17 @@ def scenicplus_eregulons(links: pl.DataFrame, bound: np.ndarray, tfs: list[TF], 
           .sort("_abs", descending=True).group_by("condition", "gene_id").first()
           .select(pl.col("condition").alias("TF"), "gene_id", pl.col("log2fc").alias("_ko")))
     col = {int(g): j for j, g in enumerate(mats.genes.tolist())}
-    x = mats.expression - mats.expression.mean(0)
-    sd = np.sqrt((x**2).sum(0))
+    tf_gene_r = correlation_scores(mats.expression, mats.genes, tfs)  # (genes, TFs)
     rows = []
     pid = links["peak_id"].to_numpy()
-    for tf in tfs:
+    for j, tf in enumerate(tfs):
         if tf.gene_id is None or tf.gene_id not in col:
             continue
         has = np.flatnonzero(bound[pid, tf.motif])
         if has.size == 0:
             continue
         sub = links[has.tolist()].with_columns(pl.lit(tf.name).alias("TF"))
-        tj = col[tf.gene_id]
-        rho = [float(x[:, col[g]] @ x[:, tj] / (sd[col[g]] * sd[tj])) if g in col and sd[col[g]] > 0 and sd[tj] > 0 else 0.0
-               for g in sub["gene_id"].to_list()]
+        rho = [float(tf_gene_r[col[g], j]) if g in col else 0.0 for g in sub["gene_id"].to_list()]
         rows.append(sub.with_columns(pl.Series("rho_TF2G", rho, pl.Float64)))
     schema_cols = ["Region_signature_name", "Gene_signature_name", "TF", "is_extended", "Region", "Gene", "importance_R2G",
                    "rho_R2G", "importance_x_rho", "importance_TF2G", "regulation", "rho_TF2G", "triplet_rank", "eRegulon_name"]
@@ -166,8 +163,7 @@ def write_mudata(mats: GeneCellMatrices, records: pl.DataFrame, cells: pl.DataFr
                      layers={"predicted": mats.predicted, "attention_feature": mats.attention_feature,
                              "gene_activity": mats.activity})
     atac, att = _peak_matrices(records, mats.cells, peaks.height)
-    pvar = peaks.select("peak_id", "chrom", "start", "end").to_pandas()
-    pvar.index = pd.Index([f"{c}:{s}-{e}" for c, s, e in zip(pvar["chrom"], pvar["start"], pvar["end"])], name="region")
+    pvar = peaks.select("peak_id", "chrom", "start", "end").join(peak_regions(peaks), on="peak_id").to_pandas().set_index("region")
     atac_ad = ad.AnnData(X=atac, obs=obs.copy(), var=pvar, layers={"attention": att})
     # mudata 0.4's behaviour (obs set here, not pulled from the modalities), without its FutureWarning
     with md.set_options(pull_on_update=False):
@@ -177,11 +173,8 @@ def write_mudata(mats: GeneCellMatrices, records: pl.DataFrame, cells: pl.DataFr
         z = PCA(n_components=n_comp, random_state=seed).fit_transform(mats.predicted.astype(np.float64))
         mdata.obsm["X_creformer"] = z
         rna.obsm["X_creformer"] = z
-        if z.shape[0] >= 10:
-            import umap  # here, not at the top: importing it compiles numba code for seconds
-
-            um = umap.UMAP(n_neighbors=min(15, z.shape[0] - 1), random_state=seed, n_jobs=1).fit_transform(z)
-        else:
+        um = umap_2d(z, seed)
+        if um is None:  # too few cells for UMAP: the first two components stand in
             um = np.pad(z[:, :2], ((0, 0), (0, max(0, 2 - z.shape[1]))))
         mdata.obsm["X_umap"] = um
         rna.obsm["X_umap"] = um

@@ -94,13 +94,16 @@ def ensure_shared(w: AtlasWorker) -> int:
     are computing. Ray Data does not keep the input order per actor (measured: an actor got
     partition 0 before the shared slice queued ahead of it), so waiting for slices another actor
     merely has queued could wait on itself; a taken slice is always being computed, so this wait
-    ends. Past SHARED_WAIT_S (a worker died mid-slice) the worker computes what it needs itself."""
+    ends; a claim whose worker died on this host is taken over at the next sweep. Past SHARED_WAIT_S
+    (a worker on another host died mid-slice) the worker computes what it needs itself."""
     n = len(w.slices)
-    computed = sum(embed_slice(w, i) for i in range(n) if claim_slice(w.work, i))
+    computed = 0
     t0 = time.perf_counter()
-    while len(list((w.work / "shared_done").glob("slice-*"))) < n:
-        computed += sum(embed_slice(w, i) for i in range(n)  # a claimant died meanwhile: take its slice
-                        if not (w.work / "shared_done" / f"slice-{i:05d}").exists() and claim_slice(w.work, i))
+    while True:
+        # untaken slices, and (on later sweeps) slices whose claimant died meanwhile: claim_slice decides
+        computed += sum(embed_slice(w, i) for i in range(n) if claim_slice(w.work, i))
+        if len(list((w.work / "shared_done").glob("slice-*"))) >= n:
+            break
         if time.perf_counter() - t0 > SHARED_WAIT_S:
             print(f"[atlas_grn] shared embeddings not all on disk after {SHARED_WAIT_S:.0f} s; this worker computes "
                   f"the ones it needs itself", flush=True)

@@ -49,12 +49,16 @@ def embed(source: np.ndarray, target: np.ndarray, perturbed: np.ndarray, seed: i
     n_comp = min(10, x.shape[1], len(source) + len(target) - 1)
     pca = PCA(n_components=max(2, n_comp), random_state=seed).fit(np.vstack([source, target]))
     z = pca.transform(x)
-    um = None
-    if len(x) >= 10:
-        import umap  # here, not at the top: importing it compiles numba code for seconds, and only this plot needs it
+    return Embedding(z[:, :2], umap_2d(z, seed), labels)
 
-        um = umap.UMAP(n_neighbors=min(15, len(x) - 1), random_state=seed, n_jobs=1).fit_transform(z)
-    return Embedding(z[:, :2], um, labels)
+
+def umap_2d(z: np.ndarray, seed: int = 0) -> np.ndarray | None:
+    """A 2-D UMAP of the rows of ``z`` (15 neighbours at most), None under 10 rows."""
+    if len(z) < 10:
+        return None
+    import umap  # here, not at the top: importing it compiles numba code for seconds, and only embeddings need it
+
+    return umap.UMAP(n_neighbors=min(15, len(z) - 1), random_state=seed, n_jobs=1).fit_transform(z)
 
 
 def plot(emb: Embedding, title: str, path: Path) -> Path:

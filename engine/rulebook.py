@@ -275,7 +275,7 @@ def make_rulebook(preset: str | SimPreset, seed: int = 0) -> Rulebook:
     # it does not regulate its own gene, whose mRNA therefore barely moves in the disease type while
     # its targets do. With autoregulation, disease-vs-normal DE ranked the driver first on every
     # preset (the therapeutic task was trivial for its baseline); without it, 2nd-7th (seeds 0-3).
-    driver_gene = next(i for i, g in enumerate(genes) if g.name == tfs[book.driver])
+    driver_gene = book._arrays()["tf_gene"][book.driver]
     stand_in = (book.driver + 1) % p.n_tfs
     for e in kept:
         if e.gene == driver_gene and e.tf == book.driver:

@@ -31,17 +31,6 @@ def test_peaks_merge_like_bedtools_merge(tmp_path):
     assert read_peaks(tmp_path / "three.bed").end.tolist() == [20]
 
 
-@pytest.mark.parametrize("text, message", [
-    ("chr1\t10\n", "line 1: a peak needs chrom, start and end"),
-    ("chr1\t20\t10\n", "line 1: interval chr1:20-10 is empty"),
-    ("# only a comment\n", "holds no peaks"),
-])
-def test_peak_file_errors(tmp_path, text, message):
-    (tmp_path / "p.bed").write_text(text)
-    with pytest.raises(InputError, match=message):
-        read_peaks(tmp_path / "p.bed")
-
-
 def _counts_from_meme(path: Path) -> list[tuple[str, str, np.ndarray]]:
     """JASPAR's MEME export is counts / column total; nsites= gives the total back."""
     text = path.read_text().splitlines()
@@ -86,16 +75,19 @@ def test_jaspar_metadata_table_names_motifs(tmp_path):
         read_motif_table(tmp_path / "bad.tsv")
 
 
-@pytest.mark.parametrize("text, message", [
-    (">MA1 X\nA [ 1 2 ]\nC [ 1 2 ]\nG [ 1 2 ]\n", "needs four count rows"),
-    (">MA1 X\nA [ 1 2 ]\nG [ 1 2 ]\nC [ 1 2 ]\nT [ 1 2 ]\n", "rows must be A, C, G, T"),
-    (">MA1 X\nA [ 0 2 ]\nC [ 0 2 ]\nG [ 0 2 ]\nT [ 0 2 ]\n", "all-zero column"),
-    ("MOTIF? nothing\n", "not a MEME, JASPAR or PFM"),
+@pytest.mark.parametrize("reader, name, text, message", [
+    (read_peaks, "p.bed", "chr1\t10\n", "line 1: a peak needs chrom, start and end"),
+    (read_peaks, "p.bed", "chr1\t20\t10\n", "line 1: interval chr1:20-10 is empty"),
+    (read_peaks, "p.bed", "# only a comment\n", "holds no peaks"),
+    (read_motifs, "m.jaspar", ">MA1 X\nA [ 1 2 ]\nC [ 1 2 ]\nG [ 1 2 ]\n", "needs four count rows"),
+    (read_motifs, "m.jaspar", ">MA1 X\nA [ 1 2 ]\nG [ 1 2 ]\nC [ 1 2 ]\nT [ 1 2 ]\n", "rows must be A, C, G, T"),
+    (read_motifs, "m.jaspar", ">MA1 X\nA [ 0 2 ]\nC [ 0 2 ]\nG [ 0 2 ]\nT [ 0 2 ]\n", "all-zero column"),
+    (read_motifs, "m.jaspar", "MOTIF? nothing\n", "not a MEME, JASPAR or PFM"),
 ])
-def test_jaspar_errors(tmp_path, text, message):
-    (tmp_path / "m.jaspar").write_text(text)
+def test_bad_peak_and_motif_files_say_where(tmp_path, reader, name, text, message):
+    (tmp_path / name).write_text(text)
     with pytest.raises(InputError, match=message):
-        read_motifs(tmp_path / "m.jaspar")
+        reader(tmp_path / name)
 
 
 def test_gff3_annotations_of_three_providers(tmp_path):
