@@ -42,7 +42,9 @@ case "$cmd" in
     env $off ray start --head --node-ip-address=127.0.0.2 --port="$port" --dashboard-host=127.0.0.1 \
       --dashboard-port="$dash" --ray-client-server-port="$client" --dashboard-agent-listen-port="$agent" \
       --num-cpus="${RAY_NUM_CPUS:-$(( $(nproc) + 1 ))}" --disable-usage-stats
-    readlink -f /tmp/ray/session_latest > "${CREFORMER_SESSION_FILE:-/tmp/creformer_ray_session}"
+    # written whole then renamed: a reader polling for the file never sees it empty
+    file="${CREFORMER_SESSION_FILE:-/tmp/creformer_ray_session}"
+    readlink -f /tmp/ray/session_latest > "$file.tmp.$$" && mv -f "$file.tmp.$$" "$file"
     echo "head at 127.0.0.2:$port; jobs: RAY_API_SERVER_ADDRESS=http://127.0.0.1:$dash"
     ;;
   add-node)

@@ -110,9 +110,12 @@ def test_script_head_stays_on_loopback(tmp_path):
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
-        while not (tmp_path / "session").exists() and tracer.poll() is None and time.time() < deadline:
+        recorded = tmp_path / "session"
+        while not (recorded.exists() and recorded.read_text().strip()) and tracer.poll() is None and time.time() < deadline:
             time.sleep(0.5)
-        session = Path((tmp_path / "session").read_text().strip())
+        assert recorded.exists() and recorded.read_text().strip(), \
+            f"`start` recorded no session folder: {tracer.stderr.read()[-2000:] if tracer.poll() is not None else 'timed out'}"
+        session = Path(recorded.read_text().strip())
         _wait_usage_module(session / "logs")
     finally:
         stopped = Cluster(env, dash).script("stop", timeout=120)
