@@ -5,14 +5,19 @@
 
 Every container of every pod template (head and worker groups) gets the image; the rest of each
 manifest is copied unchanged. The manifests in this folder name ghcr.io/creformer/creformer:latest.
+Each rendered manifest is checked against the RayJob schema (rayjob_schema.py) before it is written.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import rayjob_schema  # noqa: E402  (a sibling file: this folder is not a package)
 
 HERE = Path(__file__).resolve().parent
 JOBS = ("train_elementary", "train_regulatory", "atlas_grn")
@@ -38,6 +43,7 @@ def render(image: str, out: Path) -> list[Path]:
         src = HERE / f"{job}.yaml"
         header = "".join(line for line in src.read_text().splitlines(keepends=True) if line.startswith("#"))
         doc = with_image(yaml.safe_load(src.read_text()), image)
+        rayjob_schema.validate(doc)
         dst = out / f"{job}.yaml"
         dst.write_text(header + yaml.safe_dump(doc, sort_keys=False))
         written.append(dst)

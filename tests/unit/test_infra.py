@@ -1,4 +1,4 @@
-"""KubeRay RayJob manifests (their RayJob fields, their pod templates against the Kubernetes schema, the
+"""KubeRay RayJob manifests (their RayJob fields against the RayJob schema, their pod templates against the Kubernetes schema, the
 image renderer) and the Dockerfile's accelerator check."""
 
 import importlib.util
@@ -13,6 +13,7 @@ JOBS = ["train_elementary", "train_regulatory", "atlas_grn"]
 _spec = importlib.util.spec_from_file_location("render", INFRA / "kuberay" / "render.py")
 render = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(render)
+rayjob_schema = render.rayjob_schema
 
 
 @pytest.mark.parametrize("job", JOBS)
@@ -39,6 +40,28 @@ def test_rayjob_manifest(job):
         assert "/mnt/shared" in spec["entrypoint"]  # checkpoints and exports on the shared volume
 
 
+@pytest.mark.parametrize("job", JOBS)
+def test_rayjob_fields_pass_the_rayjob_schema(job):
+    import jsonschema
+
+    doc = yaml.safe_load((INFRA / "kuberay" / f"{job}.yaml").read_text())
+    rayjob_schema.validate(doc)
+    # what the operator would refuse or silently drop: a typo, a wrong type, a missing required field
+    for mutate, where in [
+        (lambda d: d["spec"].update(shutdownAfterJobFinish=True), "shutdownAfterJobFinish"),
+        (lambda d: d["spec"].update(ttlSecondsAfterFinished="600"), "ttlSecondsAfterFinished"),
+        (lambda d: d["spec"]["rayClusterSpec"]["workerGroupSpecs"][0].pop("groupName"), "groupName"),
+        (lambda d: d["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"].update({"num-cpus": 4}), "num-cpus"),
+        (lambda d: d["spec"].update(submissionMode="K8sMode"), "K8sMode"),
+        (lambda d: d["metadata"].update(name="Creformer_Job"), "Creformer_Job"),
+    ]:
+        bad = yaml.safe_load((INFRA / "kuberay" / f"{job}.yaml").read_text())
+        mutate(bad)
+        with pytest.raises(jsonschema.ValidationError) as err:
+            rayjob_schema.validate(bad)
+        assert where in str(err.value)
+
+
 def _pod_template_resource(template: dict, name: str) -> dict:
     """A RayJob's pod template as the Kubernetes PodTemplate object it is, for the official schema."""
     return {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name}, "template": template}
@@ -47,7 +70,7 @@ def _pod_template_resource(template: dict, name: str) -> dict:
 def _validate_pods(doc: dict) -> int:
     """Every pod template of a RayJob against Kubernetes' own (strict) OpenAPI schema: unknown
     container fields, wrong resource quantities, malformed volumes are errors. The RayJob fields
-    around them are the shape test above (the KubeRay CRD schema is not available offline here)."""
+    around them are checked by rayjob_schema (test above)."""
     utils = pytest.importorskip("kubernetes_validate.utils", reason="kubernetes-validate is a test extra (pip install -e .[test])")
     templates = render.pod_templates(doc)
     for i, template in enumerate(templates):
