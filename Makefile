@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export DS_ACCELERATOR ?= cpu
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-fast install clean-demo bench results image
+.PHONY: demo test test-fast install clean-demo bench results science image
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,12 @@ test-fast: $(STAMP)
 # docs/results.md from the demo's scorecard.json and eval.json and the benchmarks' JSON.
 results: $(STAMP)
 	$(BIN)/python docs/make_results.py --demo runs/demo --out docs/results.md
+
+# The science benchmark (benchmarks/science.py: 3 seeds of the whole path, larger budget than the
+# demo's), then the results page from its JSON.
+science: $(STAMP)
+	$(BIN)/python benchmarks/science.py --out runs/science
+	$(BIN)/python docs/make_results.py --demo runs/demo --science runs/science/science.json --out docs/results.md
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/elementary_shards.py

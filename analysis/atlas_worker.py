@@ -59,7 +59,8 @@ class AtlasWorker:
         self.signal: tuple[Path, Any] | None = None  # the last signal block (partitions come in cell order)
         self.cache = EmbeddingCache(self.models.elementary, self.tables.peak_dna, n_tracks=self.models.cfg.n_tracks,
                                     capacity=200_000 if plan["cache"] else 0,
-                                    disk_dir=plan["cache_dir"] if plan["cache"] else None, index=SHARED_FILES)
+                                    disk_dir=plan["cache_dir"] if plan["cache"] else None, index=SHARED_FILES,
+                                    store_dir=plan.get("store_dir"))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         stats = []
@@ -112,6 +113,7 @@ def run_partition(w: AtlasWorker, part: dict[str, Any]) -> dict[str, Any]:
     conds = [(c["name"], c["mode"], bound_peaks(w.bound, tuple(c["motifs"]))) for c in w.plan["conditions"]]
     scores, perturbed = [], []
     hits0, miss0 = w.cache.hits, w.cache.misses
+    observed = 0  # Elementary forwards of the cells' own signal (what training saw; 0 with a store)
     bs = w.plan["batch_size"]
     with torch.no_grad():
         for rb in table.to_batches(max_chunksize=bs):
@@ -120,7 +122,9 @@ def run_partition(w: AtlasWorker, part: dict[str, Any]) -> dict[str, Any]:
                        "expression": cols["expression"].to_numpy(), "peak_ids": split_list(cols["peak_ids"]),
                        "tss_rank": split_list(cols["tss_rank"])}
             joined = join_samples(samples, None, signal, w.tables.peak_m)
+            f0 = w.cache.forwards
             res = score_batch(w.models.head, w.cache, joined, w.values)
+            observed += w.cache.forwards - f0
             p = res["width"]
             n_real = joined["mask"].sum(1)
             scores.append(pl.DataFrame({
@@ -146,7 +150,7 @@ def run_partition(w: AtlasWorker, part: dict[str, Any]) -> dict[str, Any]:
     _atomic_parquet(pt, out / "partitions" / "perturb" / f"part-{idx:05d}.parquet")
     secs = time.perf_counter() - t0
     done = {"fingerprint": w.plan["fingerprint"], "samples": sc.height, "perturbed": pt.height, "seconds": secs,
-            "cache_hits": w.cache.hits - hits0, "cache_misses": w.cache.misses - miss0 + shared,
+            "cache_hits": w.cache.hits - hits0, "cache_misses": w.cache.misses - miss0 + shared, "observed_forwards": observed,
             "threads": {"torch": torch.get_num_threads(), "polars": pl.thread_pool_size(), "arrow": pa.cpu_count()}}
     marker = out / "partitions" / "done" / f"part-{idx:05d}.json"
     atomic_write_json(marker, done)  # written last: the partition counts as finished only now

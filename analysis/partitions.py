@@ -17,6 +17,7 @@ import ray.data
 from tqdm import tqdm
 
 from creformer.engine.shards import content_hash
+from creformer.trainer.embedding_store import find_store, store_root
 
 from . import inputs
 from .atlas_worker import PERTURB_SCHEMA, SCORE_SCHEMA, AtlasWorker, worker_env
@@ -42,6 +43,7 @@ def run_partitions(p: Prepared, config_path: Path) -> dict[str, Any]:
             "elementary_weights": str(Path(p.elementary_weights).resolve()),
             "regulatory_weights": str(Path(p.regulatory_weights).resolve()), "out": str(out.resolve()),
             "cache": a.cache, "cache_dir": str((out / "embedding_cache").resolve()), "threads": a.threads_per_worker,
+            "store_dir": str(store_root(p.cfg).resolve()) if a.cache and find_store(p.cfg, p.tables.manifest, p.elementary_weights) else None,
             "batch_size": a.batch_size, "genes": p.genes, "ki_level": p.ki_level, "fingerprint": fingerprint,
             "fail_at": a.fail_at,
             "conditions": [{"name": c.name, "mode": c.mode, "motifs": list(c.motifs)} for c in p.conditions]}
@@ -67,7 +69,8 @@ def run_partitions(p: Prepared, config_path: Path) -> dict[str, Any]:
             if int(f.name[5:10]) >= len(items):
                 f.unlink()
     stats = {"partitions": len(items), "reused": len(items) - len(todo), "samples": 0, "seconds": 0.0,
-             "cache_hits": 0, "cache_misses": 0, "timeline": []}  # timeline: (seconds, samples) per finished partition
+             "cache_hits": 0, "cache_misses": 0, "observed_forwards": 0, "store": plan["store_dir"],
+             "timeline": []}  # timeline: (seconds, samples) per finished partition
     t0 = time.perf_counter()
     if todo:
         run = [{"kind": "shared", "slice": s["slice"]} for s in shared] + todo
@@ -81,6 +84,7 @@ def run_partitions(p: Prepared, config_path: Path) -> dict[str, Any]:
                 stats["samples"] += int(row["samples"])
                 stats["cache_hits"] += int(row["cache_hits"])
                 stats["cache_misses"] += int(row["cache_misses"])
+                stats["observed_forwards"] += int(row["observed_forwards"])
                 if int(row["index"]) >= 0:
                     stats["timeline"].append((time.perf_counter() - t0, int(row["samples"])))
                 bar.update(1)

@@ -85,7 +85,8 @@ def embed_shared(w: AtlasWorker, item: dict[str, Any]) -> dict[str, Any]:
     """A shared-slice work item: computes the slice unless a worker already took it."""
     t0 = time.perf_counter()
     n = embed_slice(w, item["slice"]) if claim_slice(w.work, item["slice"]) else 0
-    return {"index": -1, "samples": 0, "perturbed": 0, "seconds": time.perf_counter() - t0, "cache_hits": 0, "cache_misses": n}
+    return {"index": -1, "samples": 0, "perturbed": 0, "seconds": time.perf_counter() - t0, "cache_hits": 0, "cache_misses": n,
+            "observed_forwards": 0}
 
 
 def ensure_shared(w: AtlasWorker) -> int:

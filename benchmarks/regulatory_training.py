@@ -1,4 +1,5 @@
-"""train_regulatory throughput: the packed sample stream against the dense one, ratios in one run.
+"""train_regulatory throughput, ratios in one run: the packed sample stream against the dense one
+(--what stream), or a warm embedding store against the online cache (--what store).
 
 Runs the real Ray Train + DeepSpeed ZeRO-3 Regulatory training (2 workers, frozen Elementary behind
 the embedding cache) for --steps steps on the same shards, three ways:
@@ -9,6 +10,13 @@ the embedding cache) for --steps steps on the same shards, three ways:
 3. packed stream, ``--threads`` torch threads per worker (the demo preset's train.torch_threads).
 Reported per run: steady tokens/s (the mean of the logged rates after the first --warm steps),
 wall time, and each rate over run 1's. Throughput does not depend on how well the model trains.
+
+--what store: packed stream, --threads torch threads, the same batches in both runs:
+1. online cache: each worker embeds the (cell, peak) pairs it meets, cached for the run (a cold start,
+   as every train_regulatory run had before the store);
+2. warm store: `prepare embeddings` has written every pair (its build time is reported, not counted).
+Steps are the same batches, so the tokens/s ratio is the steps/s ratio. Also reported: the Elementary
+forwards each run made (the store's should be 0).
 
 Inputs: the demo's Regulatory shards and Elementary weights (`make demo` builds them).
 
@@ -29,7 +37,8 @@ from pathlib import Path
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
-def run(name: str, work: Path, shards: Path, elementary: Path, steps: int, batch: int, packed: bool, threads: int) -> dict:
+def run(name: str, work: Path, shards: Path, elementary: Path, steps: int, batch: int, packed: bool, threads: int,
+        store: Path | None = None) -> dict:
     from creformer.config import load_config
     from creformer.engine.regulatory_batches import expression_mean
     from creformer.engine.regulatory_stream import regulatory_dataset
@@ -46,8 +55,9 @@ def run(name: str, work: Path, shards: Path, elementary: Path, steps: int, batch
     ds = regulatory_dataset(man, batch_size=batch, with_dna=False, packed=packed,
                             holdout=(cfg.train.regulatory.holdout_cells, cfg.train.seed, "train"), shuffle_seed=cfg.train.seed)
     context = {"elementary_weights": str(elementary), "regulatory_root": str(man.root.resolve()),
-               "cache_dir": str((storage / "embedding_cache").resolve()), "expression_mean": expression_mean(man.root),
-               "signal_scale": signal_scale(cfg, man, elementary)}
+               "cache_dir": None if store else str((storage / "embedding_cache").resolve()),
+               "store_dir": str(store.parent) if store else None, "expression_mean": expression_mean(man.root),
+               "signal_scale": signal_scale(cfg, man, elementary, store)}
     t0 = time.perf_counter()
     run_training(cfg, "regulatory", ds, context)
     wall = time.perf_counter() - t0
@@ -70,7 +80,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--warm", type=int, default=40, help="logged rates up to this step are left out (start-up)")
     ap.add_argument("--batch", type=int, default=32, help="samples per worker step (the demo's)")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads per worker in run 3")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads per worker in run 3 (and in --what store)")
+    ap.add_argument("--what", choices=["stream", "store"], default="stream")
     args = ap.parse_args()
     shards, elementary = Path(args.shards).resolve(), Path(args.elementary).resolve()
     if not (shards / "manifest.json").exists() or not elementary.exists():
@@ -85,6 +96,8 @@ def main() -> None:
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
+    if args.what == "store":
+        return compare_store(args, work, shards, elementary)
     plan = [("dense_1_thread", False, 1), ("packed_1_thread", True, 1), (f"packed_{args.threads}_threads", True, args.threads)]
     runs = {name: run(name, work, shards, elementary, args.steps, args.batch, packed, threads) for name, packed, threads in plan}
     base = steady(runs["dense_1_thread"]["rows"], args.warm)
@@ -93,6 +106,29 @@ def main() -> None:
                               "over_dense_1_thread": round(steady(r["rows"], args.warm) / base, 3)} for name, r in runs.items()}}
     print(json.dumps(result, indent=1))
     (work / "result.json").write_text(json.dumps(result, indent=1))
+
+
+def compare_store(args: argparse.Namespace, work: Path, shards: Path, elementary: Path) -> None:
+    from creformer.config import load_config
+    from creformer.trainer.embedding_store import prepare_embeddings
+
+    cfg = load_config("demo", [f"data.regulatory.shards={shards}"])
+    t0 = time.perf_counter()
+    store = prepare_embeddings(cfg, elementary, force=True)  # reused when `prepare embeddings` wrote it before
+    build_s = time.perf_counter() - t0
+    manifest = json.loads((store / "manifest.json").read_text())
+    runs = {"online_cache": run("online_cache", work, shards, elementary, args.steps, args.batch, True, args.threads),
+            "warm_store": run("warm_store", work, shards, elementary, args.steps, args.batch, True, args.threads, store)}
+    base = steady(runs["online_cache"]["rows"], args.warm)
+    result = {"cpu_cores": os.cpu_count(), "steps": args.steps, "samples_per_worker_step": args.batch,
+              "torch_threads": args.threads,
+              "store": {"pairs": manifest["pairs"], "bytes": manifest["bytes"], "build_s": manifest["seconds"],
+                        "this_call_s": round(build_s, 1)},
+              "runs": {name: {"steady_tokens_per_s": round(steady(r["rows"], args.warm)), "wall_s": round(r["wall_s"], 1),
+                              "elementary_forwards_rank0": r["rows"][-1].get("elementary_forwards"),
+                              "over_online_cache": round(steady(r["rows"], args.warm) / base, 3)} for name, r in runs.items()}}
+    print(json.dumps(result, indent=1))
+    (work / "result_store.json").write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -72,6 +72,18 @@ def cmd_prepare_regulatory(args: argparse.Namespace) -> None:
                  f"{man['bytes'] / max(1, man['records']):.0f} bytes/sample; {c['cell_peak_pairs']:,} non-empty cell x peak pairs")
 
 
+def cmd_prepare_embeddings(args: argparse.Namespace) -> None:
+    from .trainer.embedding_store import prepare_embeddings
+    from .trainer.jobs import check_elementary_weights, elementary_weights
+
+    cfg = _config(args, {"train.regulatory.elementary_weights": args.weights, "data.regulatory.shards": args.shards,
+                         "data.embeddings.store": args.out})
+    weights = elementary_weights(cfg)
+    check_elementary_weights(cfg, weights)
+    folder = prepare_embeddings(cfg, weights, force=args.force)
+    print(f"embedding store: {folder}" if folder else "no store written: train_regulatory and atlas_grn use the online cache")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from .trainer.jobs import train_elementary, train_regulatory
 
@@ -182,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-missing-sequence", action="store_true",
                    help="keep peaks the genome lacks, with [N] tokens (data.regulatory.allow_missing_sequence=true)")
     p.add_argument("--overwrite", action="store_true", help="replace a shard set built from other inputs")
+
+    p = add("embeddings", "frozen Elementary outputs for every (peak, cell signal) pair of the Regulatory shards, "
+            "once per weights (Ray Data); train_regulatory runs it when the store is missing", cmd_prepare_embeddings, prep)
+    p.add_argument("--weights", help="Elementary safetensors (train.regulatory.elementary_weights)")
+    p.add_argument("--shards", help="Regulatory shard folder (data.regulatory.shards)")
+    p.add_argument("--out", help="store folder (data.embeddings.store; default <shards>/embeddings)")
+    p.add_argument("--force", action="store_true", help="write the store even beyond data.embeddings.budget_gb")
 
     train = sub.add_parser("train", help="Ray Train + DeepSpeed ZeRO-3 training jobs").add_subparsers(dest="stage", required=True)
     add("elementary", "masked DNA + track pretraining of the Elementary model (train_elementary)", cmd_train, train)

@@ -58,6 +58,20 @@ REGULATORY_INPUT_KEYS = ("multiome", "fragments", "peaks", "annotation", "shards
 
 
 @dataclass
+class EmbeddingsConfig:
+    """`prepare embeddings`: the frozen Elementary's output for every (peak, cell signal) pair of the
+    Regulatory shards, written once per Elementary weights (trainer/embedding_store.py)."""
+
+    # "auto": write the store when its estimated size fits budget_gb, else keep the online cache;
+    # "store": always write it; "online": never (each job embeds what it meets, cached per run)
+    mode: str = "auto"
+    store: str = ""  # folder (default: <data.regulatory.shards>/embeddings); one subfolder per weights hash
+    budget_gb: float = 16.0
+    workers: int = 2  # Ray Data actors embedding, one CPU (or GPU with train.use_gpu) each
+    pairs_per_part: int = 16384  # (peak, signal) pairs per Arrow part: the unit of work and of resume
+
+
+@dataclass
 class DataConfig:
     genome: str = ""  # FASTA (plain, gzip or bgzip), for both shard sets
     samples: str = ""  # samples.tsv: sample, assay, path
@@ -71,6 +85,7 @@ class DataConfig:
     seed: int = 0
     executor: str = "ray"  # "ray" (Ray Data tasks) or "local" (one process, for debugging)
     regulatory: RegulatoryDataConfig = field(default_factory=RegulatoryDataConfig)
+    embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)
 
 
 @dataclass
@@ -399,6 +414,11 @@ def validate(cfg: Config) -> None:
     if not 0 <= cfg.train.regulatory.holdout_cells < 1:
         raise ConfigError(f"train.regulatory.holdout_cells={cfg.train.regulatory.holdout_cells} must be in [0, 1) "
                           "(the fraction of cells held out)")
+    e = cfg.data.embeddings
+    if e.mode not in ("auto", "store", "online"):
+        raise ConfigError(f"data.embeddings.mode={e.mode!r} must be 'auto' (a store within budget_gb), 'store' or 'online'")
+    if e.budget_gb < 0 or e.workers <= 0 or e.pairs_per_part <= 0:
+        raise ConfigError("data.embeddings.budget_gb must be >= 0, and data.embeddings.workers and pairs_per_part positive")
     a = cfg.analysis
     for name in ("workers", "threads_per_worker", "batch_size", "cells_per_partition", "high_attention_peaks", "top_k_tfs", "tss_region_bp"):
         if getattr(a, name) <= 0:

@@ -149,7 +149,7 @@ def run(out: Path, config: str = "demo", overrides: tuple[str, ...] = (), data_d
                    time.perf_counter() - t))
     t = time.perf_counter()
     rg = train_regulatory(cfg)  # reads the Elementary export where train_elementary wrote it
-    stages.append(("train_regulatory", f"frozen Elementary behind the embedding cache -> {rg.weights}", time.perf_counter() - t))
+    stages.append(("train_regulatory", f"frozen Elementary via the embedding store or cache ({cfg.data.embeddings.mode}) -> {rg.weights}", time.perf_counter() - t))
     t = time.perf_counter()
     atlas = atlas_grn(cfg)
     card = atlas.scorecard

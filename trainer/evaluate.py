@@ -69,14 +69,14 @@ def gene_means(manifest: Path, fraction: float, seed: int) -> tuple[np.ndarray, 
 
 
 def predict_holdout(cfg: Config, manifest: Path, elementary_weights: Path, head_weights: Path,
-                    max_samples: int) -> dict[str, np.ndarray]:
+                    max_samples: int, store: Path | None = None) -> dict[str, np.ndarray]:
     """Predicted and measured expression of up to ``max_samples`` held-out samples, cells taken in
     training's shuffled order (from all over the atlas, each with all its genes)."""
     man = Manifest(manifest)
     head = RegulatoryHead(cfg.model, cfg.data.regulatory.peak_m)
     head.load_state_dict(load_file(str(head_weights)))
     head.eval()
-    cache = frozen_cache(cfg.model, elementary_weights, man.root)
+    cache = frozen_cache(cfg.model, elementary_weights, man.root, store_dir=store.parent if store else None)
     out: dict[str, list[np.ndarray]] = {"cell_id": [], "gene_id": [], "pred": [], "expression": []}
     n = 0
     holdout = (cfg.train.regulatory.holdout_cells, cfg.train.seed, "holdout")
@@ -99,11 +99,12 @@ def predict_holdout(cfg: Config, manifest: Path, elementary_weights: Path, head_
     return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
 
 
-def evaluate_holdout(cfg: Config, manifest: Path, elementary_weights: Path, head_weights: Path, out: Path) -> dict[str, Any]:
+def evaluate_holdout(cfg: Config, manifest: Path, elementary_weights: Path, head_weights: Path, out: Path,
+                     store: Path | None = None) -> dict[str, Any]:
     """Score the held-out cells and write ``out`` (eval.json)."""
     if cfg.train.regulatory.holdout_cells <= 0 or cfg.train.regulatory.eval_samples <= 0:
         return {}
-    res = predict_holdout(cfg, manifest, elementary_weights, head_weights, cfg.train.regulatory.eval_samples)
+    res = predict_holdout(cfg, manifest, elementary_weights, head_weights, cfg.train.regulatory.eval_samples, store)
     if res["pred"].size == 0:
         raise RuntimeError(f"no held-out sample in {manifest} (train.regulatory.holdout_cells={cfg.train.regulatory.holdout_cells}); "
                            "raise the fraction or use an atlas with more cells")

@@ -31,6 +31,7 @@ from creformer.engine.shards import Manifest
 from creformer.ray_utils import ensure_ray
 
 from .checkpoint import export_weights, latest_checkpoint, plot_losses
+from .embedding_store import prepare_embeddings
 from .evaluate import evaluate_elementary, evaluate_holdout
 from .loop import train_loop_per_worker
 from .model import Elementary
@@ -167,19 +168,23 @@ def train_regulatory(cfg: Config) -> TrainResult:
     ds = regulatory_dataset(manifest, batch_size=st.micro_batch, with_dna=False, packed=True, holdout=holdout,
                             shuffle_seed=cfg.train.seed)
     run_dir = cfg.train.run_dir("regulatory")
+    # the embedding store (every pair computed once, for every epoch and for atlas_grn) when
+    # data.embeddings says so; else each worker's online cache under the run folder
+    store = prepare_embeddings(cfg, weights)
     context = {"elementary_weights": str(weights.resolve()), "regulatory_root": str(man.root.resolve()),
-               "cache_dir": str((run_dir / "embedding_cache").resolve()),
-               "expression_mean": expression_mean(man.root), "signal_scale": signal_scale(cfg, man, weights)}
+               "cache_dir": None if store else str((run_dir / "embedding_cache").resolve()),
+               "store_dir": str(store.parent.resolve()) if store else None,
+               "expression_mean": expression_mean(man.root), "signal_scale": signal_scale(cfg, man, weights, store)}
     export = run_training(cfg, "regulatory", ds, context)
-    metrics = evaluate_holdout(cfg, manifest, weights, export, run_dir / "eval.json")
+    metrics = evaluate_holdout(cfg, manifest, weights, export, run_dir / "eval.json", store=store)
     return TrainResult(export, run_dir, metrics)
 
 
-def signal_scale(cfg: Config, man: Manifest, weights: Path, samples: int = 64) -> float:
+def signal_scale(cfg: Config, man: Manifest, weights: Path, store: Path | None = None, samples: int = 64) -> float:
     """1 / RMS of the cell-signal difference of peak embeddings (``measure_signal_scale``),
     measured on the first ``samples`` training samples in training's order: every worker starts
     from the same value, and it is exported with the weights."""
-    cache = frozen_cache(cfg.model, weights, man.root)
+    cache = frozen_cache(cfg.model, weights, man.root, store_dir=store.parent if store else None)
     st = cfg.train.regulatory
     holdout = (st.holdout_cells, cfg.train.seed, "train") if st.holdout_cells > 0 else None
     batch = next(iter_regulatory_batches(man, batch_size=samples, holdout=holdout, shuffle_seed=cfg.train.seed))

@@ -81,7 +81,7 @@ class RegulatoryStage:
         self.collate_fn = UnpackCollate()
         # The frozen Elementary stays outside the ZeRO-3 engine (whole on every worker), behind the cache.
         self.cache = frozen_cache(cfg.model, context["elementary_weights"], context["regulatory_root"],
-                                  disk_dir=context.get("cache_dir"))
+                                  disk_dir=context.get("cache_dir"), store_dir=context.get("store_dir"))
         self.model = RegulatoryHead(cfg.model, cfg.data.regulatory.peak_m)
         # Start predicting the data's mean level (measured once by the driver): log expression sits
         # around 5-7, and an output bias moving lr per step under Adam would otherwise take thousands
@@ -97,7 +97,8 @@ class RegulatoryStage:
         pred = engine(bins, batch["tss_rank"], batch["mask"])
         loss = torch.nn.functional.mse_loss(pred, batch["expression"].float())
         stats = self.cache.stats()
-        return loss, {"loss_mse": float(loss.detach()), "cache_hit_rate": stats["hit_rate"]}
+        return loss, {"loss_mse": float(loss.detach()), "cache_hit_rate": stats["hit_rate"],
+                      "elementary_forwards": stats["forwards"]}
 
     def tokens(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch["mask"].sum()) * self.cfg.model.peak_bp

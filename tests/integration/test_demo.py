@@ -1,17 +1,37 @@
+import importlib.util
 import json
 import re
+from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[2]
 
-def test_demo_runs_end_to_end_on_tiny(tmp_path, ray_local, shared_data_or_none):
-    """The demo's whole path on the tiny preset (few steps): report + scorecard, every plot present."""
-    from creformer.demo import run
 
-    out = tmp_path / "demo"
-    report = run(out, config="tiny", overrides=("data.shard_size_mb=2", "analysis.cells_per_group=8",
-                                                "analysis.min_cells_per_group=8", "train.elementary.max_steps=10",
-                                                "train.regulatory.max_steps=10"), data_dir=shared_data_or_none)
+def test_science_smoke_runs_the_demo_path_end_to_end_on_tiny(tmp_path, ray_local, shared_data_or_none):
+    """benchmarks/science.py on the tiny preset, one seed, few steps: the demo's whole path (report +
+    scorecard, every plot present, the embedding store built and read) and science.json."""
+    spec = importlib.util.spec_from_file_location("science", REPO / "benchmarks" / "science.py")
+    science = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(science)
+
+    result = science.run_science(tmp_path, "tiny", [0], ("data.shard_size_mb=2", "analysis.cells_per_group=8",
+                                                         "analysis.min_cells_per_group=8", "train.elementary.max_steps=10",
+                                                         "train.regulatory.max_steps=10"), data_dir=shared_data_or_none)
+    sci = json.loads((tmp_path / "science.json").read_text())
+    assert sci == json.loads(json.dumps(result)) and sci["seeds"] == [0]
+    assert {"master_tfs", "grn", "enhancer_gene", "knockout", "knock_in"} <= set(sci["tasks"])
+    for t in sci["tasks"].values():
+        assert t["model"]["n"] == 1 and t["best_baseline"]["name"] in t["baselines"]
+        assert t["margin"]["mean"] == pytest.approx(t["model"]["mean"] - t["per_seed"]["0"]["best_baseline"]["value"])
+    assert sci["heldout_expression"]["pearson_r"]["n"] == 1
+    # the tiny preset builds the store (mode auto, within budget): atlas_grn embeds no cell signal again
+    assert sci["atlas_observed_forwards"] == {"0": 0}
+    printed = science.table(sci)
+    assert all(task in printed for task in sci["tasks"]) and "held-out expression r" in printed
+
+    out = tmp_path / "seed0"
+    report = out / "report.html"
     page = report.read_text()
     images = re.findall(r"<img src='([^']+)'", page)
     assert images and all((report.parent / img).exists() for img in images)

@@ -5,7 +5,8 @@ it). In single cells most (cell, peak) pairs carry no insertion, so their signal
 all-zero-level sequence: one entry per peak serves every such cell. Keys are
 ``(weights hash, peak_id, signal hash)``; the weights hash changes whenever the Elementary
 weights do, which invalidates every older entry. An in-memory LRU (capped in entries) sits in
-front of an optional on-disk Arrow store that workers and later runs share.
+front of an optional on-disk Arrow cache that workers and later runs share, and of an optional
+read-only embedding store (``trainer.embedding_store``: every pair of the atlas, computed once).
 """
 
 from __future__ import annotations
@@ -51,13 +52,14 @@ class EmbeddingCache:
 
     def __init__(self, elementary: Elementary, peak_dna: np.ndarray, *, capacity: int = 200_000,
                  disk_dir: str | Path | None = None, n_tracks: int = 7, atac_track: int = 0,
-                 max_pending_bytes: int = 256 << 20, index: str = "part-*.arrow"):
+                 max_pending_bytes: int = 256 << 20, index: str = "part-*.arrow", store_dir: str | Path | None = None):
         """``max_pending_bytes``: with a disk store, new entries are written out once they hold this
         much (a training run never calls ``flush`` itself, and would otherwise keep every entry
         it ever computed in memory until it ends). ``index``: the store's part files indexed
         when the cache starts (or the weights change); every indexed entry costs memory, so a
         job whose older entries will not be hit again (atlas_grn's per-cell ones) names only
-        the files it needs."""
+        the files it needs. ``store_dir``: an embedding store (``prepare embeddings``), read only;
+        its folder for these weights is indexed whole when it is complete."""
         self.elementary = elementary
         self.max_pending_bytes = max_pending_bytes
         self.peak_dna = peak_dna  # (n_peaks, 1024) DNA tokens of every peak
@@ -65,9 +67,13 @@ class EmbeddingCache:
         self.n_tracks, self.atac_track = n_tracks, atac_track
         self.disk_dir = Path(disk_dir) if disk_dir else None
         self.index = index
+        self.store_dir = Path(store_dir) if store_dir else None
         self.hits = self.misses = self.disk_hits = 0
+        self.forwards = 0  # (peak, signal) pairs run through the Elementary
+        self.store_entries = 0
         self._lru: OrderedDict[tuple[int, bytes], torch.Tensor] = OrderedDict()
-        self._disk: dict[tuple[int, bytes], tuple[pa.Table, int]] = {}
+        # key -> (the part's bins as an (n, n_bins, d) array over the memory-mapped file, row)
+        self._disk: dict[tuple[int, bytes], tuple[np.ndarray, int]] = {}
         self._disk_files: set[str] = set()  # part files already indexed in ``_disk``
         self._pending: list[tuple[int, bytes, np.ndarray]] = []
         # zero-signal transformer-1 outputs per peak (``_zero_parts``), capped at ~256 MB
@@ -86,7 +92,30 @@ class EmbeddingCache:
             self._disk_files.clear()
             self._pending.clear()
             self._parts.clear()
+            self.store_entries = self._index_store()
             self.sync_disk()
+
+    def _index_store(self) -> int:
+        """Index the embedding store's parts for the current weights (only a finished store: its
+        manifest is written last); returns its entries."""
+        if self.store_dir is None:
+            return 0
+        from creformer.trainer.embedding_store import store_parts  # the store module imports this one
+
+        n = 0
+        for path in store_parts(self.store_dir / self.weights):
+            n += self._index_file(path)
+        return n
+
+    def _index_file(self, path: Path) -> int:
+        table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+        bins = table.column("bins").combine_chunks()
+        d = self.elementary.cfg.d_model
+        # zero-copy over the memory map: a hit reads one row, the file stays in the page cache
+        arr = bins.flatten().to_numpy(zero_copy_only=False).reshape(len(table), -1, d)
+        for row, (pid, key) in enumerate(zip(table.column("peak_id").to_pylist(), table.column("signal").to_pylist())):
+            self._disk[(pid, key)] = (arr, row)
+        return len(table)
 
     # -- disk store ---------------------------------------------------------------------------
     def _store(self) -> Path | None:
@@ -104,9 +133,7 @@ class EmbeddingCache:
         new = [p for p in sorted(store.glob(pattern or self.index)) if p.name not in self._disk_files]
         for path in new:
             self._disk_files.add(path.name)
-            table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
-            for row, (pid, key) in enumerate(zip(table.column("peak_id").to_pylist(), table.column("signal").to_pylist())):
-                self._disk[(pid, key)] = (table, row)
+            self._index_file(path)
         return len(new)
 
     def flush(self, tag: str = "") -> None:
@@ -133,9 +160,8 @@ class EmbeddingCache:
             self._lru.move_to_end(key)
             return self._lru[key]
         if key in self._disk:
-            table, row = self._disk[key]
-            vec = np.asarray(table.column("bins")[row].values.to_numpy(zero_copy_only=False), np.float32)
-            value = torch.from_numpy(vec.reshape(-1, self.elementary.cfg.d_model).copy())
+            arr, row = self._disk[key]
+            value = torch.from_numpy(np.array(arr[row], np.float32))
             self._put(key, value, persist=False)
             self.disk_hits += 1
             return value
@@ -179,24 +205,31 @@ class EmbeddingCache:
         out = torch.zeros(b, p, 2, n_bins, d)
         ids = peak_ids.cpu().numpy()
         sig = atac.cpu().numpy()
-        real = np.argwhere(mask.cpu().numpy())
-        missing: dict[tuple[int, bytes], list[tuple[int, int]]] = {}
-        for bi, pi in real:
-            key = (int(ids[bi, pi]), signal_key(sig[bi, pi]))
+        m = mask.cpu().numpy()
+        real = np.argwhere(m)
+        # one vectorized test for the zero-signal pairs (most of them); a digest only for the rest,
+        # and one indexed write per half instead of one per pair (the hit path is the step's cost
+        # once every pair is cached or stored)
+        has_signal = (sig[real[:, 0], real[:, 1]] != SIG_OFFSET).any(-1)
+        found: list[torch.Tensor] = [None] * len(real)  # type: ignore[list-item]
+        missing: dict[tuple[int, bytes], list[int]] = {}
+        for j, (bi, pi) in enumerate(real):
+            key = (int(ids[bi, pi]), signal_key(sig[bi, pi]) if has_signal[j] else ZERO_SIGNAL)
             hit = self._get(key)
             if hit is None:
-                missing.setdefault(key, []).append((bi, pi))
+                missing.setdefault(key, []).append(j)
             else:
-                out[bi, pi, 0] = hit
+                found[j] = hit
                 self.hits += 1
         if missing:
             self.misses += sum(len(v) for v in missing.values())
             keys = list(missing)
-            for k, value in zip(keys, self._embed([k[0] for k in keys], np.stack([sig[missing[k][0]] for k in keys]))):
+            first = [real[missing[k][0]] for k in keys]
+            for k, value in zip(keys, self._embed([k[0] for k in keys], np.stack([sig[bi, pi] for bi, pi in first]))):
                 self._put(k, value)
-                for bi, pi in missing[k]:
-                    out[bi, pi, 0] = value
-        peaks = np.unique(ids[mask.cpu().numpy()]).tolist()
+                for j in missing[k]:
+                    found[j] = value
+        peaks = np.unique(ids[m]).tolist()
         zero = {pid: self._get((pid, ZERO_SIGNAL)) for pid in peaks}
         todo = [pid for pid, v in zero.items() if v is None]
         if todo:
@@ -204,8 +237,10 @@ class EmbeddingCache:
             for pid, value in zip(todo, self._embed(todo, np.full((len(todo), length), SIG_OFFSET, np.uint8))):
                 self._put((pid, ZERO_SIGNAL), value)
                 zero[pid] = value
-        for bi, pi in real:
-            out[bi, pi, 1] = zero[int(ids[bi, pi])]
+        if len(real):
+            bi, pi = torch.from_numpy(real[:, 0]), torch.from_numpy(real[:, 1])
+            out[bi, pi, 0] = torch.stack(found)
+            out[bi, pi, 1] = torch.stack([zero[int(pid)] for pid in ids[real[:, 0], real[:, 1]]])
         return out
 
     def _tracks(self, atac: np.ndarray) -> torch.Tensor:
@@ -243,6 +278,7 @@ class EmbeddingCache:
         plain full pass."""
         was = self.elementary.training
         self.elementary.eval()
+        self.forwards += len(peak_ids)
         out = []
         for i in range(0, len(peak_ids), 256):
             ids = peak_ids[i:i + 256]
@@ -266,11 +302,12 @@ class EmbeddingCache:
     def stats(self) -> dict[str, float]:
         total = self.hits + self.misses
         return {"hits": self.hits, "misses": self.misses, "disk_hits": self.disk_hits,
-                "hit_rate": self.hits / total if total else 0.0, "entries": len(self._lru)}
+                "hit_rate": self.hits / total if total else 0.0, "entries": len(self._lru),
+                "forwards": self.forwards, "store_entries": self.store_entries}
 
 
 def frozen_cache(cfg: ModelConfig, weights: str | Path, regulatory_root: str | Path, *,
-                 disk_dir: str | Path | None = None) -> EmbeddingCache:
+                 disk_dir: str | Path | None = None, store_dir: str | Path | None = None) -> EmbeddingCache:
     """The exported Elementary at ``weights``, frozen (eval, no gradients), behind a cache over the
     peak DNA of the Regulatory shards at ``regulatory_root``: what training, its driver-side
     measurements and the held-out evaluation all read peaks through."""
@@ -279,4 +316,4 @@ def frozen_cache(cfg: ModelConfig, weights: str | Path, regulatory_root: str | P
     elementary.eval()
     for p in elementary.parameters():
         p.requires_grad_(False)
-    return EmbeddingCache(elementary, load_peak_dna(regulatory_root), disk_dir=disk_dir)
+    return EmbeddingCache(elementary, load_peak_dna(regulatory_root), disk_dir=disk_dir, store_dir=store_dir)

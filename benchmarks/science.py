@@ -1,0 +1,128 @@
+"""The science benchmark: the whole path on the small simulated atlas for several seeds, each task's
+fixed model readout beside its strongest simple baseline, as mean ± spread over the seeds.
+
+Per seed: simulate (simulate.seed) → shards → train_elementary → embedding store →
+train_regulatory → atlas_grn → scorecard (creformer.demo.run, with the science preset's larger
+training budget than the demo's; train.seed and analysis.seed follow the seed too). Then per task:
+the model's score, the best baseline (the baseline with the highest mean over the seeds, and each
+seed's own best), the margin (model − that seed's best baseline), each as mean ± sample standard
+deviation, and the held-out expression r beside the gene-mean baseline. Results go to
+``<out>/science.json``; `make results` renders docs/results.md from it (never copied by hand).
+
+Usage: python benchmarks/science.py [--preset science] [--seeds 0 1 2] [--out runs/science]
+       [--override KEY=VALUE ...]
+`make science` runs the default (≤ 60 min on 2 cores is the target) and regenerates the results page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+TASKS = ["master_tfs", "grn", "enhancer_gene", "enhancer_gene_distal", "knockout", "knock_in", "transition",
+         "therapeutic_target"]
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Mean, sample standard deviation (0 for one value), min and max."""
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values), "n": len(values)}
+
+
+def aggregate(cards: dict[int, dict[str, Any]], evals: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Per task over the seeds' scorecards: the model, every baseline, the best baseline (highest
+    mean), the margin against each seed's own best baseline, and how many seeds the model won."""
+    tasks: dict[str, Any] = {}
+    for task in TASKS:
+        scored = {s: c[task] for s, c in cards.items() if task in c and "model" in c[task]}
+        if not scored:
+            continue
+        names = sorted({b for t in scored.values() for b in t.get("baselines", {})})
+        baselines = {b: spread([t["baselines"][b] for t in scored.values() if b in t["baselines"]]) for b in names}
+        best = max(baselines, key=lambda b: baselines[b]["mean"]) if baselines else None
+        margins = [t["model"] - t["best_baseline"]["value"] for t in scored.values() if t.get("best_baseline")]
+        tasks[task] = {"metric": next(iter(scored.values()))["metric"], "readout": next(iter(scored.values()))["readout"],
+                       "model": spread([t["model"] for t in scored.values()]), "baselines": baselines,
+                       "best_baseline": {"name": best, **baselines[best]} if best else None,
+                       "margin": spread(margins) if margins else None,
+                       "seeds_won": sum(m > 0 for m in margins),
+                       "variants": {v: spread([t["variants"][v] for t in scored.values() if v in t.get("variants", {})])
+                                    for v in sorted({v for t in scored.values() for v in t.get("variants", {})})},
+                       "per_seed": {str(s): {"model": t["model"], "best_baseline": t.get("best_baseline")} for s, t in scored.items()}}
+        if task in ("knockout", "knock_in"):
+            direct = [t["direct"]["model"] for t in scored.values() if "direct" in t]
+            if direct:
+                tasks[task]["direct_model"] = spread(direct)
+    held = [e for e in evals.values() if "pearson_r" in e]
+    heldout = {"pearson_r": spread([e["pearson_r"] for e in held]),
+               "baseline_gene_mean_r": spread([e["baseline_gene_mean_r"] for e in held])} if held else None
+    return {"tasks": tasks, "heldout_expression": heldout}
+
+
+def _pm(s: dict[str, float] | None) -> str:
+    return "—" if s is None else f"{s['mean']:.3f} ± {s['sd']:.3f}"
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [f"{'task':<22} {'model':>15} {'best baseline':>36} {'margin':>17} {'won':>5}"]
+    for task, t in result["tasks"].items():
+        b = t["best_baseline"]
+        base = f"{b['name']} {_pm(b)}" if b else "—"
+        lines.append(f"{task:<22} {_pm(t['model']):>15} {base:>36} {_pm(t['margin']):>17} {t['seeds_won']:>3}/{t['model']['n']}")
+    h = result.get("heldout_expression")
+    if h:
+        lines.append(f"{'held-out expression r':<22} {_pm(h['pearson_r']):>15} {'gene mean ' + _pm(h['baseline_gene_mean_r']):>36}")
+    return "\n".join(lines)
+
+
+def run_science(out: Path, preset: str, seeds: list[int], overrides: tuple[str, ...] = (),
+                data_dir: Path | None = None) -> dict[str, Any]:
+    """Run every seed (a finished seed is reused stage by stage, as the demo does), aggregate, write
+    ``out/science.json`` and return it."""
+    from creformer.demo import run
+
+    out = out.resolve()
+    cards, evals, seconds, forwards = {}, {}, {}, {}
+    for seed in seeds:
+        folder = out / f"seed{seed}"
+        t0 = time.perf_counter()
+        run(folder, config=preset, data_dir=data_dir,
+            overrides=(f"simulate.seed={seed}", f"train.seed={seed}", f"analysis.seed={seed}", *overrides))
+        seconds[seed] = round(time.perf_counter() - t0, 1)
+        cards[seed] = json.loads((folder / "scorecard.json").read_text())
+        ev = folder / "train" / "regulatory" / "eval.json"
+        evals[seed] = json.loads(ev.read_text()) if ev.exists() else {}
+        atlas = json.loads((folder / "atlas" / "atlas.json").read_text())
+        forwards[seed] = atlas.get("stats", {}).get("observed_forwards")
+    result = {"preset": preset, "seeds": seeds, "overrides": list(overrides), "seconds_per_seed": seconds,
+              "seconds_total": round(sum(seconds.values()), 1), "cpu_cores": os.cpu_count(),
+              "atlas_observed_forwards": forwards, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              **aggregate(cards, evals)}
+    (out / "science.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="science", help="config preset or YAML (default: configs/science.yaml)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--out", default="runs/science")
+    ap.add_argument("--override", action="append", default=[], help="dotted KEY=VALUE, repeatable")
+    args = ap.parse_args()
+    result = run_science(Path(args.out), args.preset, args.seeds, tuple(args.override))
+    print(f"\nscience benchmark: preset {args.preset}, seeds {args.seeds}, {result['seconds_total'] / 60:.1f} min "
+          f"on {result['cpu_cores']} cores (mean ± sd over seeds; margin = model − that seed's best baseline)\n")
+    print(table(result))
+    print(f"\n{Path(args.out) / 'science.json'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""benchmarks/science.py's aggregation over seeds: mean ± spread per task, the best baseline by its
+mean, the margin against each seed's own best baseline, the seeds won."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("science", REPO / "benchmarks" / "science.py")
+science = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(science)
+
+
+def card(model, baselines, variants=None):
+    best = max(baselines, key=baselines.get)
+    return {"metric": "AUPRC", "readout": "fixed", "model": model, "baselines": baselines, "variants": variants or {},
+            "best_baseline": {"name": best, "value": baselines[best]}}
+
+
+def test_aggregate_means_spreads_and_margins():
+    cards = {0: {"grn": card(0.5, {"a": 0.4, "b": 0.45}, {"att": 0.2})},
+             1: {"grn": card(0.3, {"a": 0.5, "b": 0.35}, {"att": 0.4})},
+             2: {"grn": card(0.7, {"a": 0.3, "b": 0.6}, {"att": 0.3}), "master_tfs": {"not_scored": "no groups"}}}
+    evals = {0: {"pearson_r": 0.5, "baseline_gene_mean_r": 0.4}, 1: {}, 2: {"pearson_r": 0.7, "baseline_gene_mean_r": 0.6}}
+    out = science.aggregate(cards, evals)
+    assert set(out["tasks"]) == {"grn"}  # a task no seed scored is left out
+    g = out["tasks"]["grn"]
+    assert g["model"]["mean"] == pytest.approx(0.5) and g["model"]["sd"] == pytest.approx(0.2)
+    # best baseline by mean: a 0.4, b 0.4667 -> b
+    assert g["best_baseline"]["name"] == "b" and g["best_baseline"]["mean"] == pytest.approx(1.4 / 3)
+    # margins against each seed's own best: 0.5-0.45, 0.3-0.5, 0.7-0.6
+    assert g["margin"]["mean"] == pytest.approx((0.05 - 0.2 + 0.1) / 3) and g["seeds_won"] == 2
+    assert g["variants"]["att"]["mean"] == pytest.approx(0.3)
+    assert out["heldout_expression"]["pearson_r"]["n"] == 2
+    assert "grn" in science.table(out) and "0.500 ± 0.200" in science.table(out)
+
+
+def test_one_seed_has_zero_spread():
+    out = science.aggregate({0: {"grn": card(0.5, {"a": 0.4})}}, {0: {}})
+    assert out["tasks"]["grn"]["model"]["sd"] == 0.0 and out["heldout_expression"] is None
