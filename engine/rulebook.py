@@ -223,7 +223,9 @@ def make_rulebook(preset: str | SimPreset, seed: int = 0) -> Rulebook:
             gi = len(genes)
             is_tf = gi < p.n_tfs  # the first genes encode the TFs themselves
             name = tfs[gi] if is_tf else f"G{gi:04d}"
-            end = pos + body if strand == "+" else pos - body
+            # a minus-strand body stops at the chromosome's start (the first TSS sits at 20 kb, bodies
+            # reach 30 kb: seed 1 of the small preset wrote a gene at -7,270); no seed's draws change
+            end = pos + body if strand == "+" else max(0, pos - body)
             genes.append(Gene(f"SIMG{gi:05d}", name, chrom, pos, strand, end, float(rng.uniform(0.05, 0.3))))
             # Promoter: a motif of one TF; TF genes autoregulate through their own motif.
             ptf = gi if is_tf else int(rng.integers(0, p.n_tfs))

@@ -177,3 +177,13 @@ def test_v2_truth_files(sim_tiny):
     assert {r["direct"] for r in pert} == {"true", "false"}
     assert {r["sign"] for r in rows(sim_tiny / "truth" / "tf_targets.tsv")} == {"1", "-1"}
     assert {r["cell_type"] for r in rows(sim_tiny / "truth" / "cells.tsv")} == {"CT0", "CT1", "CT2", "DIS"}
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_gene_bodies_stay_on_their_chromosome(preset):
+    """Every seed's genes lie within [0, chromosome length) (seed 1 of small once put one at -7,270)."""
+    for seed in range(6):
+        book = make_rulebook(preset, seed)
+        for g in book.genes:
+            lo, hi = g.body
+            assert 0 <= lo < hi <= book.chroms[g.chrom], (preset, seed, g)

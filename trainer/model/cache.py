@@ -161,10 +161,10 @@ class EmbeddingCache:
             return self._lru[key]
         if key in self._disk:
             arr, row = self._disk[key]
-            value = torch.from_numpy(np.array(arr[row], np.float32))
-            self._put(key, value, persist=False)
             self.disk_hits += 1
-            return value
+            # a row of a memory-mapped part reads as fast as the LRU: not copied into it (with a
+            # store of the whole atlas the LRU would otherwise hold up to `capacity` duplicates)
+            return torch.from_numpy(np.array(arr[row], np.float32))
         return None
 
     def _put(self, key: tuple[int, bytes], value: torch.Tensor, persist: bool = True) -> None:
