@@ -19,7 +19,6 @@ It lives in trainer/ because it is made from trained weights (engine/ stays mode
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -32,7 +31,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from creformer.config import Config, ConfigError, config_from_dict
@@ -40,10 +38,8 @@ from creformer.engine.regulatory_batches import load_peak_dna
 from creformer.engine.shards import Manifest, atomic_write_json, sha256_file
 from creformer.engine.tokenize import SIG_OFFSET
 
-from .model.cache import ZERO_SIGNAL, EmbeddingCache, signal_key, weights_hash
-from .model.elementary import Elementary
+from .model.cache import ZERO_SIGNAL, EmbeddingCache, frozen_elementary, signal_key, weights_hash
 
-MODES = ("auto", "store", "online")
 STORE_PART = "part-store-{:06d}.arrow"
 
 
@@ -80,9 +76,7 @@ def estimate(cfg: Config, man: Manifest) -> Estimate:
 
 
 def decide(cfg: Config, man: Manifest) -> Decision:
-    e = cfg.data.embeddings
-    if e.mode not in MODES:
-        raise ConfigError(f"data.embeddings.mode={e.mode!r} must be one of {', '.join(MODES)}")
+    e = cfg.data.embeddings  # its mode is checked by config.validate
     est = estimate(cfg, man)
     if e.mode == "online":
         return Decision("online", "data.embeddings.mode=online", est)
@@ -91,15 +85,6 @@ def decide(cfg: Config, man: Manifest) -> Decision:
     if est.bytes <= est.budget_bytes:
         return Decision("store", "it fits data.embeddings.budget_gb", est)
     return Decision("online", "it exceeds data.embeddings.budget_gb (raise it, or set data.embeddings.mode=store)", est)
-
-
-def load_frozen(cfg: Config, weights: str | Path) -> Elementary:
-    elementary = Elementary(cfg.model)
-    elementary.load_state_dict(load_file(str(weights)))
-    elementary.eval()
-    for p in elementary.parameters():
-        p.requires_grad_(False)
-    return elementary
 
 
 def store_parts(folder: Path) -> list[Path]:
@@ -111,16 +96,25 @@ def store_parts(folder: Path) -> list[Path]:
     return [folder / p["file"] for p in data["parts"]]
 
 
-def find_store(cfg: Config, man: Manifest, weights: str | Path) -> Path | None:
-    """The finished store folder for these weights and this shard set, if there is one."""
-    folder = store_root(cfg) / weights_hash(load_frozen(cfg, weights))
+def _store_of(folder: Path, man: Manifest) -> Path | None:
+    """``folder`` when it holds a finished store of this shard set; ConfigError when it holds
+    another shard set's; else None."""
     manifest = folder / "manifest.json"
     if not manifest.exists():
         return None
-    data = json.loads(manifest.read_text())
-    if data["shards_input_hash"] != man.data["input_hash"]:
-        return None
+    found = json.loads(manifest.read_text())["shards_input_hash"]
+    if found != man.data["input_hash"]:
+        raise ConfigError(f"{folder} holds a store of other Regulatory shards (input hash {found[:12]} "
+                          f"≠ {man.data['input_hash'][:12]}); set data.embeddings.store to another folder or delete it")
     return folder
+
+
+def find_store(cfg: Config, man: Manifest, weights: str | Path) -> Path | None:
+    """The finished store folder for these weights and this shard set, if there is one."""
+    try:
+        return _store_of(store_root(cfg) / weights_hash(frozen_elementary(cfg.model, weights)), man)
+    except ConfigError:
+        return None
 
 
 # -- the work list ------------------------------------------------------------------------------
@@ -176,7 +170,7 @@ class StoreWorker:
         torch.set_num_threads(threads)
         cfg = config_from_dict(config)
         self.folder = Path(folder)
-        self.cache = EmbeddingCache(load_frozen(cfg, weights), load_peak_dna(regulatory_root), capacity=0,
+        self.cache = EmbeddingCache(frozen_elementary(cfg.model, weights), load_peak_dna(regulatory_root), capacity=0,
                                     n_tracks=cfg.model.n_tracks)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -228,10 +222,15 @@ def prepare_embeddings(cfg: Config, weights: str | Path, *, force: bool = False)
     man = Manifest(ensure_regulatory_shards(cfg))
     d = decide(cfg, man)
     mode = "store" if force else d.mode
-    w_hash = weights_hash(load_frozen(cfg, weights))
+    w_hash = weights_hash(frozen_elementary(cfg.model, weights))
     folder = store_root(cfg) / w_hash
+    try:
+        existing = _store_of(folder, man)
+    except ConfigError:
+        if mode == "store":
+            raise
+        existing = None  # the online cache does not read it, so it stands in nobody's way
     if mode == "online":
-        existing = find_store(cfg, man, weights)
         if existing is not None:  # built before (e.g. `prepare embeddings --force`): reading it costs nothing
             print(f"[embeddings] using the finished store {existing} ({d.reason} only stops a new one)", flush=True)
             return existing
@@ -240,13 +239,10 @@ def prepare_embeddings(cfg: Config, weights: str | Path, *, force: bool = False)
           flush=True)
     if mode == "online":
         return None
-    if (folder / "manifest.json").exists():
-        found = json.loads((folder / "manifest.json").read_text())
-        if found["shards_input_hash"] == man.data["input_hash"]:
-            print(f"[embeddings] store {folder} is complete ({found['pairs']:,} pairs); reusing it", flush=True)
-            return folder
-        raise ConfigError(f"{folder} holds a store of other Regulatory shards (input hash {found['shards_input_hash'][:12]} "
-                          f"≠ {man.data['input_hash'][:12]}); set data.embeddings.store to another folder or delete it")
+    if existing is not None:
+        pairs = json.loads((folder / "manifest.json").read_text())["pairs"]
+        print(f"[embeddings] store {folder} is complete ({pairs:,} pairs); reusing it", flush=True)
+        return folder
     (folder / "done").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     # parts small enough that every worker gets several (the estimate bounds the distinct pairs)
@@ -292,8 +288,3 @@ def verify_store(folder: Path) -> list[str]:
         if not path.exists() or sha256_file(path) != part["sha256"]:
             bad.append(part["file"])
     return bad
-
-
-def digest(folder: Path) -> str:
-    """A short id of a finished store (its manifest's parts), for fingerprints of what read it."""
-    return hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest()[:16]

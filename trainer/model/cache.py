@@ -311,9 +311,15 @@ def frozen_cache(cfg: ModelConfig, weights: str | Path, regulatory_root: str | P
     """The exported Elementary at ``weights``, frozen (eval, no gradients), behind a cache over the
     peak DNA of the Regulatory shards at ``regulatory_root``: what training, its driver-side
     measurements and the held-out evaluation all read peaks through."""
+    return EmbeddingCache(frozen_elementary(cfg, weights), load_peak_dna(regulatory_root), disk_dir=disk_dir,
+                          store_dir=store_dir)
+
+
+def frozen_elementary(cfg: ModelConfig, weights: str | Path) -> Elementary:
+    """The exported Elementary at ``weights`` in eval mode, without gradients."""
     elementary = Elementary(cfg)
     elementary.load_state_dict(load_file(str(weights)))
     elementary.eval()
     for p in elementary.parameters():
         p.requires_grad_(False)
-    return EmbeddingCache(elementary, load_peak_dna(regulatory_root), disk_dir=disk_dir, store_dir=store_dir)
+    return elementary
