@@ -1,7 +1,8 @@
 """`atlas_grn(cfg)`: the zero-shot analyses as a Ray batch job over the atlas (docs/design.md §7).
 
 1. Plans on the driver (plan.py): every input is checked before Ray starts (tables, groups,
-   TFs, motifs, model artifacts vs shards).
+   TFs, motifs, model artifacts vs shards); then the motif scan runs as a Ray Data stage over
+   blocks of peaks (motif_stage.py).
 2. Scores partitions with Ray Data actors (partitions.py, atlas_worker.py): first the shared
    embeddings (shared_slices.py), then every (sample shard x block of analysed cells), each
    written atomically with a fingerprint, so a rerun skips finished partitions and more workers
@@ -24,7 +25,7 @@ from creformer.config import Config, save_config
 from creformer.ray_utils import ensure_ray
 
 from .partitions import run_partitions
-from .plan import absolute_paths, prepare
+from .plan import absolute_paths, prepare, scan_motifs
 from .run import run_analyses
 
 
@@ -50,6 +51,7 @@ def atlas_grn(cfg: Config) -> AtlasResult:
           + (f"; {len(p.not_perturbed)} TFs with a motif but no gene in the atlas are not perturbed (analysis.perturb=all "
              "perturbs them too)" if p.not_perturbed else ""), flush=True)
     ensure_ray(cfg.ray)
+    scan_motifs(p)
     stats = run_partitions(p, config_path)
     try:
         os.getcwd()

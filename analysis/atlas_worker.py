@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,8 @@ class AtlasWorker:
         self.shared_ready = False  # ensure_shared has run: once per actor, before its first partition
         self.signal: tuple[Path, Any] | None = None  # the last signal block (partitions come in cell order)
         self.cache = EmbeddingCache(self.models.elementary, self.tables.peak_dna, n_tracks=self.models.cfg.n_tracks,
-                                    capacity=200_000 if plan["cache"] else 0,
+                                    capacity=lru_entries(plan["cache_mb"], self.tables.peak_dna.shape[1], self.models.cfg)
+                                    if plan["cache"] else 0,
                                     disk_dir=plan["cache_dir"] if plan["cache"] else None, index=SHARED_FILES,
                                     store_dir=plan.get("store_dir"))
 
@@ -151,11 +153,22 @@ def run_partition(w: AtlasWorker, part: dict[str, Any]) -> dict[str, Any]:
     secs = time.perf_counter() - t0
     done = {"fingerprint": w.plan["fingerprint"], "samples": sc.height, "perturbed": pt.height, "seconds": secs,
             "cache_hits": w.cache.hits - hits0, "cache_misses": w.cache.misses - miss0 + shared, "observed_forwards": observed,
+            "max_rss_mb": peak_rss_mb(),
             "threads": {"torch": torch.get_num_threads(), "polars": pl.thread_pool_size(), "arrow": pa.cpu_count()}}
     marker = out / "partitions" / "done" / f"part-{idx:05d}.json"
     atomic_write_json(marker, done)  # written last: the partition counts as finished only now
     return {"index": idx, **{k: v for k, v in done.items() if k not in ("fingerprint", "threads")}}
 
+
+
+def lru_entries(cache_mb: int, peak_len: int, cfg) -> int:
+    """LRU entries within ``cache_mb``: an entry is one peak's (n_bins, d) float32 bins."""
+    return max(1, (cache_mb << 20) // ((peak_len // cfg.bin_size) * cfg.d_model * 4))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def worker_env(threads: int) -> dict[str, str]:

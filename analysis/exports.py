@@ -8,26 +8,20 @@
 - ``scenicplus_eregulons``: SCENIC+'s eRegulon table, one row per (TF, region, gene) triplet of a
   linked, motif-bearing region; the TF-to-gene importance and sign come from the model's in-silico
   knockout (a knockout raising the gene marks a repressor, "-").
-- ``write_mudata``: every analysed cell as MuData, RNA and peak modalities.
+- every analysed cell as AnnData / MuData: cell_files.py.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
-import anndata as ad
-import mudata as md
 import numpy as np
 import pandas as pd
 import polars as pl
-from scipy import sparse
-from sklearn.decomposition import PCA
 
-from .baselines import correlation
-from .features import GeneCellMatrices, peak_distance
-from .grn import correlation_scores
+from .features import peak_distance
 from .inputs import TF, peak_regions
-from .transitions import umap_2d
 
 
 def regulatory_links(elements: pl.DataFrame, genes: pl.DataFrame, peaks: pl.DataFrame, tss_region_bp: int,
@@ -57,37 +51,20 @@ def celloracle_base_grn(links: pl.DataFrame, bound: np.ndarray, tfs: list[TF], g
     return pd.concat([out, pd.DataFrame({n: cols[n] for n in names})], axis=1)
 
 
-def region_gene_correlation(records: pl.DataFrame, pairs: pl.DataFrame) -> np.ndarray:
-    """Pearson r over the analysed cells between a region's ATAC mass and the gene's measured
-    expression, for each (gene_id, peak_id) of ``pairs`` (0 where either is constant)."""
-    out = np.zeros(pairs.height)
-    wanted = {}
-    for i, (g, p) in enumerate(pairs.select("gene_id", "peak_id").iter_rows()):
-        wanted.setdefault(int(g), []).append((i, int(p)))
-    for (gid,), df in records.group_by("gene_id"):
-        if int(gid) not in wanted:
-            continue
-        window = {int(p): j for j, p in enumerate(df["peak_ids"][0].to_list())}
-        atac = np.stack(df["atac"].to_list()).astype(np.float64)
-        y = df["expression"].to_numpy().astype(np.float64)
-        rows, pids = zip(*wanted[int(gid)])
-        out[list(rows)] = correlation(atac[:, [window[p] for p in pids]], y)
-    return out
-
-
 def scenicplus_eregulons(links: pl.DataFrame, bound: np.ndarray, tfs: list[TF], genes: pl.DataFrame, peaks: pl.DataFrame,
-                         records: pl.DataFrame, effects: pl.DataFrame, mats: GeneCellMatrices) -> pl.DataFrame:
+                         effects: pl.DataFrame, tf_gene_r: np.ndarray, gene_order: np.ndarray,
+                         region_r: Callable[[pl.DataFrame], np.ndarray]) -> pl.DataFrame:
     """SCENIC+'s eRegulon table (its ``eRegulon_direct.tsv`` columns) for the TFs the atlas
     expresses and knocked out. importance_TF2G = the largest |predicted log2FC| of the gene over
     groups under the TF's knockout, regulation = −sign of that effect; rho_TF2G = TF–gene
-    expression r; importance_R2G = |ablation|, rho_R2G = region–gene r; triplet_rank = rank of the
+    expression r (``tf_gene_r``: genes in ``gene_order`` x TFs); importance_R2G = |ablation|,
+    rho_R2G = region–gene r (``region_r`` of the (gene_id, peak_id) rows); triplet_rank = rank of the
     mean of the TF2G and R2G importance ranks. eRegulon_name = ``TF_direct_{TF2G sign}/{R2G sign}``."""
     ko = (effects.filter(pl.col("mode") == "KO")
           .with_columns(pl.col("log2fc").abs().alias("_abs"))
           .sort("_abs", descending=True).group_by("condition", "gene_id").first()
           .select(pl.col("condition").alias("TF"), "gene_id", pl.col("log2fc").alias("_ko")))
-    col = {int(g): j for j, g in enumerate(mats.genes.tolist())}
-    tf_gene_r = correlation_scores(mats.expression, mats.genes, tfs)  # (genes, TFs)
+    col = {int(g): j for j, g in enumerate(gene_order.tolist())}
     rows = []
     pid = links["peak_id"].to_numpy()
     for j, tf in enumerate(tfs):
@@ -104,7 +81,7 @@ def scenicplus_eregulons(links: pl.DataFrame, bound: np.ndarray, tfs: list[TF], 
     if not rows:
         return pl.DataFrame(schema={c: pl.Utf8 for c in schema_cols})
     t = pl.concat(rows).join(ko, on=["TF", "gene_id"], how="inner").filter(pl.col("_ko") != 0)
-    t = t.with_columns(pl.Series("rho_R2G", region_gene_correlation(records, t), pl.Float64))
+    t = t.with_columns(pl.Series("rho_R2G", region_r(t), pl.Float64))
     t = (t.join(genes.select("gene_id", pl.col("name").alias("Gene")), on="gene_id")
          .join(peak_regions(peaks, "Region"), on="peak_id")
          .with_columns(pl.col("_ko").abs().alias("importance_TF2G"),
@@ -121,78 +98,13 @@ def scenicplus_eregulons(links: pl.DataFrame, bound: np.ndarray, tfs: list[TF], 
     return t.select(schema_cols).sort("triplet_rank")
 
 
-def _peak_matrices(records: pl.DataFrame, cells: np.ndarray, n_peaks: int) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
-    """(cells x peaks) ATAC mass, and attention averaged over the genes whose window holds the peak;
-    zero where the model read no such (cell, peak)."""
-    ci = {int(c): i for i, c in enumerate(cells.tolist())}
-    r, c, a, w = [], [], [], []
-    for cid, pids, atac, att in records.select("cell_id", "peak_ids", "atac", "attention").iter_rows():
-        if not pids:
-            continue
-        r.append(np.full(len(pids), ci[int(cid)])), c.append(np.asarray(pids)), a.append(np.asarray(atac)), w.append(np.asarray(att))
-    if not r:
-        empty = sparse.csr_matrix((len(cells), n_peaks), dtype=np.float32)
-        return empty, empty
-    rows, cols = np.concatenate(r), np.concatenate(c)
-    shape = (len(cells), n_peaks)
-    n = sparse.coo_matrix((np.ones(rows.size), (rows, cols)), shape=shape).tocsr()
-    atac = sparse.coo_matrix((np.concatenate(a).astype(np.float64), (rows, cols)), shape=shape).tocsr()
-    att = sparse.coo_matrix((np.concatenate(w).astype(np.float64), (rows, cols)), shape=shape).tocsr()
-    inv = n.copy()
-    inv.data = 1.0 / inv.data
-    return atac.multiply(inv).tocsr().astype(np.float32), att.multiply(inv).tocsr().astype(np.float32)
-
-
-def write_mudata(mats: GeneCellMatrices, records: pl.DataFrame, cells: pl.DataFrame, genes: pl.DataFrame,
-                 peaks: pl.DataFrame, path: Path, seed: int = 0) -> Path:
-    """``atlas.h5mu``: modality ``rna`` (X = measured log1p CP10k expression; layers predicted,
-    attention_feature, gene_activity) and ``peaks`` (X = ATAC mass; layer attention), shared obs
-    with the group and, when ``cells`` has it, ``rna_counts`` (each cell's RNA total, so
-    expm1(X) x rna_counts / 1e4 gives counts back for tools that want them); obsm
-    ``X_creformer`` (PCA of the model's predicted expression) and ``X_umap``."""
-    keep = [c for c in ("cell_id", "barcode", "group", "rna_counts") if c in cells.columns]
-    obs = (pl.DataFrame({"cell_id": mats.cells}).join(cells.select(keep), on="cell_id", how="left")
-           .to_pandas().set_index("barcode"))
-    obs.index = obs.index.astype(str)
-    obs["group"] = obs["group"].astype("category")
-    var = (pl.DataFrame({"gene_id": mats.genes}).join(genes.select("gene_id", "gene", "name", "chrom", "tss", "strand"),
-                                                      on="gene_id", how="left").to_pandas())
-    var.index = pd.Index(var["name"].astype(str), name="gene_name")
-    var.index = pd.Index(ad.utils.make_index_unique(var.index))
-    rna = ad.AnnData(X=mats.expression, obs=obs.copy(), var=var,
-                     layers={"predicted": mats.predicted, "attention_feature": mats.attention_feature,
-                             "gene_activity": mats.activity})
-    atac, att = _peak_matrices(records, mats.cells, peaks.height)
-    pvar = peaks.select("peak_id", "chrom", "start", "end").join(peak_regions(peaks), on="peak_id").to_pandas().set_index("region")
-    atac_ad = ad.AnnData(X=atac, obs=obs.copy(), var=pvar, layers={"attention": att})
-    # mudata 0.4's behaviour (obs set here, not pulled from the modalities), without its FutureWarning
-    with md.set_options(pull_on_update=False):
-        mdata = md.MuData({"rna": rna, "peaks": atac_ad})
-        mdata.obs["group"] = obs["group"]
-        n_comp = max(1, min(20, mats.predicted.shape[0] - 1, mats.predicted.shape[1]))
-        z = PCA(n_components=n_comp, random_state=seed).fit_transform(mats.predicted.astype(np.float64))
-        mdata.obsm["X_creformer"] = z
-        rna.obsm["X_creformer"] = z
-        um = umap_2d(z, seed)
-        if um is None:  # too few cells for UMAP: the first two components stand in
-            um = np.pad(z[:, :2], ((0, 0), (0, max(0, 2 - z.shape[1]))))
-        mdata.obsm["X_umap"] = um
-        rna.obsm["X_umap"] = um
-        mdata.uns["creformer"] = {"rna.X": "measured expression, log1p(counts x 1e4 / rna_counts)",
-                                  "X_creformer": "PCA of the model's predicted expression",
-                                  "peaks.layers.attention": "per-cell attention, mean over the genes whose window holds the peak"}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        mdata.write(path)
-    return path
-
-
 def write_exports(links: pl.DataFrame, bound: np.ndarray, tfs: list[TF], genes: pl.DataFrame, peaks: pl.DataFrame,
-                  records: pl.DataFrame, effects: pl.DataFrame, mats: GeneCellMatrices, cells: pl.DataFrame, out: Path,
-                  seed: int = 0) -> list[Path]:
-    """Every ecosystem file: grn/celloracle_base_grn.parquet, grn/scenicplus_eregulons.tsv, atlas.h5mu."""
+                  effects: pl.DataFrame, tf_gene_r: np.ndarray, gene_order: np.ndarray,
+                  region_r: Callable[[pl.DataFrame], np.ndarray], out: Path) -> list[Path]:
+    """The GRN files for other tools: grn/celloracle_base_grn.parquet, grn/scenicplus_eregulons.tsv
+    (the per-cell files, features.h5ad and atlas.h5mu, are cell_files.py's)."""
     (out / "grn").mkdir(parents=True, exist_ok=True)
-    paths = [out / "grn" / "celloracle_base_grn.parquet", out / "grn" / "scenicplus_eregulons.tsv", out / "atlas.h5mu"]
+    paths = [out / "grn" / "celloracle_base_grn.parquet", out / "grn" / "scenicplus_eregulons.tsv"]
     celloracle_base_grn(links, bound, tfs, genes, peaks).to_parquet(paths[0], index=False)
-    scenicplus_eregulons(links, bound, tfs, genes, peaks, records, effects, mats).write_csv(paths[1], separator="\t")
-    write_mudata(mats, records, cells, genes, peaks, paths[2], seed)
+    scenicplus_eregulons(links, bound, tfs, genes, peaks, effects, tf_gene_r, gene_order, region_r).write_csv(paths[1], separator="\t")
     return paths

@@ -6,7 +6,7 @@ n high-attention peaks, k do; p = P(X ≥ k). Edge score = −log10 p; edges kee
 the all-pairs table the scorecard ranks keeps every score (``pair_scores``). Beside it, the
 model's in-silico knockouts read as edges (``knockout_scores``). Baselines scored the same way
 downstream: motif-only (motif-bearing peaks in the window, no model) and expression correlation
-(Pearson r of TF and target expression across the analysed cells).
+(Pearson r of TF and target expression across the analysed cells, from streaming sums).
 """
 
 from __future__ import annotations
@@ -100,28 +100,13 @@ def motif_only_scores(windows: dict[int, np.ndarray], bound: np.ndarray, tfs: li
     return np.stack([bound[p][:, motif_idx].sum(0) if p.size else np.zeros(len(tfs)) for p in windows.values()]).astype(np.float64)
 
 
-def correlation_scores(expression: np.ndarray, gene_order: np.ndarray, tfs: list[TF]) -> np.ndarray:
-    """(genes, TFs) Pearson r between each TF gene's and each gene's expression across cells; 0 for a
-    TF whose gene is not in the atlas or is constant."""
-    x = expression - expression.mean(0)
-    sd = np.sqrt((x**2).sum(0))
-    col = {int(g): i for i, g in enumerate(gene_order.tolist())}
-    out = np.zeros((len(gene_order), len(tfs)))
-    for j, t in enumerate(tfs):
-        if t.gene_id is None or t.gene_id not in col or sd[col[t.gene_id]] == 0:
-            continue
-        tf = x[:, col[t.gene_id]]
-        out[:, j] = (x.T @ tf) / np.where(sd > 0, sd, np.inf) / sd[col[t.gene_id]]
-    return out
-
-
 def score_table(best: dict[tuple[str, int], float], windows: dict[int, np.ndarray], bound: np.ndarray, tfs: list[TF],
-                gene_names: dict[int, str], expression: np.ndarray, gene_order: np.ndarray,
+                gene_names: dict[int, str], corr_all: np.ndarray, gene_order: np.ndarray,
                 variants: dict[str, dict[tuple[str, int], float]] | None = None) -> pl.DataFrame:
     """Every (tf, target) pair with the model's score (``pair_scores``: best group, 0 without a motif
-    in a high-attention peak), both baselines, and a column per other model ranking in ``variants``."""
+    in a high-attention peak), both baselines, and a column per other model ranking in ``variants``;
+    ``corr_all``: (genes in ``gene_order``, TFs) TF–gene expression r (reduce.FirstPass.correlation)."""
     motif = motif_only_scores(windows, bound, tfs)
-    corr_all = correlation_scores(expression, gene_order, tfs)
     row_of = {int(g): i for i, g in enumerate(gene_order.tolist())}
     rows = []
     for gi, gid in enumerate(windows):

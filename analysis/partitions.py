@@ -42,7 +42,8 @@ def run_partitions(p: Prepared, config_path: Path) -> dict[str, Any]:
     plan = {"config": str(config_path.resolve()), "manifest": str(p.tables.manifest.path.resolve()),
             "elementary_weights": str(Path(p.elementary_weights).resolve()),
             "regulatory_weights": str(Path(p.regulatory_weights).resolve()), "out": str(out.resolve()),
-            "cache": a.cache, "cache_dir": str((out / "embedding_cache").resolve()), "threads": a.threads_per_worker,
+            "cache": a.cache, "cache_mb": a.cache_mb, "cache_dir": str((out / "embedding_cache").resolve()),
+            "threads": a.threads_per_worker,
             "store_dir": str(store_root(p.cfg).resolve()) if a.cache and find_store(p.cfg, p.tables.manifest, p.elementary_weights) else None,
             "batch_size": a.batch_size, "genes": p.genes, "ki_level": p.ki_level, "fingerprint": fingerprint,
             "fail_at": a.fail_at,
@@ -70,6 +71,7 @@ def run_partitions(p: Prepared, config_path: Path) -> dict[str, Any]:
                 f.unlink()
     stats = {"partitions": len(items), "reused": len(items) - len(todo), "samples": 0, "seconds": 0.0,
              "cache_hits": 0, "cache_misses": 0, "observed_forwards": 0, "store": plan["store_dir"],
+             "worker_max_rss_mb": 0.0,
              "timeline": []}  # timeline: (seconds, samples) per finished partition
     t0 = time.perf_counter()
     if todo:
@@ -85,6 +87,7 @@ def run_partitions(p: Prepared, config_path: Path) -> dict[str, Any]:
                 stats["cache_hits"] += int(row["cache_hits"])
                 stats["cache_misses"] += int(row["cache_misses"])
                 stats["observed_forwards"] += int(row["observed_forwards"])
+                stats["worker_max_rss_mb"] = max(stats["worker_max_rss_mb"], float(row["max_rss_mb"]))
                 if int(row["index"]) >= 0:
                     stats["timeline"].append((time.perf_counter() - t0, int(row["samples"])))
                 bar.update(1)

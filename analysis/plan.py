@@ -5,6 +5,7 @@ the models) before Ray does any work, and the partitions the workers will score.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from creformer.config import Config
 from creformer.engine.errors import InputError
 
 from . import inputs
-from .motif_scan import decode_dna, scan, scan_fimo
+from .motif_stage import scan_peaks
 from .perturb import conditions, knock_in_level, perturbed_tfs
 
 
@@ -30,7 +31,7 @@ class Prepared:
     chosen: pl.DataFrame  # the analysed cells (cell_id, barcode, group)
     tfs: list[inputs.TF]
     motifs: list
-    bound: np.ndarray  # (n_peaks, n_motifs) motif sites present
+    bound: np.ndarray | None  # (n_peaks, n_motifs) motif sites present: the motif stage fills it, once Ray runs
     conditions: list
     not_perturbed: list[str]  # TFs with a motif but no condition (analysis.perturb), named in atlas.json
     ki_level: int
@@ -62,15 +63,25 @@ def prepare(cfg: Config) -> Prepared:
     el = cfg.train.regulatory.elementary_weights or str(cfg.train.weights("elementary"))
     rg = a.regulatory_weights or str(cfg.train.weights("regulatory"))
     models = inputs.load_models(el, rg, cfg, tables)  # fails here, not in a worker, when artifacts do not fit
-    bases = decode_dna(tables.peak_dna)
-    hits = scan_fimo(bases, motifs, a.motif_pvalue) if a.motif_pvalue else scan(bases, motifs, a.motif_threshold)
     perturbed, not_perturbed = perturbed_tfs(tfs, a.perturb, a.tfs)
     conds = conditions(perturbed, a.multi_tf, known=tfs)
     sig0 = tables.manifest.data["tables"]["signal"][0]["file"]
     tok = pq.read_table(tables.root / sig0, columns=["tok"]).column("tok").combine_chunks().values.to_numpy()
-    return Prepared(cfg, Path(a.out), tables, groups, chosen, tfs, motifs, hits.bound, conds, not_perturbed,
+    return Prepared(cfg, Path(a.out), tables, groups, chosen, tfs, motifs, None, conds, not_perturbed,
                     knock_in_level(tok, a.ki_quantile), el, rg, genes, models)
 
+
+
+def scan_motifs(p: Prepared) -> np.ndarray:
+    """Motif sites of every peak (analysis.motif_pvalue, else motif_threshold) by the Ray Data motif
+    stage over blocks of peaks (motif_stage.py); sets and returns ``p.bound``."""
+    a = p.cfg.analysis
+    t0 = time.perf_counter()
+    hits = scan_peaks(p.tables.peak_dna, p.motifs, a.motif_pvalue, a.motif_threshold, a.workers)
+    p.bound = hits.bound
+    print(f"[atlas_grn] motif scan: {p.tables.peak_dna.shape[0]:,} peaks x {len(p.motifs)} motifs, "
+          f"{int(p.bound.sum()):,} (peak, motif) sites in {time.perf_counter() - t0:.1f} s (Ray Data, {a.workers} actors)", flush=True)
+    return p.bound
 
 
 def partitions(p: Prepared) -> list[dict[str, Any]]:

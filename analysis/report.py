@@ -11,27 +11,27 @@ import numpy as np
 import polars as pl
 
 from creformer.plotting import plt
-from creformer.trainer.evaluate import pearson
 
 from .inputs import peak_regions
 from .validate import scored_tasks
 
 
-def plot_prediction(records: pl.DataFrame, path: Path) -> tuple[Path, float]:
-    x, y = records["expression"].to_numpy(), records["pred"].to_numpy()
-    r = pearson(x, y)
+def plot_prediction(points: pl.DataFrame, r: float, path: Path) -> Path:
+    """Measured vs predicted expression: a seeded sample of (cell, gene) points; ``r`` over every pair."""
+    x, y = points["expression"].to_numpy(), points["pred"].to_numpy()
     fig, ax = plt.subplots(figsize=(4.8, 4.2))
     ax.scatter(x, y, s=3, alpha=0.3)
     lim = [min(x.min(), y.min()), max(x.max(), y.max())]
     ax.plot(lim, lim, c="grey", lw=0.8)
-    ax.set(xlabel="measured log1p(CP10k)", ylabel="predicted", title=f"Expression, analysed cells (Pearson r {r:.2f})")
+    ax.set(xlabel="measured log1p(CP10k)", ylabel="predicted",
+           title=f"Expression, {len(x):,} sampled pairs (Pearson r {r:.2f}, all pairs)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return path, r
+    return path
 
 
-def plot_attention_loci(gatt: pl.DataFrame, records: pl.DataFrame, genes: pl.DataFrame, peaks: pl.DataFrame, path: Path,
+def plot_attention_loci(gatt: pl.DataFrame, genes: pl.DataFrame, peaks: pl.DataFrame, path: Path,
                         n_genes: int = 2) -> Path:
     """Group-mean attention (bars) and ATAC mass (line) along the TSS window of the genes whose
     predicted expression differs most between groups."""
@@ -229,14 +229,15 @@ def top_mediators(effects: pl.DataFrame, mediators: pl.DataFrame, gene_names: di
             .select("group", pl.col("condition").alias("knockout"), "gene", "log2fc", pl.col("peak").alias("main_peak"), "peak_log2fc"))
 
 
-def write_report(out: Path, p, records, gatt, masters, edges, effects, trans, card, curves: list[Path], results: dict[str, Any],
+def write_report(out: Path, p, view: dict[str, Any], gatt, masters, edges, effects, trans, card, curves: list[Path], results: dict[str, Any],
                  mediators: pl.DataFrame | None = None) -> Path:
     figs = out / "figures"
     tables = p.tables
     gene_names = dict(zip(tables.genes["gene_id"].to_list(), tables.genes["name"].to_list()))
-    pred_png, r = plot_prediction(records, figs / "prediction.png")
-    parts = [f"<h1>atlas_grn report</h1><p>{records['cell_id'].n_unique()} cells in {p.chosen['group'].n_unique()} "
-             f"groups × {records['gene_id'].n_unique()} genes ({records.height:,} cell × gene pairs); {len(p.tfs)} TFs; "
+    r = view["r"]
+    pred_png = plot_prediction(view["scatter"], r, figs / "prediction.png")
+    parts = [f"<h1>atlas_grn report</h1><p>{view['cells']:,} cells in {p.chosen['group'].n_unique()} "
+             f"groups × {view['genes']} genes ({view['pairs']:,} cell × gene pairs); {len(p.tfs)} TFs; "
              f"{len(p.conditions)} perturbations at knock-in level {p.ki_level}"
              + (f" ({len(p.not_perturbed)} TFs with a motif but no gene among the atlas genes not perturbed: analysis.perturb="
                 f"{p.cfg.analysis.perturb})" if p.not_perturbed else "")
@@ -255,7 +256,7 @@ def write_report(out: Path, p, records, gatt, masters, edges, effects, trans, ca
     if curves:
         parts.append("<h2>Training</h2>" + "".join(f"<img src='figures/{c.name}' width='48%'>" for c in curves))
     parts.append(f"<h2>Expression prediction</h2><img src='figures/{pred_png.name}' width='40%'><p>Pearson r {r:.3f} over the analysed cells.</p>")
-    parts.append(f"<h2>Attention at example loci</h2><img src='figures/{plot_attention_loci(gatt, records, tables.genes, tables.peaks, figs / 'attention_loci.png').name}' width='100%'>"
+    parts.append(f"<h2>Attention at example loci</h2><img src='figures/{plot_attention_loci(gatt, tables.genes, tables.peaks, figs / 'attention_loci.png').name}' width='100%'>"
                  "<p>Genome tracks per group: <code>tracks/attention.&lt;group&gt;.bw</code> and <code>.bedGraph</code>; "
                  "features per cell: <code>features.h5ad</code> (X = gene activity, layer attention_feature).</p>")
     if masters is not None:

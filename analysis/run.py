@@ -7,12 +7,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 
-from . import attention, crispri, enhancers, exports, features, grn, master_tf, perturb, targets, transitions
+from . import attention, cell_files, crispri, enhancers, exports, features, grn, master_tf, perturb, reduce, targets, transitions
 from .diagnostics import embedding_sensitivity
-from .partitions import load_partitions
 from .report import write_report
 from .validate import scorecard
 
@@ -25,56 +23,59 @@ def _groups_pair(p, names: list[str]) -> tuple[str, str]:
 
 
 def run_analyses(p, stats: dict[str, Any], seconds: float) -> Path:
+    """Every analysis from the scored partitions, by streaming reductions (reduce.py): the driver
+    holds per-group, per-gene and per-peak aggregates and a fixed-size seeded sample of cells
+    (``analysis.driver_cells_per_group``), never a cells x genes matrix."""
     a = p.cfg.analysis
     out = p.out
     figs = out / "figures"
     figs.mkdir(parents=True, exist_ok=True)
-    records, pert = load_partitions(out)
     cells = p.chosen
     tables = p.tables
     gene_names = dict(zip(tables.genes["gene_id"].to_list(), tables.genes["name"].to_list()))
     gene_keys = dict(zip(tables.genes["gene_id"].to_list(), tables.genes["gene"].to_list()))
     results: dict[str, Any] = {"stats": stats, "seconds": seconds}
+    universe = reduce.Universe.of(cells, tables.genes.height, [t.gene_id for t in p.tfs if t.gene_id is not None])
+    fp = reduce.first_pass(out, universe)
 
     # attention: per group means, genome tracks
-    long = attention.explode(records)
-    gatt = attention.group_attention(long, cells)
+    gatt = fp.gatt
     (out / "tables").mkdir(exist_ok=True)
     gatt.write_parquet(out / "tables" / "attention_groups.parquet")
     sizes = tables.manifest.data.get("chrom_sizes")  # shard sets built before it was recorded: sized by their last peak
     results["tracks"] = [str(x) for x in attention.write_tracks(attention.peak_tracks(gatt, tables.peaks), out / "tracks", sizes)]
 
-    # features + AnnData
-    mats = features.gene_cell_matrices(records, tables.genes, tables.peaks, a.tss_region_bp)
-    features.write_h5ad(mats, cells, tables.genes, out / "features.h5ad")
-    group_of = dict(zip(cells["cell_id"].to_list(), cells["group"].to_list()))
-    groups = np.array([group_of[int(c)] for c in mats.cells])
-    col = {int(g): j for j, g in enumerate(mats.genes.tolist())}
-    tf_in = [t for t in p.tfs if t.gene_id is not None and t.gene_id in col]
+    # transitions (from group sums), then the per-cell pass: features, shifts, the driver's sample
+    names = universe.groups
+    src, tgt = _groups_pair(p, names)
+    trans = reduce.transition_table(fp, names, src, tgt).sort("transition_score", descending=True)
+    top = trans.row(0, named=True)
+    sample = reduce.sample_cells(cells, a.driver_cells_per_group, a.seed)
+    sp = reduce.second_pass(out, universe, fp, sample, src, tgt, (top["condition"], top["mode"]), a.tss_region_bp,
+                            lambda g, w: features.peak_distance(tables.genes, tables.peaks, g, w), a.seed)
+    seen = set(fp.genes.tolist())
+    tf_in = [t for t in p.tfs if t.gene_id is not None and t.gene_id in seen]
     results["tfs_without_gene"] = [t.name for t in p.tfs if t not in tf_in]
 
     # master TFs: attention features (model) vs gene activity (baseline)
-    names = sorted(set(groups.tolist()))
     masters = None
     if tf_in and len(names) >= 2:
-        cols = [col[t.gene_id] for t in tf_in]
+        mats, groups = features.sample_matrices(sp.sample, sample, [t.gene_id for t in tf_in])
         tfn = [t.name for t in tf_in]
-        masters = pl.concat([
-            master_tf.master_tfs(mats.attention_feature[:, cols], groups, tfn, seed=a.seed).with_columns(pl.lit("model").alias("method")),
-            master_tf.master_tfs(mats.activity[:, cols], groups, tfn, seed=a.seed).with_columns(pl.lit("gene_activity").alias("method")),
-            master_tf.master_tfs(mats.expression[:, cols], groups, tfn, seed=a.seed).with_columns(pl.lit("tf_expression").alias("method")),
-        ])
+        masters = pl.concat([master_tf.master_tfs(mats[col], groups, tfn, seed=a.seed).with_columns(pl.lit(method).alias("method"))
+                             for method, col in (("model", "attention_feature"), ("gene_activity", "activity"),
+                                                 ("tf_expression", "expression"))])
         masters.write_parquet(out / "master_tfs.parquet")
 
     # GRN edges (+ SCENIC+/CellOracle layouts) and the all-pairs score table with baselines
     edges = grn.grn_edges(gatt, p.bound, p.tfs, gene_names, high_k=a.high_attention_peaks, max_p=a.max_edge_p)
     results["grn_files"] = [str(x) for x in grn.write_grn(edges, out / "grn")]
-    windows = {int(g): np.asarray(df["peak_ids"][0].to_list(), np.int64)
-               for (g,), df in sorted(records.group_by("gene_id"), key=lambda kv: kv[0])}
+    windows = fp.windows
     best = grn.pair_scores(gatt, p.bound, p.tfs, a.high_attention_peaks)
     by_ablation = grn.pair_scores(gatt, p.bound, p.tfs, a.high_attention_peaks, by="ablation")
-    effects = perturb.group_effects(records, pert, cells)  # per group; also written below
-    scores = grn.score_table(best, windows, p.bound, p.tfs, gene_names, mats.expression, mats.genes,
+    effects = fp.effects(names)  # per group; also written below
+    corr = fp.correlation([t.gene_id for t in p.tfs])  # (genes seen, TFs) TF-gene expression r
+    scores = grn.score_table(best, windows, p.bound, p.tfs, gene_names, corr, fp.genes,
                              variants={"model_ablation": by_ablation, "model_knockout": grn.knockout_scores(effects, p.tfs)})
     scores = scores.with_columns(pl.col("gene_id").replace_strict(gene_keys, return_dtype=pl.Utf8).alias("gene"))
     scores.write_parquet(out / "grn" / "scores.parquet")
@@ -94,35 +95,23 @@ def run_analyses(p, stats: dict[str, Any], seconds: float) -> Path:
     effects.write_parquet(out / "perturbation_effects.parquet")
     # the layouts CellOracle, SCENIC+ and scverse load
     links = exports.regulatory_links(elems, tables.genes, tables.peaks, a.tss_region_bp, a.high_attention_peaks)
-    results["exports"] = [str(x) for x in exports.write_exports(links, p.bound, p.tfs, tables.genes, tables.peaks, records,
-                                                                effects, mats, cells.join(tables.cells.select("cell_id", "rna_counts"), on="cell_id", how="left"),
-                                                                out, a.seed)]
+    results["exports"] = [str(x) for x in exports.write_exports(links, p.bound, p.tfs, tables.genes, tables.peaks, effects,
+                                                                corr, fp.genes, fp.region_correlation, out)]
+    meta_cells = cells.join(tables.cells.select("cell_id", "rna_counts"), on="cell_id", how="left")
+    results["cell_files"] = [str(x) for x in cell_files.write_cell_files(out, fp, meta_cells, tables.genes, tables.peaks,
+                                                                         sample, a.seed)]
     mediators = perturb.ko_mediators(gatt, p.bound, p.conditions)
     mediators.write_parquet(out / "ko_mediators.parquet")
 
     # transitions and therapeutic targets
-    src, tgt = _groups_pair(p, names)
-    cid = {g: np.sort(cells.filter(pl.col("group") == g)["cell_id"].to_numpy()) for g in names}
-    base_src = perturb.matrix(records, "pred", cid[src], mats.genes)
-    base_tgt = perturb.matrix(records, "pred", cid[tgt], mats.genes)
-    trans_rows = []
-    states: dict[str, np.ndarray] = {}
-    for c in p.conditions:
-        st = perturb.perturbed_states(records, pert, c.name, c.mode, cid[src], mats.genes)
-        states[f"{c.name} {c.mode}"] = st
-        trans_rows.append((c.name, c.mode, transitions.transition_score(base_src, base_tgt, st),
-                           transitions.fraction_closer(base_src, base_tgt, st)))
-    trans = pl.DataFrame(trans_rows, schema={"condition": pl.Utf8, "mode": pl.Utf8, "transition_score": pl.Float64,
-                                             "fraction_closer": pl.Float64}, orient="row")
-    trans = trans.sort("transition_score", descending=True)
+    trans = (trans.with_columns(pl.Series("fraction_closer", [sp.fraction_closer.get((c, m), 0.0)
+                                                              for c, m in zip(trans["condition"], trans["mode"])], pl.Float64)))
     trans.write_parquet(out / "transitions.parquet")
-    best = trans.row(0, named=True)
-    emb = transitions.embed(base_src, base_tgt, states[f"{best['condition']} {best['mode']}"], seed=a.seed)
-    transitions.plot(emb, f"{src} under {best['condition']} {best['mode']} vs {tgt}", figs / "transition.png")
-    results["transition"] = {"source": src, "target": tgt, "best": best}
+    emb = transitions.embed(sp.states["source"], sp.states["target"], sp.states["perturbed"], seed=a.seed)
+    transitions.plot(emb, f"{src} under {top['condition']} {top['mode']} vs {tgt}", figs / "transition.png")
+    results["transition"] = {"source": src, "target": tgt, "best": trans.row(0, named=True)}
     (out / "transition_groups.json").write_text(json.dumps({"source": src, "target": tgt}))
-    ko_states = {k.split()[0]: v for k, v in states.items() if k.endswith(" KO")}
-    ranking = targets.rank_knockouts(base_src, base_tgt, ko_states)
+    ranking = targets.rank_knockouts(trans.filter(pl.col("mode") == "KO"))
     ranking.write_parquet(out / "therapeutic_targets.parquet")
     results["targets"] = {"disease": src, "reference": tgt, "knockouts": ranking.head(5).to_dicts(),
                           "masters": targets.differing_masters(masters.filter(pl.col("method") == "model"), src, tgt, a.top_k_tfs)
@@ -130,11 +119,19 @@ def run_analyses(p, stats: dict[str, Any], seconds: float) -> Path:
 
     sig0 = tables.root / tables.manifest.data["tables"]["signal"][0]["file"]
     results["sanity"] = embedding_sensitivity(p.models.elementary, tables.peak_dna, sig0, seed=a.seed)
-    meta = {"manifest": str(tables.manifest.path.resolve()), "cells": cells.height, "groups": names,
-            "genes": int(len(mats.genes)), "tfs": [t.name for t in p.tfs], "tf_motifs": [t.motif for t in p.tfs],
+    meta = {"manifest": str(tables.manifest.path.resolve()), "cells": int(fp.cell_order.size), "groups": names,
+            "genes": int(fp.genes.size), "pairs": fp.pairs, "tfs": [t.name for t in p.tfs], "tf_motifs": [t.motif for t in p.tfs],
             "sampling": {"cells_per_group": a.cells_per_group, "analysed_cells": cells.height, "grouped_cells": p.groups.height,
                          "note": "a seeded sample of each group's cells (analysis.cells_per_group; 0 = every cell)"
-                         if a.cells_per_group else "every grouped cell"},
+                         if a.cells_per_group else "every grouped cell",
+                         "driver_cells_per_group": a.driver_cells_per_group,
+                         "driver_sample": f"{sample.height} cells (at most analysis.driver_cells_per_group per group, seeded) "
+                                          "train the master-TF classifier and are the figures' points; every other output "
+                                          "covers every analysed cell"},
+            "per_cell": {"cells/": "cell_id, gene_id, expression, pred, activity, attention_feature",
+                         "shifts/": "cell_id, condition, mode, shift_norm, toward_target, closer (cells a condition touched)",
+                         "partitions/scores/": "per (cell, gene): peak ids, attention, ATAC mass, ablation",
+                         "partitions/perturb/": "per (cell, gene, condition, mode): the perturbed prediction"},
             "conditions": len(p.conditions), "perturb_rule": p.cfg.analysis.perturb,
             "not_perturbed": {"count": len(p.not_perturbed), "why": "a motif but no gene among the atlas genes (analysis.perturb)",
                               "tfs": p.not_perturbed},
@@ -154,4 +151,6 @@ def run_analyses(p, stats: dict[str, Any], seconds: float) -> Path:
             dst = figs / f"loss_{Path(w).parent.parent.name}.png"
             shutil.copyfile(png, dst)
             curves.append(dst)
-    return write_report(out, p, records, gatt, masters, edges, effects, trans, card, curves, results, mediators)
+    view = {"cells": int(fp.cell_order.size), "genes": int(fp.genes.size), "pairs": fp.pairs, "scatter": sp.scatter,
+            "r": fp.prediction_r()}
+    return write_report(out, p, view, gatt, masters, edges, effects, trans, card, curves, results, mediators)

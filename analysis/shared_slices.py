@@ -6,6 +6,7 @@ NFS file system), computes it into the shared disk cache, and marks it done."""
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import time
 from pathlib import Path
@@ -86,7 +87,7 @@ def embed_shared(w: AtlasWorker, item: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     n = embed_slice(w, item["slice"]) if claim_slice(w.work, item["slice"]) else 0
     return {"index": -1, "samples": 0, "perturbed": 0, "seconds": time.perf_counter() - t0, "cache_hits": 0, "cache_misses": n,
-            "observed_forwards": 0}
+            "observed_forwards": 0, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def ensure_shared(w: AtlasWorker) -> int:

@@ -46,9 +46,10 @@ def embed(source: np.ndarray, target: np.ndarray, perturbed: np.ndarray, seed: i
     """PCA fitted on source + target states (perturbed cells projected in); UMAP on all three."""
     x = np.vstack([source, target, perturbed]).astype(np.float64)
     labels = np.array(["source"] * len(source) + ["target"] * len(target) + ["perturbed"] * len(perturbed))
-    n_comp = min(10, x.shape[1], len(source) + len(target) - 1)
-    pca = PCA(n_components=max(2, n_comp), random_state=seed).fit(np.vstack([source, target]))
+    n_comp = max(1, min(10, x.shape[1], len(source) + len(target) - 1))
+    pca = PCA(n_components=n_comp, random_state=seed).fit(np.vstack([source, target]))
     z = pca.transform(x)
+    z = np.pad(z, ((0, 0), (0, max(0, 2 - z.shape[1]))))  # one gene: a flat second axis
     return Embedding(z[:, :2], umap_2d(z, seed), labels)
 
 

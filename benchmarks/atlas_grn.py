@@ -14,6 +14,15 @@ built under --work when missing (throughput does not depend on how well the mode
 
 Usage: python benchmarks/atlas_grn.py [--preset tiny] [--cells-per-group 30] [--repeats 1] [--work runs/bench/atlas]
        [--cells N --skip-no-cache]   (a larger atlas, scaling only: start-up weighs less)
+       --memory 25000 100000 [--genes TF01 TF02]   (whole-atlas memory: below)
+
+--memory N1 N2: atlas_grn end to end (scoring and every analysis, every cell, no sampling) on two
+simulated atlases of one genome (the preset's genome, N1 and N2 cells), each its own process, and
+the ratio of the driver's and the workers' peak RSS (N2 over N1; target <= 1.2x from 1x to 4x
+cells), with pairs/s per worker. For time, only ``--genes`` are scored and only their TFs are
+perturbed (a knockout and a knock-in each), the models are trained 5 steps (throughput and
+memory do not depend on how well they are trained), and the regulatory shards hold 5,000 cells
+each, as an atlas of 20 k genes has shards of ~50 cells at the default rows_per_shard.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ import numpy as np
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
-def build_inputs(work: Path, preset: str, n_cells: int | None = None) -> tuple[Path, Path, Path]:
+def build_inputs(work: Path, preset: str, n_cells: int | None = None, extra: tuple[str, ...] = ()) -> tuple[Path, Path, Path]:
     from creformer.config import load_config
     from creformer.engine.simulate import simulate
     from creformer.trainer.jobs import train_elementary, train_regulatory
@@ -43,7 +52,8 @@ def build_inputs(work: Path, preset: str, n_cells: int | None = None) -> tuple[P
                                f"data.regulatory.multiome={sim / 'multiome'}", f"data.regulatory.annotation={sim / 'genes.gtf'}",
                                f"data.regulatory.shards={work / 'reg'}", "train.elementary.max_steps=5",
                                "train.elementary.checkpoint_every=5", "train.regulatory.max_steps=5",
-                               "train.regulatory.checkpoint_every=5"])
+                               "train.regulatory.checkpoint_every=5",
+                               "data.embeddings.mode=online", *extra])  # 5 steps: a store would cost more than it saves
     el, rg = cfg.train.weights("elementary"), cfg.train.weights("regulatory")
     if not el.exists():
         train_elementary(cfg)
@@ -54,7 +64,7 @@ def build_inputs(work: Path, preset: str, n_cells: int | None = None) -> tuple[P
 
 def measure(work: Path, sim: Path, el: Path, rg: Path, name: str, workers: int, cache: bool, cells: int) -> dict:
     from creformer.analysis.partitions import run_partitions
-    from creformer.analysis.plan import prepare
+    from creformer.analysis.plan import prepare, scan_motifs
     from creformer.config import load_config, save_config
 
     out = work / "runs" / name
@@ -65,6 +75,7 @@ def measure(work: Path, sim: Path, el: Path, rg: Path, name: str, workers: int, 
                                "analysis.min_cells_per_group=5", "analysis.cells_per_partition=8", f"analysis.workers={workers}",
                                f"analysis.cache={str(cache).lower()}"])
     p = prepare(cfg)
+    scan_motifs(p)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     t = time.perf_counter()
@@ -84,6 +95,66 @@ def steady_rate(timeline: list[tuple[float, int]], workers: int) -> float:
     return sum(n for _, n in timeline[workers:]) / (timeline[-1][0] - t0)
 
 
+DRIVER = """
+import json, resource, sys, time
+from creformer.analysis.atlas import atlas_grn
+from creformer.config import load_config
+t = time.perf_counter()
+res = atlas_grn(load_config("tiny", sys.argv[1:]))
+print("RESULT " + json.dumps({"stats": res.stats, "wall_s": time.perf_counter() - t,
+                              "driver_max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def memory_run(work: Path, preset: str, cells: int, genes: list[str]) -> dict:
+    """atlas_grn over every cell of a ``cells``-cell atlas, its driver in a fresh process."""
+    import subprocess
+    import sys
+
+    import ray
+
+    base = work / f"cells-{cells}"
+    t = time.perf_counter()
+    # shards of 5,000 cells (the tiny genome has 19 genes): an atlas of 20 k genes gets ~50-cell
+    # shards from the default 1 M rows; a worker holds one shard's ATAC signal at a time
+    sim, el, rg = build_inputs(base, preset, cells, ("data.regulatory.rows_per_shard=95000",))
+    build_s = time.perf_counter() - t
+    ray.shutdown()  # the driver below starts its own Ray, as `atlas_grn` does
+    out = base / "atlas"
+    shutil.rmtree(out, ignore_errors=True)
+    args = [f"data.regulatory.shards={base / 'reg'}", f"train.regulatory.elementary_weights={el}",
+            f"analysis.regulatory_weights={rg}", f"analysis.out={out}", f"analysis.motifs={sim / 'motifs.meme'}",
+            f"analysis.groups={sim / 'truth' / 'cells.tsv'}", "analysis.cells_per_group=0", "analysis.cells_per_partition=256",
+            "analysis.workers=2", f"analysis.genes=[{','.join(genes)}]", f"analysis.tfs=[{','.join(genes)}]"]
+    proc = subprocess.run([sys.executable, "-c", DRIVER, *args], capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"atlas_grn on {cells} cells failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    res = json.loads(next(line[7:] for line in proc.stdout.splitlines() if line.startswith("RESULT ")))
+    st = res["stats"]
+    row = {"cells": cells, "pairs": st["samples"], "partitions": st["partitions"], "build_inputs_s": round(build_s, 1),
+            "atlas_grn_wall_s": round(res["wall_s"], 1), "scoring_s": round(st["seconds"], 1),
+            "pairs_per_s_per_worker": round(st["samples"] / st["seconds"] / 2, 1),
+            "driver_max_rss_mb": round(res["driver_max_rss_mb"], 1), "worker_max_rss_mb": round(st["worker_max_rss_mb"], 1)}
+    (base / "memory_run.json").write_text(json.dumps(row, indent=1))
+    return row
+
+
+def memory(args) -> None:
+    work = Path(args.work).resolve()
+    def run(n: int) -> dict:
+        done = work / f"cells-{n}" / "memory_run.json"
+        return json.loads(done.read_text()) if args.reuse and done.exists() else memory_run(work, args.preset, n, args.genes)
+
+    runs = [run(n) for n in args.memory]
+    a, b = runs[0], runs[-1]
+    result = {"cpu_cores": os.cpu_count(), "genes": args.genes, "runs": runs,
+              "cells_ratio": b["cells"] / a["cells"],
+              "driver_rss_ratio": round(b["driver_max_rss_mb"] / a["driver_max_rss_mb"], 3),
+              "worker_rss_ratio": round(b["worker_max_rss_mb"] / a["worker_max_rss_mb"], 3), "target_rss_ratio": 1.2}
+    print(json.dumps(result, indent=1))
+    (work / "memory.json").write_text(json.dumps(result, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny")
@@ -92,7 +163,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="1 vs 2 worker pairs; the ratios reported are their medians")
     ap.add_argument("--cells", type=int, default=None, help="simulate this many cells (default: the preset's); use a fresh --work")
     ap.add_argument("--skip-no-cache", action="store_true", help="measure scaling only (the run without cache is the slowest)")
+    ap.add_argument("--memory", type=int, nargs=2, metavar=("N1", "N2"), help="whole-atlas memory on N1 and N2 cells")
+    ap.add_argument("--genes", nargs="+", default=["TF01"], help="--memory: genes scored (and TFs perturbed)")
+    ap.add_argument("--reuse", action="store_true", help="--memory: keep an atlas size's finished run (its memory_run.json)")
     args = ap.parse_args()
+    if args.memory:
+        return memory(args)
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     from creformer.config import RayConfig

@@ -200,7 +200,10 @@ class AnalysisConfig:
     group_column: str = "cell_type"
     truth: str = ""  # simulator truth folder: when set, atlas_grn also writes scorecard.json
     crispri: str = ""  # EPCrisprBenchmark table to score (baselines always, the model where it covers)
-    cells_per_group: int = 16  # analysed cells per group (0: all)
+    cells_per_group: int = 0  # a seeded sample of this many cells per group (0: every cell; a sample is reported)
+    # cells per group the atlas_grn driver holds (seeded): the master-TF classifier's training cells and
+    # the figures' points; every other output covers every analysed cell, by streaming reductions
+    driver_cells_per_group: int = 1000
     min_cells_per_group: int = 20
     top_k_tfs: int = 3
     genes: list[str] = field(default_factory=list)  # restrict to these genes (names or ids; empty: all)
@@ -226,6 +229,9 @@ class AnalysisConfig:
     batch_size: int = 64
     cells_per_partition: int = 16  # small partitions balance the workers and make resumes cheap
     cache: bool = True  # the frozen-Elementary embedding cache
+    # each actor's in-memory LRU of embeddings (MB): a cell's peaks recur across its genes' windows within a
+    # partition, not across cells, so a partition's worth suffices, and a bound keeps actor memory flat in cells
+    cache_mb: int = 256
     fail_at: str = ""  # fault injection for tests: "shared:I" or "partition:I" kills the first worker starting that item
     seed: int = 0
 
@@ -420,7 +426,8 @@ def validate(cfg: Config) -> None:
     if e.budget_gb < 0 or e.workers <= 0 or e.pairs_per_part <= 0:
         raise ConfigError("data.embeddings.budget_gb must be >= 0, and data.embeddings.workers and pairs_per_part positive")
     a = cfg.analysis
-    for name in ("workers", "threads_per_worker", "batch_size", "cells_per_partition", "high_attention_peaks", "top_k_tfs", "tss_region_bp"):
+    for name in ("workers", "threads_per_worker", "batch_size", "cells_per_partition", "high_attention_peaks", "top_k_tfs", "tss_region_bp",
+                 "cache_mb"):
         if getattr(a, name) <= 0:
             raise ConfigError(f"analysis.{name}={getattr(a, name)} must be positive")
     if a.fail_at and not re.fullmatch(r"(shared|partition):\d+", a.fail_at):
@@ -433,6 +440,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"analysis.motif_pvalue={a.motif_pvalue} must lie in [0, 1) (0: use analysis.motif_threshold)")
     if not 0.0 < a.ki_quantile < 1.0:
         raise ConfigError(f"analysis.ki_quantile={a.ki_quantile} must lie in (0, 1)")
+    if a.driver_cells_per_group < 2:
+        raise ConfigError(f"analysis.driver_cells_per_group={a.driver_cells_per_group} must be >= 2 (a classifier needs cells)")
     if a.cells_per_group < 0 or a.min_cells_per_group < 2:
         raise ConfigError("analysis.cells_per_group must be >= 0 (0: all) and analysis.min_cells_per_group >= 2")
 

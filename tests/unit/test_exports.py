@@ -1,6 +1,6 @@
 """The ecosystem layouts on hand-made inputs: which (peak, gene) pairs are linked, CellOracle's base
 GRN columns, SCENIC+'s eRegulon signs and names, and the MuData file (loaded back with mudata,
-plotted with scanpy)."""
+plotted with scanpy), from scored partitions through the streaming reductions."""
 
 import matplotlib
 
@@ -11,8 +11,9 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 import pytest  # noqa: E402
 
-from creformer.analysis import exports  # noqa: E402
-from creformer.analysis.features import GeneCellMatrices  # noqa: E402
+from creformer.analysis import cell_files, exports, reduce  # noqa: E402
+from creformer.analysis.atlas_worker import SCORE_SCHEMA  # noqa: E402
+from creformer.analysis.features import peak_distance  # noqa: E402
 from creformer.analysis.inputs import TF  # noqa: E402
 
 GENES = pl.DataFrame({"gene_id": [0, 1], "gene": ["G0", "G1"], "name": ["TFA", "TGT"], "chrom": ["chr1", "chr1"],
@@ -40,29 +41,34 @@ def test_celloracle_base_grn_layout():
     assert base[["TFA", "TFB"]].values.tolist() == [[0, 0], [1, 0], [1, 1]]
 
 
-def _records_and_mats():
-    # 4 cells; TGT's window = peaks 1, 2, 3; TFA's window = peak 0
+def _scored(tmp_path):
+    """4 cells' scored partitions (two of them); TGT's window = peaks 1, 2, 3; TFA's window = peak 0."""
     expr_tfa = np.array([0.0, 1.0, 2.0, 3.0])
     expr_tgt = np.array([3.0, 2.0, 1.0, 0.5])  # falls as TFA rises: TFA represses TGT
     atac_tgt = np.array([[0.0, 1, 5], [1, 1, 4], [2, 1, 3], [3, 1, 1]], float)  # peak 1 rises as TGT falls
     rows = []
     for c in range(4):
-        rows.append({"cell_id": c, "gene_id": 0, "peak_ids": [0], "atac": [float(c)], "attention": [1.0],
-                     "expression": expr_tfa[c]})
-        rows.append({"cell_id": c, "gene_id": 1, "peak_ids": [1, 2, 3], "atac": atac_tgt[c].tolist(),
-                     "attention": [0.5, 0.3, 0.2], "expression": expr_tgt[c]})
-    records = pl.DataFrame(rows)
-    expr = np.stack([expr_tfa, expr_tgt], 1).astype(np.float32)
-    mats = GeneCellMatrices(np.arange(4), np.array([0, 1]), expr, expr + 0.1, expr * 2, expr * 3)
-    return records, mats, atac_tgt, expr_tgt
+        rows.append({"cell_id": c, "gene_id": 0, "expression": expr_tfa[c], "pred": expr_tfa[c] + 0.1, "peak_ids": [0],
+                     "attention": [1.0], "atac": [float(c)], "ablation": [0.0]})
+        rows.append({"cell_id": c, "gene_id": 1, "expression": expr_tgt[c], "pred": expr_tgt[c] + 0.1, "peak_ids": [1, 2, 3],
+                     "attention": [0.5, 0.3, 0.2], "atac": atac_tgt[c].tolist(), "ablation": [0.0, 0.0, 0.0]})
+    records = pl.DataFrame(rows, schema=SCORE_SCHEMA)
+    for sub in ("scores", "perturb"):
+        (tmp_path / "partitions" / sub).mkdir(parents=True)
+    for k, ids in enumerate(([0, 1], [2, 3])):
+        records.filter(pl.col("cell_id").is_in(ids)).write_parquet(tmp_path / "partitions" / "scores" / f"part-{k:05d}.parquet")
+    cells = pl.DataFrame({"cell_id": [0, 1, 2, 3], "barcode": ["A-1", "B-1", "C-1", "D-1"], "group": ["x", "x", "y", "y"]})
+    fp = reduce.first_pass(tmp_path, reduce.Universe.of(cells, 2, [0]))
+    return cells, fp, atac_tgt, expr_tgt
 
 
-def test_scenicplus_eregulons_signs_names_and_scores():
-    records, mats, atac_tgt, expr_tgt = _records_and_mats()
+def test_scenicplus_eregulons_signs_names_and_scores(tmp_path):
+    _, fp, atac_tgt, expr_tgt = _scored(tmp_path)
     links = exports.regulatory_links(ELEMS, GENES, PEAKS, tss_region_bp=2000, top_k=1)
     effects = pl.DataFrame({"group": ["a", "b", "a"], "condition": ["TFA", "TFA", "TFA"], "mode": ["KO", "KO", "KI"],
                             "gene_id": [1, 1, 1], "log2fc": [0.2, 0.6, -0.9]})  # KO raises TGT: repressor
-    t = exports.scenicplus_eregulons(links, BOUND, TFS, GENES, PEAKS, records, effects, mats)
+    t = exports.scenicplus_eregulons(links, BOUND, TFS, GENES, PEAKS, effects, fp.correlation([t.gene_id for t in TFS]),
+                                     fp.genes, fp.region_correlation)
     assert t.columns == ["Region_signature_name", "Gene_signature_name", "TF", "is_extended", "Region", "Gene",
                          "importance_R2G", "rho_R2G", "importance_x_rho", "importance_TF2G", "regulation", "rho_TF2G",
                          "triplet_rank", "eRegulon_name"]
@@ -79,14 +85,16 @@ def test_scenicplus_eregulons_signs_names_and_scores():
 
 def test_mudata_loads_and_scanpy_plots(tmp_path):
     sc = pytest.importorskip("scanpy", reason="scanpy is a test extra (pip install -e .[test])")
-    records, mats, _, _ = _records_and_mats()
-    cells = pl.DataFrame({"cell_id": [0, 1, 2, 3], "barcode": ["A-1", "B-1", "C-1", "D-1"], "group": ["x", "x", "y", "y"]})
-    path = exports.write_mudata(mats, records, cells, GENES, PEAKS, tmp_path / "atlas.h5mu")
+    cells, fp, _, _ = _scored(tmp_path)
+    sample = reduce.sample_cells(cells, 10, 0)
+    reduce.second_pass(tmp_path, reduce.Universe.of(cells, 2, [0]), fp, sample, "x", "y", ("TFA", "KO"), 2000,
+                       lambda g, w: peak_distance(GENES, PEAKS, g, w), 0)
+    _, path = cell_files.write_cell_files(tmp_path, fp, cells, GENES, PEAKS, sample)
     m = md.read_h5mu(path)
     assert set(m.mod) == {"rna", "peaks"} and m.n_obs == 4
     rna, peaks = m["rna"], m["peaks"]
     assert list(rna.var_names) == ["TFA", "TGT"] and {"predicted", "attention_feature", "gene_activity"} <= set(rna.layers)
-    assert np.allclose(rna.X, mats.expression) and np.allclose(rna.layers["predicted"], mats.predicted)
+    assert np.allclose(rna.X[:, 1], [3.0, 2.0, 1.0, 0.5]) and np.allclose(rna.layers["predicted"], rna.X + 0.1)
     assert list(peaks.var_names)[:2] == ["chr1:900-1100", "chr1:20000-20200"]
     dense = peaks.X.toarray()
     assert dense[:, 0].tolist() == [0, 1, 2, 3] and dense[3, 3] == 1.0
