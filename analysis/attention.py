@@ -64,25 +64,6 @@ def ablation(head, bins: torch.Tensor, rank: torch.Tensor, mask: torch.Tensor, p
     return out
 
 
-def explode(records: pl.DataFrame) -> pl.DataFrame:
-    """Per-sample lists → one row per (cell, gene, peak) with its attention, ATAC mass and ablation."""
-    return records.select("cell_id", "gene_id", "peak_ids", "attention", "atac", "ablation").explode(
-        ["peak_ids", "attention", "atac", "ablation"]).rename({"peak_ids": "peak_id"}).drop_nulls("peak_id")
-
-
-def group_attention(long: pl.DataFrame, cells: pl.DataFrame) -> pl.DataFrame:
-    """Mean attention and ATAC mass per (group, gene, peak) over the group's cells; mean ablation
-    over the group's cells where the peak has signal (0 when none has), and over all its cells
-    (``ablation_all_cells``: what zeroing the peak in every cell changes on average)."""
-    n_signal = (pl.col("atac") > 0).sum()
-    return (long.join(cells.select("cell_id", "group"), on="cell_id")
-            .group_by("group", "gene_id", "peak_id")
-            .agg(pl.col("attention").mean(), pl.col("atac").mean(), pl.len().alias("n_cells"),
-                 (pl.col("ablation").sum() / pl.max_horizontal(n_signal, 1)).cast(pl.Float32).alias("ablation"),
-                 pl.col("ablation").mean().cast(pl.Float32).alias("ablation_all_cells"))
-            .sort("group", "gene_id", "peak_id"))
-
-
 def peak_tracks(group_att: pl.DataFrame, peaks: pl.DataFrame) -> pl.DataFrame:
     """Per group and peak the highest gene-wise mean attention (a peak serves several genes)."""
     return (group_att.group_by("group", "peak_id").agg(pl.col("attention").max())

@@ -86,7 +86,7 @@ def pair_scores(group_att: pl.DataFrame, bound: np.ndarray, tfs: list[TF], high_
 
 def knockout_scores(effects: pl.DataFrame, tfs: list[TF]) -> dict[tuple[str, int], float]:
     """(tf, gene_id) → the largest |predicted log2FC| of the gene over groups when the TF alone is
-    knocked out (``perturb.group_effects``): the model's in-silico knockout read as a GRN, as
+    knocked out (``reduce.FirstPass.effects``): the model's in-silico knockout read as a GRN, as
     PertFormer does. The size, not the sign, ranks edges: a repressor's target goes up."""
     names = {t.name for t in tfs}
     ko = (effects.filter((pl.col("mode") == "KO") & pl.col("condition").is_in(list(names)))

@@ -117,25 +117,12 @@ def knock_in_level(tok_values: np.ndarray, quantile: float = 0.9) -> int:
     return int(np.clip(np.quantile(levels, quantile) if levels.size else N_LEVELS // 2, 1, N_LEVELS - 1))
 
 
-def group_effects(base: pl.DataFrame, perturbed: pl.DataFrame, cells: pl.DataFrame) -> pl.DataFrame:
-    """Mean predicted log2FC per (group, condition, mode, gene); samples a condition did not touch
-    count as 0 (their prediction is exactly the baseline's)."""
-    conds = perturbed.select("condition", "mode").unique()
-    grid = base.select("cell_id", "gene_id", "pred").join(conds, how="cross")
-    joined = grid.join(perturbed.rename({"pred": "pred_pert"}), on=["cell_id", "gene_id", "condition", "mode"], how="left")
-    lfc = ((pl.col("pred_pert").fill_null(pl.col("pred")) - pl.col("pred")) / LN2).alias("log2fc")
-    return (joined.with_columns(lfc).join(cells.select("cell_id", "group"), on="cell_id")
-            .group_by("group", "condition", "mode", "gene_id")
-            .agg(pl.col("log2fc").mean(), pl.col("pred_pert").is_not_null().sum().alias("n_touched"), pl.len().alias("n_cells"))
-            .sort("group", "condition", "mode", "gene_id"))
-
-
 def ko_mediators(group_att: pl.DataFrame, bound: np.ndarray, conds: list[Condition]) -> pl.DataFrame:
     """Through which peaks each knockout acts: per (group, KO condition, gene) every peak of the
     window the knockout touches, with its own single-peak knockout effect, the group mean of
     −ablation / ln 2 over all the group's cells (cells where the peak has no signal count 0, as
     they do in the knockout). The single-peak effects need not add up to the knockout's effect
-    (the head is not additive), but show which peaks carry it. ``group_att``: attention.group_attention."""
+    (the head is not additive), but show which peaks carry it. ``group_att``: reduce.FirstPass.gatt."""
     frames = []
     for c in conds:
         if c.mode != "KO":
@@ -148,23 +135,3 @@ def ko_mediators(group_att: pl.DataFrame, bound: np.ndarray, conds: list[Conditi
     if not frames:
         return pl.DataFrame(schema=schema)
     return pl.concat(frames).cast(schema).sort("group", "condition", "gene_id", "peak_id")
-
-
-def perturbed_states(base: pl.DataFrame, perturbed: pl.DataFrame, condition: str, mode: str,
-                     cell_ids: np.ndarray, gene_ids: np.ndarray) -> np.ndarray:
-    """(cells, genes) predicted expression of the given cells under one condition."""
-    sub = perturbed.filter((pl.col("condition") == condition) & (pl.col("mode") == mode)).select("cell_id", "gene_id", "pred")
-    full = (base.filter(pl.col("cell_id").is_in(cell_ids.tolist())).select("cell_id", "gene_id", "pred")
-            .join(sub.rename({"pred": "pp"}), on=["cell_id", "gene_id"], how="left")
-            .with_columns(pl.col("pp").fill_null(pl.col("pred"))))
-    return matrix(full, "pp", cell_ids, gene_ids)
-
-
-def matrix(df: pl.DataFrame, value: str, cell_ids: np.ndarray, gene_ids: np.ndarray) -> np.ndarray:
-    ci = {int(c): i for i, c in enumerate(cell_ids.tolist())}
-    gi = {int(g): i for i, g in enumerate(gene_ids.tolist())}
-    out = np.zeros((len(cell_ids), len(gene_ids)), np.float32)
-    for c, g, v in df.select("cell_id", "gene_id", value).iter_rows():
-        if c in ci and g in gi:
-            out[ci[c], gi[g]] = v
-    return out

@@ -113,7 +113,7 @@ class Universe:
 
 @dataclass
 class FirstPass:
-    gatt: pl.DataFrame  # attention.group_attention's table
+    gatt: pl.DataFrame  # per (group, gene, peak): mean attention and ATAC mass, n_cells, ablation (attention.py)
     windows: dict[int, np.ndarray]  # gene_id -> its window's peak ids
     genes: np.ndarray  # gene ids seen (sorted)
     cell_order: np.ndarray  # analysed cell ids in partition order
@@ -282,15 +282,17 @@ def first_pass(out: Path, u: Universe) -> FirstPass:
                      region.total(), region_y.total(), best[0] if best else pl.DataFrame(), pred_stats)
 
 
-def transition_table(fp: FirstPass, groups: list[str], src: str, tgt: str) -> pl.DataFrame:
-    """(condition, mode, transition_score) for every condition: the mean shift of the source cells
-    projected on the source→target centroid direction over its length² (transitions.py)."""
+def transition_table(fp: FirstPass, groups: list[str], src: str, tgt: str, conditions: list[tuple[str, str]]) -> pl.DataFrame:
+    """(condition, mode, transition_score) for every (condition, mode): the mean shift of the source
+    cells projected on the source→target centroid direction over its length² (transitions.py); 0
+    for a condition that touched no sample."""
     direction = fp.centroid(tgt, groups) - fp.centroid(src, groups)
     norm2 = float(direction @ direction)
     if norm2 == 0:
         raise ValueError(f"groups {src} and {tgt} have the same predicted centroid: no direction to score against")
     s, n = groups.index(src), max(int(fp.group_cells[groups.index(src)]), 1)
-    rows = [(c, m, float(v[s] @ direction / n / norm2)) for (c, m), v in fp.shift_sum.items()]
+    rows = [(c, m, float(fp.shift_sum[(c, m)][s] @ direction / n / norm2) if (c, m) in fp.shift_sum else 0.0)
+            for c, m in conditions]
     return pl.DataFrame(rows, schema={"condition": pl.Utf8, "mode": pl.Utf8, "transition_score": pl.Float64}, orient="row")
 
 

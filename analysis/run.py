@@ -48,7 +48,8 @@ def run_analyses(p, stats: dict[str, Any], seconds: float) -> Path:
     # transitions (from group sums), then the per-cell pass: features, shifts, the driver's sample
     names = universe.groups
     src, tgt = _groups_pair(p, names)
-    trans = reduce.transition_table(fp, names, src, tgt).sort("transition_score", descending=True)
+    trans = (reduce.transition_table(fp, names, src, tgt, [(c.name, c.mode) for c in p.conditions])
+             .sort("transition_score", descending=True, maintain_order=True))
     top = trans.row(0, named=True)
     sample = reduce.sample_cells(cells, a.driver_cells_per_group, a.seed)
     sp = reduce.second_pass(out, universe, fp, sample, src, tgt, (top["condition"], top["mode"]), a.tss_region_bp,

@@ -118,7 +118,9 @@ def test_correlations_from_sums_equal_numpy(atlas):
 def test_features_transitions_and_cell_files_equal_the_dense_computation(atlas):
     out, cells, rec, pt, u, fp = atlas
     src, tgt = "a", "b"
-    trans = reduce.transition_table(fp, u.groups, src, tgt)
+    trans = reduce.transition_table(fp, u.groups, src, tgt, [("T1", "KO"), ("T2", "KI"), ("T3", "KO")])
+    assert trans.filter(pl.col("condition") == "T3")["transition_score"].to_list() == [0.0]  # touched nothing
+    trans = trans.filter(pl.col("condition") != "T3")
     sample = reduce.sample_cells(cells, 5, seed=0)
     assert sample.group_by("group").len()["len"].to_list() == [5, 5, 5]
     dist = lambda g, w: peak_distance(GENES, PEAKS, g, w)  # noqa: E731
