@@ -50,13 +50,21 @@ def _sparse_dataset(group: h5py.Group, name: str, n_cols: int):
     return sparse_dataset(group[name])
 
 
-def _block(df: pl.DataFrame, col: str, rows: dict[int, int], cols: dict[int, int], n_rows: int) -> np.ndarray:
-    out = np.zeros((n_rows, len(cols)), np.float32)
-    r = np.array([rows[c] for c in df["cell_id"].to_list()], np.int64)
-    c = np.array([cols.get(g, -1) for g in df["gene_id"].to_list()], np.int64)
+def _block(df: pl.DataFrame, col: str, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """(len(rows), columns) float32 of ``col`` at (cell row, gene column); ``rows``: the block's
+    sorted cell ids, ``cols``: gene id -> column (-1 for a gene not written); missing samples 0."""
+    out = np.zeros((rows.size, int(cols.max()) + 1 if cols.size else 0), np.float32)
+    r = np.searchsorted(rows, df["cell_id"].to_numpy())
+    c = cols[df["gene_id"].to_numpy()]
     ok = c >= 0
     out[r[ok], c[ok]] = df[col].to_numpy()[ok]
     return out
+
+
+def _columns(fp: FirstPass) -> np.ndarray:
+    cols = np.full(int(fp.genes.max()) + 1 if fp.genes.size else 0, -1, np.int64)
+    cols[fp.genes] = np.arange(fp.genes.size)
+    return cols
 
 
 def obs_table(fp: FirstPass, cells: pl.DataFrame) -> pd.DataFrame:
@@ -79,14 +87,13 @@ def var_table(fp: FirstPass, genes: pl.DataFrame, index: str) -> pd.DataFrame:
 def fit_pca(out: Path, fp: FirstPass, seed: int) -> IncrementalPCA:
     """Incremental PCA of the predicted expression over every analysed cell (blocks of cells)."""
     n_comp = max(1, min(PCA_COMPONENTS, fp.cell_order.size - 1, fp.genes.size))
-    cols = {int(g): j for j, g in enumerate(fp.genes.tolist())}
+    cols = _columns(fp)
     pca = IncrementalPCA(n_components=n_comp)
     buf: list[np.ndarray] = []
     files = sorted((out / "cells").glob("part-*.parquet"))
     for k, f in enumerate(files):
         df = pl.read_parquet(f, columns=["cell_id", "gene_id", "pred"])
-        ids = np.unique(df["cell_id"].to_numpy())
-        buf.append(_block(df, "pred", {int(c): i for i, c in enumerate(ids.tolist())}, cols, ids.size).astype(np.float64))
+        buf.append(_block(df, "pred", np.unique(df["cell_id"].to_numpy()), cols).astype(np.float64))
         rows = sum(b.shape[0] for b in buf)
         # a batch must hold at least n_comp cells; the last one joins the previous when short
         if rows >= max(4 * n_comp, 512) or (k == len(files) - 1 and (rows >= n_comp or not hasattr(pca, "components_"))):
@@ -124,7 +131,7 @@ def write_cell_files(out: Path, fp: FirstPass, cells: pl.DataFrame, genes: pl.Da
     pca = fit_pca(out, fp, seed)
     k = pca.n_components_
     row_of = {int(c): i for i, c in enumerate(fp.cell_order.tolist())}
-    cols = {int(x): j for j, x in enumerate(fp.genes.tolist())}
+    cols = _columns(fp)
     sampled = set(sample["cell_id"].to_list())
     sample_rows, sample_z = [], []
     cell_parts = sorted((out / "cells").glob("part-*.parquet"))
@@ -145,8 +152,7 @@ def write_cell_files(out: Path, fp: FirstPass, cells: pl.DataFrame, genes: pl.Da
             lo = row_of[int(ids[0])]
             if not np.array_equal(fp.cell_order[lo:lo + ids.size], ids):
                 raise RuntimeError(f"{part} holds cells out of the order of the first pass")
-            local = {int(c): j for j, c in enumerate(ids.tolist())}
-            blocks = {c: _block(df, c, local, cols, ids.size) for c in ("expression", "pred", "activity", "attention_feature")}
+            blocks = {c: _block(df, c, ids, cols) for c in ("expression", "pred", "activity", "attention_feature")}
             for name, col in (("X", "activity"), ("attention_feature", "attention_feature"), ("expression", "expression"),
                               ("predicted", "pred")):
                 fx[name][lo:lo + ids.size] = blocks[col]
@@ -161,7 +167,7 @@ def write_cell_files(out: Path, fp: FirstPass, cells: pl.DataFrame, genes: pl.Da
             sample_z.append(z[pick])
             long = explode_windows(sc.filter(pl.col("cell_id").is_in(ids.tolist())), ["cell_id"]).drop_nulls("pos")
             per = long.group_by("cell_id", "peak_id").agg(pl.col("atac").cast(pl.Float64).mean(), pl.col("attention").cast(pl.Float64).mean())
-            r = np.array([local[c] for c in per["cell_id"].to_list()], np.int64)
+            r = np.searchsorted(ids, per["cell_id"].to_numpy())
             c = per["peak_id"].to_numpy().astype(np.int64)
             shape = (ids.size, peaks.height)
             p_x.append(sparse.csr_matrix((per["atac"].to_numpy().astype(np.float32), (r, c)), shape=shape))
