@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from creformer.trainer.model.cache import EmbeddingCache
 from . import inputs
 from .attention import score_batch
 from .perturb import bound_peaks, perturbed_predictions
-from .shared_slices import SHARED_FILES, claim_slice, embed_shared, ensure_shared
+from .shared_slices import SHARED_FILES, claim_slice, embed_shared, ensure_shared, peak_rss_mb
 
 SCORE_SCHEMA = {"cell_id": pl.Int32, "gene_id": pl.Int32, "expression": pl.Float32, "pred": pl.Float32,
                 "peak_ids": pl.List(pl.Int32), "attention": pl.List(pl.Float32), "atac": pl.List(pl.Float32),
@@ -164,11 +163,6 @@ def run_partition(w: AtlasWorker, part: dict[str, Any]) -> dict[str, Any]:
 def lru_entries(cache_mb: int, peak_len: int, cfg) -> int:
     """LRU entries within ``cache_mb``: an entry is one peak's (n_bins, d) float32 bins."""
     return max(1, (cache_mb << 20) // ((peak_len // cfg.bin_size) * cfg.d_model * 4))
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def worker_env(threads: int) -> dict[str, str]:

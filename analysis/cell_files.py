@@ -27,7 +27,7 @@ from scipy import sparse
 from sklearn.decomposition import IncrementalPCA
 
 from .inputs import peak_regions
-from .reduce import FirstPass, chunks, explode_windows, partition_files, read_groups
+from .reduce import FirstPass, chunks, explode_windows, gene_columns, partition_files, place, read_groups
 
 PCA_COMPONENTS = 20
 UMAP_MIN_CELLS = 10
@@ -50,21 +50,9 @@ def _sparse_dataset(group: h5py.Group, name: str, n_cols: int):
     return sparse_dataset(group[name])
 
 
-def _block(df: pl.DataFrame, col: str, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """(len(rows), columns) float32 of ``col`` at (cell row, gene column); ``rows``: the block's
-    sorted cell ids, ``cols``: gene id -> column (-1 for a gene not written); missing samples 0."""
-    out = np.zeros((rows.size, int(cols.max()) + 1 if cols.size else 0), np.float32)
-    r = np.searchsorted(rows, df["cell_id"].to_numpy())
-    c = cols[df["gene_id"].to_numpy()]
-    ok = c >= 0
-    out[r[ok], c[ok]] = df[col].to_numpy()[ok]
-    return out
-
-
-def _columns(fp: FirstPass) -> np.ndarray:
-    cols = np.full(int(fp.genes.max()) + 1 if fp.genes.size else 0, -1, np.int64)
-    cols[fp.genes] = np.arange(fp.genes.size)
-    return cols
+def _block(df: pl.DataFrame, col: str, rows: np.ndarray, cols: np.ndarray, width: int) -> np.ndarray:
+    """(len(rows), width) float32 of ``col`` at (cell row, gene column); missing samples 0."""
+    return place(df, col, rows, cols, np.zeros((rows.size, width), np.float32))
 
 
 def obs_table(fp: FirstPass, cells: pl.DataFrame) -> pd.DataFrame:
@@ -84,16 +72,16 @@ def var_table(fp: FirstPass, genes: pl.DataFrame, index: str) -> pd.DataFrame:
     return var
 
 
-def fit_pca(out: Path, fp: FirstPass, seed: int) -> IncrementalPCA:
+def fit_pca(out: Path, fp: FirstPass) -> IncrementalPCA:
     """Incremental PCA of the predicted expression over every analysed cell (blocks of cells)."""
     n_comp = max(1, min(PCA_COMPONENTS, fp.cell_order.size - 1, fp.genes.size))
-    cols = _columns(fp)
+    cols = gene_columns(fp.genes, fp.n_genes)
     pca = IncrementalPCA(n_components=n_comp)
     buf: list[np.ndarray] = []
     files = sorted((out / "cells").glob("part-*.parquet"))
     for k, f in enumerate(files):
         df = pl.read_parquet(f, columns=["cell_id", "gene_id", "pred"])
-        buf.append(_block(df, "pred", np.unique(df["cell_id"].to_numpy()), cols).astype(np.float64))
+        buf.append(_block(df, "pred", np.unique(df["cell_id"].to_numpy()), cols, fp.genes.size).astype(np.float64))
         rows = sum(b.shape[0] for b in buf)
         # a batch must hold at least n_comp cells; the last one joins the previous when short
         if rows >= max(4 * n_comp, 512) or (k == len(files) - 1 and (rows >= n_comp or not hasattr(pca, "components_"))):
@@ -128,10 +116,10 @@ def write_cell_files(out: Path, fp: FirstPass, cells: pl.DataFrame, genes: pl.Da
                                             "the other cells placed by UMAP.transform",
                                   "peaks.layers.attention": "per-cell attention, mean over the genes whose window holds the peak"}
         mdata.write(mu_path)
-    pca = fit_pca(out, fp, seed)
+    pca = fit_pca(out, fp)
     k = pca.n_components_
     row_of = {int(c): i for i, c in enumerate(fp.cell_order.tolist())}
-    cols = _columns(fp)
+    cols = gene_columns(fp.genes, fp.n_genes)
     sampled = set(sample["cell_id"].to_list())
     sample_rows, sample_z = [], []
     cell_parts = sorted((out / "cells").glob("part-*.parquet"))
@@ -152,7 +140,7 @@ def write_cell_files(out: Path, fp: FirstPass, cells: pl.DataFrame, genes: pl.Da
             lo = row_of[int(ids[0])]
             if not np.array_equal(fp.cell_order[lo:lo + ids.size], ids):
                 raise RuntimeError(f"{part} holds cells out of the order of the first pass")
-            blocks = {c: _block(df, c, ids, cols) for c in ("expression", "pred", "activity", "attention_feature")}
+            blocks = {c: _block(df, c, ids, cols, g) for c in ("expression", "pred", "activity", "attention_feature")}
             for name, col in (("X", "activity"), ("attention_feature", "attention_feature"), ("expression", "expression"),
                               ("predicted", "pred")):
                 fx[name][lo:lo + ids.size] = blocks[col]

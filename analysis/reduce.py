@@ -20,7 +20,7 @@ passes check.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -117,13 +117,11 @@ class FirstPass:
     windows: dict[int, np.ndarray]  # gene_id -> its window's peak ids
     genes: np.ndarray  # gene ids seen (sorted)
     cell_order: np.ndarray  # analysed cell ids in partition order
-    pairs: int
     group_cells: np.ndarray  # (groups,) analysed cells per group seen
     pred_sum: np.ndarray  # (groups, n_genes) Σ predicted expression
     pair_n: np.ndarray  # (groups, n_genes) samples
     shift_sum: dict[tuple[str, str], np.ndarray]  # (condition, mode) -> (groups, n_genes) Σ (pred' − pred)
     touched: dict[tuple[str, str], np.ndarray]  # (condition, mode) -> (groups, n_genes) touched samples
-    expr_n: int
     expr_s1: np.ndarray  # (n_genes,) Σ expression over cells (missing samples are 0)
     expr_s2: np.ndarray
     expr_cross: np.ndarray  # (TF genes, n_genes) Σ x_tf x_g
@@ -132,6 +130,16 @@ class FirstPass:
     region_y: pl.DataFrame  # gene_id, sy, syy, n
     ref: pl.DataFrame  # gene_id, cell_id, expression, attention (the reference cell of each gene)
     pred_stats: np.ndarray  # Σ e, p, e², p², e·p, n over every sample
+
+    @property
+    def pairs(self) -> int:
+        """Scored (cell, gene) samples."""
+        return int(self.pred_stats[5])
+
+    @property
+    def n_genes(self) -> int:
+        """Gene ids are 0..n_genes-1 (the dense columns)."""
+        return self.pred_sum.shape[1]
 
     def centroid(self, group: str, groups: list[str]) -> np.ndarray:
         g = groups.index(group)
@@ -152,8 +160,8 @@ class FirstPass:
 
     def correlation(self, tf_gene_ids: list[int | None]) -> np.ndarray:
         """(genes seen, TFs) Pearson r of each TF's gene with each gene's expression over the analysed
-        cells (grn.correlation_scores' table); 0 for a TF without a gene seen, or a constant one."""
-        n = max(self.expr_n, 1)
+        cells; 0 for a TF without a gene seen, or a constant one."""
+        n = max(self.cell_order.size, 1)
         mean = self.expr_s1 / n
         sd = np.sqrt(np.maximum(self.expr_s2 / n - mean**2, 0.0))
         row = {int(g): i for i, g in enumerate(self.tf_rows.tolist())}
@@ -191,13 +199,20 @@ class FirstPass:
         return float(cov / den) if den > 0 else 0.0
 
 
-def _dense(sc: pl.DataFrame, col: str, n_genes: int) -> tuple[np.ndarray, np.ndarray]:
-    """(cells of the chunk in first-seen order, (cells, n_genes) values; missing samples 0)."""
-    cid = sc["cell_id"].to_numpy()
-    cells, first, inv = np.unique(cid, return_index=True, return_inverse=True)
-    out = np.zeros((cells.size, n_genes), np.float64)
-    out[inv, sc["gene_id"].to_numpy()] = sc[col].to_numpy()
-    return cells, out
+def gene_columns(genes: np.ndarray, n_genes: int) -> np.ndarray:
+    """gene id -> column of a block holding ``genes`` (sorted), -1 for a gene not held."""
+    cols = np.full(max(n_genes, 1), -1, np.int64)
+    cols[genes] = np.arange(genes.size)
+    return cols
+
+
+def place(df: pl.DataFrame, col: str, rows: np.ndarray, cols: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out`` with ``df[col]`` written at (row of its cell_id in the sorted ``rows``, ``cols`` of its
+    gene_id); samples of genes not held (column -1) are skipped, missing samples keep ``out``'s value."""
+    r, c = np.searchsorted(rows, df["cell_id"].to_numpy()), cols[df["gene_id"].to_numpy()]
+    ok = c >= 0
+    out[r[ok], c[ok]] = df[col].to_numpy()[ok]
+    return out
 
 
 def _combine_best(frames: list[pl.DataFrame]) -> pl.DataFrame:
@@ -221,7 +236,6 @@ def first_pass(out: Path, u: Universe) -> FirstPass:
     best: list[pl.DataFrame] = []
     order: list[np.ndarray] = []
     seen_cells: set[int] = set()
-    n_cells = 0
     for _, sc, pt in chunks(files, "atlas_grn: reduce (1/2)"):
         sc = sc.join(u.cells, on="cell_id", how="inner")
         cells = np.unique(sc["cell_id"].to_numpy())  # the order of cells/ and of the h5ad rows
@@ -233,7 +247,6 @@ def first_pass(out: Path, u: Universe) -> FirstPass:
                                "delete the folder and run atlas_grn again")
         seen_cells.update(cells.tolist())
         order.append(cells)
-        n_cells += cells.size
         first = sc.group_by("gene_id").first()
         for g, pids in zip(first["gene_id"].to_list(), first["peak_ids"].to_list()):
             if g not in windows:
@@ -255,7 +268,7 @@ def first_pass(out: Path, u: Universe) -> FirstPass:
         np.add.at(pair_n, (gi, gj), 1)
         pred_stats += [e.sum(), p.sum(), (e * e).sum(), (p * p).sum(), (e * p).sum(), e.size]
         np.add.at(group_cells, sc.group_by("cell_id").agg(pl.col("gidx").first())["gidx"].to_numpy(), 1)
-        _, x = _dense(sc, "expression", n_g)
+        x = place(sc, "expression", cells, np.arange(n_g), np.zeros((cells.size, n_g)))
         s1 += x.sum(0)
         s2 += (x * x).sum(0)
         cross += x[:, u.tf_genes].T @ x
@@ -278,7 +291,7 @@ def first_pass(out: Path, u: Universe) -> FirstPass:
             .sort("group", "gene_id", "peak_id"))
     genes = np.flatnonzero(pair_n.sum(0) > 0)
     return FirstPass(gatt, dict(sorted(windows.items())), genes, np.concatenate(order) if order else np.zeros(0, np.int64),
-                     int(pred_stats[5]), group_cells, pred_sum, pair_n, shift_sum, touched, n_cells, s1, s2, cross, u.tf_genes,
+                     group_cells, pred_sum, pair_n, shift_sum, touched, s1, s2, cross, u.tf_genes,
                      region.total(), region_y.total(), best[0] if best else pl.DataFrame(), pred_stats)
 
 
@@ -310,7 +323,6 @@ class SecondPass:
     sample: pl.DataFrame  # (cell_id, gene_id, expression, pred, activity, attention_feature): sampled cells, TF genes
     states: dict[str, np.ndarray]  # "source" / "target" / "perturbed": (sampled cells, genes seen) predicted states
     scatter: pl.DataFrame  # (expression, pred) of a seeded ~SCATTER_POINTS samples
-    cell_files: list[Path] = field(default_factory=list)
 
 
 def second_pass(out: Path, u: Universe, fp: FirstPass, sample: pl.DataFrame, src: str, tgt: str,
@@ -340,7 +352,6 @@ def second_pass(out: Path, u: Universe, fp: FirstPass, sample: pl.DataFrame, src
     src_list, tgt_list = sorted(src_cells), sorted(tgt_cells)
     modulus = max(1, fp.pairs // SCATTER_POINTS)
     kept, scatter, states_rows = [], [], {"source": [], "target": [], "perturbed": []}
-    written = []
     for i, sc, pt in chunks(files, "atlas_grn: reduce (2/2)"):
         sc = sc.join(u.cells, on="cell_id", how="inner")
         long = (explode_windows(sc, ["cell_id", "gene_id"]).join(ref_long, on=["gene_id", "pos"], how="left")
@@ -358,9 +369,7 @@ def second_pass(out: Path, u: Universe, fp: FirstPass, sample: pl.DataFrame, src
                          on=["cell_id", "gene_id"], how="left")
                    .with_columns(pl.col("activity").fill_null(0.0), pl.col("attention_feature").fill_null(0.0))
                    .sort("cell_id", "gene_id"))
-        path = out / "cells" / f"part-{i:05d}.parquet"
-        cells_t.write_parquet(path)
-        written.append(path)
+        cells_t.write_parquet(out / "cells" / f"part-{i:05d}.parquet")
         kept.append(cells_t.filter(pl.col("cell_id").is_in(sampled_ids) & pl.col("gene_id").is_in(tf_ids)))
         h = (pl.col("cell_id").cast(pl.UInt64) * 1_000_003 + pl.col("gene_id").cast(pl.UInt64)).hash(seed=seed)
         scatter.append(cells_t.filter(h % modulus == 0).select("expression", "pred"))
@@ -386,20 +395,14 @@ def second_pass(out: Path, u: Universe, fp: FirstPass, sample: pl.DataFrame, src
     n_src = max(int(fp.group_cells[s_idx]), 1)
     src_ids = np.array(sorted(src_cells), np.int64)
 
+    cols = gene_columns(fp.genes, u.n_genes)
+
     def dense(frames: list[pl.DataFrame], ids: np.ndarray, base: np.ndarray | None = None) -> np.ndarray:
         m = np.zeros((ids.size, fp.genes.size), np.float32) if base is None else base.copy()
-        if not frames:
-            return m
-        df = pl.concat(frames)
-        col = np.full(max(u.n_genes, 1), -1, np.int64)
-        col[fp.genes] = np.arange(fp.genes.size)
-        r, c = np.searchsorted(ids, df["cell_id"].to_numpy()), col[df["gene_id"].to_numpy()]
-        ok = c >= 0
-        m[r[ok], c[ok]] = df["pred"].to_numpy()[ok]
-        return m
+        return place(pl.concat(frames), "pred", ids, cols, m) if frames else m
 
     source = dense(states_rows["source"], src_ids)
     states = {"source": source, "target": dense(states_rows["target"], np.array(sorted(tgt_cells), np.int64)),
               "perturbed": dense(states_rows["perturbed"], src_ids, source)}
     return SecondPass({k: v / n_src for k, v in closer.items()}, pl.concat(kept) if kept else pl.DataFrame(), states,
-                      pl.concat(scatter) if scatter else pl.DataFrame(), written)
+                      pl.concat(scatter) if scatter else pl.DataFrame())

@@ -82,12 +82,17 @@ def embed_slice(w: AtlasWorker, i: int) -> int:
     return n
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def embed_shared(w: AtlasWorker, item: dict[str, Any]) -> dict[str, Any]:
     """A shared-slice work item: computes the slice unless a worker already took it."""
     t0 = time.perf_counter()
     n = embed_slice(w, item["slice"]) if claim_slice(w.work, item["slice"]) else 0
     return {"index": -1, "samples": 0, "perturbed": 0, "seconds": time.perf_counter() - t0, "cache_hits": 0, "cache_misses": n,
-            "observed_forwards": 0, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "observed_forwards": 0, "max_rss_mb": peak_rss_mb()}
 
 
 def ensure_shared(w: AtlasWorker) -> int:
