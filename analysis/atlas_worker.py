@@ -5,6 +5,7 @@ knockout / knock-in. Each partition is written atomically as parquet with a done
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import time
@@ -69,8 +70,29 @@ class AtlasWorker:
             item = json.loads(raw)
             inject_fault(self, item)
             stats.append(embed_shared(self, item) if item.get("kind") == "shared" else run_partition(self, item))
+            release_freed_memory()  # the item's temporaries are freed now that it returned
         return {k: np.array([s[k] for s in stats]) for k in stats[0]}
 
+
+
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Return glibc's free heap pages to the OS after each item. A partition allocates ~1 GB of
+    temporaries (Elementary passes, perturbations) that torch and numpy free into malloc's arenas,
+    which keep them, fragmented: an actor then grew with the partitions it had scored (measured on
+    the 25 k atlas: resident 1.2 GB untrimmed vs 0.56 GB trimmed after 4 partitions; trimmed, it
+    grows only by the entries its LRU adds, up to ``analysis.cache_mb``)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def inject_fault(w: AtlasWorker, item: dict[str, Any]) -> None:

@@ -61,6 +61,19 @@ def test_lru_cap_and_disk_store(tmp_path):
     assert fresh.stats()["entries"] == 0  # disk rows are read in place, not duplicated in the LRU
 
 
+def test_lru_entries_own_their_storage():
+    """An entry is one peak's bins, not a view of the batch it was computed in: a view would keep
+    the whole batch's memory once the batch's other entries are evicted (atlas_grn's actors grew
+    with every partition that way)."""
+    el, reg, peak_dna, ids, atac, mask, rank = setup()
+    cache = EmbeddingCache(el, peak_dna)
+    cache.peak_bins(ids, atac, mask)
+    cache.ensure([0, 1, 2, 3], np.full(1024, SIG_OFFSET + 5, np.uint8))  # a batch of four in one pass
+    assert len(cache._lru) > 4
+    for value in cache._lru.values():
+        assert value.untyped_storage().nbytes() == value.numel() * value.element_size()
+
+
 def test_disk_store_flushes_itself_when_pending_grows(tmp_path):
     """Training never calls flush: new entries go to disk once they pass max_pending_bytes."""
     el, reg, peak_dna, ids, atac, mask, rank = setup()

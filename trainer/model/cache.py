@@ -168,6 +168,10 @@ class EmbeddingCache:
         return None
 
     def _put(self, key: tuple[int, bytes], value: torch.Tensor, persist: bool = True) -> None:
+        if value.untyped_storage().nbytes() != value.numel() * value.element_size():
+            # a row of a batch's output: kept as a view, one hot row would pin the whole batch's
+            # storage after its other rows are evicted (an atlas_grn actor grew ~5 MB a partition)
+            value = value.clone()
         self._lru[key] = value
         self._lru.move_to_end(key)
         while len(self._lru) > self.capacity:
