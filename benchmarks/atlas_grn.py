@@ -96,13 +96,14 @@ def steady_rate(timeline: list[tuple[float, int]], workers: int) -> float:
 
 
 DRIVER = """
-import json, resource, sys, time
+import json, sys, time
 from creformer.analysis.atlas import atlas_grn
+from creformer.analysis.shared_slices import peak_rss_mb
 from creformer.config import load_config
 t = time.perf_counter()
 res = atlas_grn(load_config("tiny", sys.argv[1:]))
 print("RESULT " + json.dumps({"stats": res.stats, "wall_s": time.perf_counter() - t,
-                              "driver_max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                              "driver_max_rss_mb": peak_rss_mb()}))
 """
 
 
