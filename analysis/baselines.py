@@ -139,6 +139,18 @@ def accessibility_perturbation(data: CellData, windows: dict[int, np.ndarray], b
     return pl.DataFrame(rows, schema={"group": pl.Utf8, "tf": pl.Utf8, "gene_id": pl.Int64, "log2fc": pl.Float64}, orient="row")
 
 
+def motif_deviations(data: CellData, bound_by_tf: dict[str, np.ndarray]) -> np.ndarray:
+    """chromVAR-style motif accessibility, (cells, TFs in ``bound_by_tf`` order): per cell, the ATAC
+    mass in the TF's motif-bound peaks over the mass expected from the cell's total and those peaks'
+    share of all mass, minus 1 (chromVAR's raw deviation, without its GC/background-peak
+    correction: simulated peaks share one composition)."""
+    acc = data.accessibility.astype(np.float64)
+    b = np.stack(list(bound_by_tf.values()), 1).astype(np.float64)  # (peaks, TFs)
+    share = acc.sum(0) / max(float(acc.sum()), 1e-12)
+    expected = acc.sum(1, keepdims=True) * (share @ b)[None]
+    return np.where(expected > 0, (acc @ b) / np.where(expected > 0, expected, 1.0) - 1.0, 0.0)
+
+
 def celloracle_perturbation(data: CellData, tf_genes: dict[str, int], motif_tfs: dict[int, list[str]],
                             group_cells: dict[str, np.ndarray], knock_in: bool = False,
                             steps: int = CELLORACLE_STEPS, only: list[str] | None = None) -> pl.DataFrame:

@@ -41,3 +41,17 @@ def sample_matrices(rows: pl.DataFrame, sample: pl.DataFrame, gene_ids: list[int
         for c in out:
             out[c][r[sel], j] = sub[c].to_numpy()[sel]
     return out, cells["group"].to_numpy()
+
+
+def knockout_matrix(ko_shift: pl.DataFrame, sample: pl.DataFrame, tf_names: list[str]) -> np.ndarray:
+    """(sampled cells, TFs) size of each cell's predicted change under the TF's knockout, ||Δ
+    expression|| over the analysed genes (``reduce.SecondPass.ko_shift``); 0 for a cell the
+    knockout left untouched. Rows in ``sample_matrices``' order (by cell id)."""
+    ids = sample.sort("cell_id")["cell_id"].to_numpy()
+    out = np.zeros((ids.size, len(tf_names)), np.float32)
+    sub = ko_shift.filter(pl.col("condition").is_in(tf_names) & pl.col("cell_id").is_in(ids.tolist()))
+    r = np.searchsorted(ids, sub["cell_id"].to_numpy())
+    for j, name in enumerate(tf_names):  # a TF named twice (two motifs) fills both columns
+        sel = (sub["condition"] == name).to_numpy()
+        out[r[sel], j] = sub["shift_norm"].to_numpy()[sel]
+    return out

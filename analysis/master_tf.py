@@ -1,7 +1,8 @@
 """Master TFs per cell group: one-vs-rest logistic regression on TF genes' features (docs/design.md §7).
 
-The same function runs on attention features (the model) and on gene activity (the baseline), so
-the two rankings differ only in their input. Features are standardized per TF; L2-regularized.
+The same function runs on the model's per-cell knockout shifts (the scored readout), its attention
+features (a variant), gene activity, TF expression and chromVAR-style motif accessibility (the
+baselines), so the rankings differ only in their input. Features are standardized per TF; L2-regularized.
 """
 
 from __future__ import annotations

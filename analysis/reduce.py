@@ -323,6 +323,7 @@ class SecondPass:
     sample: pl.DataFrame  # (cell_id, gene_id, expression, pred, activity, attention_feature): sampled cells, TF genes
     states: dict[str, np.ndarray]  # "source" / "target" / "perturbed": (sampled cells, genes seen) predicted states
     scatter: pl.DataFrame  # (expression, pred) of a seeded ~SCATTER_POINTS samples
+    ko_shift: pl.DataFrame  # (cell_id, condition, shift_norm): sampled cells' knockout shifts (cells a knockout touched)
 
 
 def second_pass(out: Path, u: Universe, fp: FirstPass, sample: pl.DataFrame, src: str, tgt: str,
@@ -351,7 +352,7 @@ def second_pass(out: Path, u: Universe, fp: FirstPass, sample: pl.DataFrame, src
     tgt_cells = set(sample.filter(pl.col("group") == tgt)["cell_id"].to_list())
     src_list, tgt_list = sorted(src_cells), sorted(tgt_cells)
     modulus = max(1, fp.pairs // SCATTER_POINTS)
-    kept, scatter, states_rows = [], [], {"source": [], "target": [], "perturbed": []}
+    kept, scatter, ko_kept, states_rows = [], [], [], {"source": [], "target": [], "perturbed": []}
     for i, sc, pt in chunks(files, "atlas_grn: reduce (2/2)"):
         sc = sc.join(u.cells, on="cell_id", how="inner")
         long = (explode_windows(sc, ["cell_id", "gene_id"]).join(ref_long, on=["gene_id", "pos"], how="left")
@@ -388,6 +389,8 @@ def second_pass(out: Path, u: Universe, fp: FirstPass, sample: pl.DataFrame, src
                        ((p1 - pl.col("tgt")) ** 2 - (p0 - pl.col("tgt")) ** 2).sum().alias("_dclose"))
                   .with_columns((pl.col("_dclose") < 0).alias("closer")))
         shifts.drop("gidx", "_dclose").sort("cell_id", "condition", "mode").write_parquet(out / "shifts" / f"part-{i:05d}.parquet")
+        ko_kept.append(shifts.filter((pl.col("mode") == "KO") & pl.col("cell_id").is_in(sampled_ids))
+                       .select("cell_id", "condition", "shift_norm"))
         for c, m, n in (shifts.filter((pl.col("gidx") == s_idx) & pl.col("closer")).group_by("condition", "mode").len().iter_rows()):
             closer[(c, m)] += int(n)
         states_rows["perturbed"].append(d.filter((pl.col("condition") == best[0]) & (pl.col("mode") == best[1])
@@ -404,5 +407,7 @@ def second_pass(out: Path, u: Universe, fp: FirstPass, sample: pl.DataFrame, src
     source = dense(states_rows["source"], src_ids)
     states = {"source": source, "target": dense(states_rows["target"], np.array(sorted(tgt_cells), np.int64)),
               "perturbed": dense(states_rows["perturbed"], src_ids, source)}
+    ko_schema = {"cell_id": pl.Int32, "condition": pl.Utf8, "shift_norm": pl.Float64}
     return SecondPass({k: v / n_src for k, v in closer.items()}, pl.concat(kept) if kept else pl.DataFrame(), states,
-                      pl.concat(scatter) if scatter else pl.DataFrame())
+                      pl.concat(scatter) if scatter else pl.DataFrame(),
+                      pl.concat(ko_kept).cast(ko_schema) if ko_kept else pl.DataFrame(schema=ko_schema))

@@ -81,7 +81,7 @@ def plot_master_dotplot(masters: pl.DataFrame, path: Path) -> Path:
             sc = ax.scatter(xs, [gi] * len(tfs), s=sizes, c=[coef[tf] for tf in tfs], cmap="RdBu_r", vmin=-3, vmax=3)
         ax.set_xticks(np.arange(len(tfs)), tfs, rotation=90, fontsize=7)
         ax.set_yticks(np.arange(len(groups)), groups)
-        ax.set_title(f"master TFs: {'attention features (model)' if m == 'model' else 'gene activity (baseline)'}")
+        ax.set_title(f"master TFs: {'knockout shifts (model)' if m == 'model' else 'gene activity (baseline)'}")
         fig.colorbar(sc, ax=ax, label="one-vs-rest coefficient")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -58,14 +58,16 @@ def run_analyses(p, stats: dict[str, Any], seconds: float) -> Path:
     tf_in = [t for t in p.tfs if t.gene_id is not None and t.gene_id in seen]
     results["tfs_without_gene"] = [t.name for t in p.tfs if t not in tf_in]
 
-    # master TFs: attention features (model) vs gene activity (baseline)
+    # master TFs: the model's knockout shifts (the fixed readout, docs/design.md §7) and its attention
+    # features (the paper's readout, a variant) vs gene activity and TF expression (baselines)
     masters = None
     if tf_in and len(names) >= 2:
         mats, groups = features.sample_matrices(sp.sample, sample, [t.gene_id for t in tf_in])
         tfn = [t.name for t in tf_in]
+        mats["knockout_shift"] = features.knockout_matrix(sp.ko_shift, sample, tfn)
         masters = pl.concat([master_tf.master_tfs(mats[col], groups, tfn, seed=a.seed).with_columns(pl.lit(method).alias("method"))
-                             for method, col in (("model", "attention_feature"), ("gene_activity", "activity"),
-                                                 ("tf_expression", "expression"))])
+                             for method, col in (("model", "knockout_shift"), ("attention_feature", "attention_feature"),
+                                                 ("gene_activity", "activity"), ("tf_expression", "expression"))])
         masters.write_parquet(out / "master_tfs.parquet")
 
     # GRN edges (+ SCENIC+/CellOracle layouts) and the all-pairs score table with baselines

@@ -6,8 +6,9 @@ readouts and other model readouts, reported, never scored), `baselines`, `best_b
 value), `margin` (model − best baseline) and `met` (margin > 0).
 
 - master_tfs — top-3 precision per cell type (hits over min(3, #master TFs)), the disease type's
-  driver included; model: attention features + logistic regression; baselines: gene activity and
-  TF expression, each with the same one-vs-rest regression.
+  driver included; model: each cell's knockout shift per TF + logistic regression; variant: the
+  paper's attention features; baselines: gene activity, TF expression and chromVAR-style motif
+  accessibility, each with the same one-vs-rest regression.
 - grn — AUPRC of every (TF, gene) pair against the direct edges (the TF binds a causal element
   of the gene); model: the knockout read (the target's largest |predicted log2FC| over groups
   under the TF's knockout); variants: attention-peak motif enrichment and its ablation ranking;
@@ -53,11 +54,13 @@ from .baselines import (
     celloracle_perturbation,
     correlation,
     enhancer_baselines,
+    motif_deviations,
     tf_gene_baselines,
     window_models,
 )
 from .grn import pair_scores
 from .inputs import TF, cell_groups, load_tables
+from .master_tf import master_tfs
 from .metrics import auprc, precision_at_recall, top_k_precision
 from .transitions import fraction_closer
 
@@ -160,19 +163,32 @@ def ko_decomposition(scored: pl.DataFrame, mediators: pl.DataFrame, labels: pl.D
 # Tasks
 # ---------------------------------------------------------------------------------------------
 
-def master_tf_task(masters: pl.DataFrame, truth: Path, k: int = 3) -> dict:
+def master_tf_task(masters: pl.DataFrame, truth: Path, k: int = 3, extra: dict[str, pl.DataFrame] | None = None) -> dict:
+    """``masters``: atlas_grn's master_tfs.parquet (method model, attention_feature, gene_activity,
+    tf_expression); ``extra``: baseline rankings computed here (method name -> (group, tf, rank))."""
     true = {r[0]: set(str(r[1]).split(",")) for r in _truth(truth, "cell_types.tsv").iter_rows()}
-    per = {}
-    for method in ("model", "gene_activity", "tf_expression"):
-        tab = masters.filter(pl.col("method") == method)
-        per[method] = {g: top_k_precision(tab.filter(pl.col("group") == g).sort("rank")["tf"].to_list(), true[g], k)
-                       for g in tab["group"].unique().sort().to_list() if g in true}
-    if not per["model"]:
+    tables = {m: masters.filter(pl.col("method") == m) for m in masters["method"].unique().to_list()} | (extra or {})
+    per = {m: {g: top_k_precision(tab.filter(pl.col("group") == g).sort("rank")["tf"].to_list(), true[g], k)
+               for g in tab["group"].unique().sort().to_list() if g in true} for m, tab in tables.items()}
+    if not per.get("model"):
         raise InputError(f"no analysed group matches a simulated cell type ({sorted(true)}); group cells by truth/cells.tsv")
     mean = {m: float(np.mean(list(v.values()))) if v else None for m, v in per.items()}
-    return task("top-3 precision", mean["model"], "attention feature + logistic regression",
-                {"gene_activity": mean["gene_activity"], "tf_expression": mean["tf_expression"]},
-                per_group=per["model"], per_group_baselines={m: per[m] for m in ("gene_activity", "tf_expression")}, k=k)
+    base = [m for m in ("gene_activity", "tf_expression", "motif_accessibility") if m in per]
+    return task("top-3 precision", mean["model"], "knockout shift per cell + logistic regression", {m: mean[m] for m in base},
+                {m: mean[m] for m in ("attention_feature",) if m in per},
+                per_group=per["model"], per_group_baselines={m: per[m] for m in base}, k=k)
+
+
+def master_baselines(masters: pl.DataFrame, data, groups: pl.DataFrame, bound_by_tf: dict[str, np.ndarray]) -> dict[str, pl.DataFrame]:
+    """chromVAR-style motif accessibility of the model's TFs over every grouped cell, ranked by the
+    same one-vs-rest regression as atlas_grn's master TFs (master_tf.py)."""
+    names = [t for t in masters.filter(pl.col("method") == "model").sort("rank")["tf"].unique(maintain_order=True).to_list()
+             if t in bound_by_tf]
+    if not names:
+        return {}
+    cells = groups.sort("cell_id")
+    dev = motif_deviations(data, {n: bound_by_tf[n] for n in names})[cells["cell_id"].to_numpy()]
+    return {"motif_accessibility": master_tfs(dev, cells["group"].to_numpy(), names)}
 
 
 def grn_task(scores: pl.DataFrame, tfgene: pl.DataFrame, truth: Path) -> dict:
@@ -322,7 +338,8 @@ def scorecard(out: Path, truth: Path, k: int = 3) -> dict:
     for t, tg in tf_genes.items():
         r = correlation(data.expression.astype(np.float64), data.expression[:, tg].astype(np.float64))
         r_signed.update({(t, g): float(r[g]) for g in range(genes.height)})
-    card: dict[str, Any] = {"master_tfs": master_tf_task(pl.read_parquet(out / "master_tfs.parquet"), truth, k),
+    masters = pl.read_parquet(out / "master_tfs.parquet")
+    card: dict[str, Any] = {"master_tfs": master_tf_task(masters, truth, k, master_baselines(masters, data, groups, bound_by_tf)),
                             "grn": grn_task(scores, tfgene, truth), **enhancer_tasks(elab)}
     for mode, sign in (("KO", -1.0), ("KI", 1.0)):
         model = effects.filter((pl.col("mode") == mode) & ~pl.col("condition").str.contains("+", literal=True)).select(

@@ -61,7 +61,7 @@ def test_atlas_grn_job_submit_outputs_and_resume(cluster, trained, sim_tiny, tmp
     assert len(images) >= 7 and all((out / img).exists() for img in images)
     # the scorecard: one entry per metric with the model, its baselines and the target
     card = json.loads((out / "scorecard.json").read_text())
-    expected = {"master_tfs": {"gene_activity", "tf_expression"},
+    expected = {"master_tfs": {"gene_activity", "tf_expression", "motif_accessibility"},
                 "grn": {"motif_only", "correlation", "regression", "scenic_like"},
                 "enhancer_gene": {"distance", "abc", "peak_correlation", "accessibility_regression"},
                 "knockout": {"motif_sign", "signed_correlation", "accessibility_regression", "celloracle_like", "no_change"},
@@ -72,7 +72,11 @@ def test_atlas_grn_job_submit_outputs_and_resume(cluster, trained, sim_tiny, tmp
         t = card[name]
         assert set(t["baselines"]) == baselines and 0.0 <= t["model"] <= 1.0, (name, t)
         assert t["margin"] == pytest.approx(t["model"] - t["best_baseline"]["value"]) and t["met"] == (t["margin"] > 0)
-        assert all(v is None or v < 1.0 for v in t["baselines"].values()), (name, t)  # simulator v3: none trivial
+        # simulator v3: no baseline is trivial, except its known failure (docs/design.md §8): motif accessibility
+        # finds the master TFs, which are each type's most active TFs
+        exempt = {"motif_accessibility"} if name == "master_tfs" else set()
+        assert all(v is None or v < 1.0 for b, v in t["baselines"].items() if b not in exempt), (name, t)
+    assert set(card["master_tfs"]["variants"]) == {"attention_feature"}
     assert {"attention", "attention_ablation"} <= set(card["grn"]["variants"]) and "causal_peaks" in card["grn"]["ceilings"]
     assert card["knockout"]["direct"]["model"] is not None and card["knockout"]["responders"] > 0
     # the tables each analysis writes

@@ -13,7 +13,7 @@ import pytest
 
 from creformer.analysis import cell_files, reduce
 from creformer.analysis.atlas_worker import PERTURB_SCHEMA, SCORE_SCHEMA
-from creformer.analysis.features import peak_distance
+from creformer.analysis.features import knockout_matrix, peak_distance
 from creformer.analysis.perturb import LN2
 from creformer.analysis.transitions import fraction_closer, transition_score
 
@@ -156,6 +156,16 @@ def test_features_transitions_and_cell_files_equal_the_dense_computation(atlas):
     shifts = pl.read_parquet(sorted((out / "shifts").glob("part-*.parquet")))
     assert set(shifts.columns) == {"cell_id", "condition", "mode", "shift_norm", "toward_target", "closer"}
     assert sp.states["source"].shape == (5, N_GENES) and sp.states["perturbed"].shape == (5, N_GENES)
+    # the master-TF readout: each sampled cell's ||predicted change|| under T1's knockout (0 untouched)
+    ko = knockout_matrix(sp.ko_shift, sample, ["T1", "T9", "T1"])
+    sampled = np.sort(sample["cell_id"].to_numpy())
+    want = np.zeros(sampled.size)
+    for i, cid in enumerate(sampled):
+        sub = pt.filter((pl.col("cell_id") == cid) & (pl.col("condition") == "T1") & (pl.col("mode") == "KO"))
+        d = [v - base[cid, gid] for gid, v in sub.select("gene_id", "pred").iter_rows()]
+        want[i] = np.sqrt(np.sum(np.square(d))) if d else 0.0
+    assert (want > 0).any() and (want == 0).any()
+    assert ko[:, 0] == pytest.approx(want, abs=1e-5) and ko[:, 2] == pytest.approx(want, abs=1e-5) and (ko[:, 1] == 0).all()
     # the per-cell files hold every cell, the same matrices
     meta = cells.with_columns(pl.lit(1000).alias("rna_counts"))
     feats, mu = cell_files.write_cell_files(out, fp, meta, GENES, PEAKS, sample, seed=0)

@@ -6,9 +6,23 @@ import numpy as np
 import polars as pl
 import pytest
 
-from creformer.analysis.baselines import CellData, accessibility_perturbation, celloracle_perturbation, enhancer_baselines
+from creformer.analysis.baselines import (
+    CellData,
+    accessibility_perturbation,
+    celloracle_perturbation,
+    enhancer_baselines,
+    motif_deviations,
+)
 from creformer.analysis.transitions import fraction_closer
-from creformer.analysis.validate import check_truth, perturbation_task, spearman, task, therapeutic_task, transition_task
+from creformer.analysis.validate import (
+    check_truth,
+    master_tf_task,
+    perturbation_task,
+    spearman,
+    task,
+    therapeutic_task,
+    transition_task,
+)
 from creformer.engine.errors import InputError
 
 
@@ -96,3 +110,31 @@ def test_celloracle_like_propagates_a_tf_knockout_to_its_targets():
     ko = celloracle_perturbation(data, {"T1": 1}, {2: ["T1"]}, {"A": np.arange(400)})
     row = ko.filter(pl.col("gene_id") == 2)
     assert row.height == 1 and row["log2fc"][0] == pytest.approx(-1.5 * data.expression[:, 1].mean() / np.log(2), rel=0.1)
+
+
+def test_motif_deviations_by_hand():
+    # 2 cells x 3 peaks; TF A binds peaks 0 and 1, TF B peak 2
+    acc = np.array([[2.0, 0.0, 2.0], [0.0, 1.0, 3.0]])
+    dev = motif_deviations(CellData(np.arange(2), np.zeros((2, 1)), acc), {"A": np.array([1, 1, 0], bool), "B": np.array([0, 0, 1], bool)})
+    share = acc.sum(0) / acc.sum()  # 0.25, 0.125, 0.625
+    for c in range(2):
+        total = acc[c].sum()
+        assert dev[c, 0] == pytest.approx(acc[c, :2].sum() / (total * share[:2].sum()) - 1)
+        assert dev[c, 1] == pytest.approx(acc[c, 2] / (total * share[2]) - 1)
+    assert dev[0, 0] > 0 > dev[1, 0]  # cell 0 is richer in A's peaks than expected, cell 1 poorer
+
+
+def test_master_tf_task_scores_the_model_beside_every_baseline(tmp_path):
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    pl.DataFrame({"cell_type": ["X", "Y"], "master_tfs": ["A,B", "C"]}).write_csv(truth / "cell_types.tsv", separator="\t")
+    def ranking(method, x, y):
+        return pl.DataFrame({"group": ["X"] * 3 + ["Y"] * 3, "tf": x + y, "coef": [3.0, 2.0, 1.0] * 2, "rank": [1, 2, 3] * 2,
+                             "method": [method] * 6})
+    masters = pl.concat([ranking("model", ["A", "B", "C"], ["C", "A", "B"]), ranking("attention_feature", ["A", "C", "B"], ["A", "B", "C"]),
+                         ranking("gene_activity", ["C", "A", "B"], ["A", "B", "C"]), ranking("tf_expression", ["C", "B", "A"], ["B", "A", "C"])])
+    extra = {"motif_accessibility": ranking("x", ["A", "C", "B"], ["C", "A", "B"]).drop("method")}
+    t = master_tf_task(masters, truth, k=2, extra=extra)  # hits among the top 2 over min(2, |truth|)
+    assert t["model"] == 1.0 and t["variants"] == {"attention_feature": 0.25}
+    assert t["baselines"] == {"gene_activity": 0.25, "tf_expression": 0.25, "motif_accessibility": 0.75}
+    assert t["best_baseline"] == {"name": "motif_accessibility", "value": 0.75} and t["met"]
