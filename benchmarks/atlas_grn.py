@@ -62,7 +62,7 @@ def build_inputs(work: Path, preset: str, n_cells: int | None = None, extra: tup
     return sim, el, rg
 
 
-def measure(work: Path, sim: Path, el: Path, rg: Path, name: str, workers: int, cache: bool, cells: int) -> dict:
+def measure(work: Path, sim: Path, el: Path, rg: Path, name: str, workers: int, cache: bool, cells: int, per_partition: int) -> dict:
     from creformer.analysis.partitions import run_partitions
     from creformer.analysis.plan import prepare, scan_motifs
     from creformer.config import load_config, save_config
@@ -72,7 +72,7 @@ def measure(work: Path, sim: Path, el: Path, rg: Path, name: str, workers: int, 
     cfg = load_config("tiny", [f"data.regulatory.shards={work / 'reg'}", f"train.regulatory.elementary_weights={el}",
                                f"analysis.regulatory_weights={rg}", f"analysis.out={out}", f"analysis.motifs={sim / 'motifs.meme'}",
                                f"analysis.groups={sim / 'truth' / 'cells.tsv'}", f"analysis.cells_per_group={cells}",
-                               "analysis.min_cells_per_group=5", "analysis.cells_per_partition=8", f"analysis.workers={workers}",
+                               "analysis.min_cells_per_group=5", f"analysis.cells_per_partition={per_partition}", f"analysis.workers={workers}",
                                f"analysis.cache={str(cache).lower()}"])
     p = prepare(cfg)
     scan_motifs(p)
@@ -157,6 +157,8 @@ def memory(args) -> None:
 
 
 def main() -> None:
+    from creformer.config import AnalysisConfig
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--cells-per-group", type=int, default=30)
@@ -167,6 +169,8 @@ def main() -> None:
     ap.add_argument("--memory", type=int, nargs=2, metavar=("N1", "N2"), help="whole-atlas memory on N1 and N2 cells")
     ap.add_argument("--genes", nargs="+", default=["TF01"], help="--memory: genes scored (and TFs perturbed)")
     ap.add_argument("--reuse", action="store_true", help="--memory: keep an atlas size's finished run (its memory_run.json)")
+    ap.add_argument("--cells-per-partition", type=int, default=AnalysisConfig.cells_per_partition,
+                    help="scaling: cells per scored partition (default: atlas_grn's; runs before 2026-12-04 used 8)")
     args = ap.parse_args()
     if args.memory:
         return memory(args)
@@ -183,11 +187,12 @@ def main() -> None:
     sim, el, rg = build_inputs(work, args.preset, args.cells)
     # 1 and 2 workers back to back, ``repeats`` times: a slow spell of this shared machine then
     # skews one pair, not the reported median
-    pairs = [{name: measure(work, sim, el, rg, name, w, True, args.cells_per_group) for name, w in (("1_worker", 1), ("2_workers", 2))}
+    pairs = [{name: measure(work, sim, el, rg, name, w, True, args.cells_per_group, args.cells_per_partition) for name, w in (("1_worker", 1), ("2_workers", 2))}
              for _ in range(args.repeats)]
     runs = dict(pairs[-1])
     if not args.skip_no_cache:
-        runs["2_workers_no_cache"] = measure(work, sim, el, rg, "2_workers_no_cache", 2, False, args.cells_per_group)
+        runs["2_workers_no_cache"] = measure(work, sim, el, rg, "2_workers_no_cache", 2, False, args.cells_per_group,
+                                              args.cells_per_partition)
 
     def ratio(pair: dict, key: str) -> float:
         return round(pair["2_workers"][key] / pair["1_worker"][key], 3)
@@ -196,6 +201,7 @@ def main() -> None:
     steady = [ratio(pair, "steady_pairs_per_s") for pair in pairs]
     result = {
         "cpu_cores": os.cpu_count(),
+        "cells_per_partition": args.cells_per_partition,
         "runs": {k: {"pairs": v["samples"], "wall_s": round(v["wall_s"], 2), "pairs_per_s": round(v["pairs_per_s"], 2),
                      "steady_pairs_per_s": round(v["steady_pairs_per_s"], 2),
                      "first_partition_s": round(v["timeline"][0][0], 2),  # start-up: actors, models, shared slices
