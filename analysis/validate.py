@@ -49,6 +49,7 @@ from creformer.engine.errors import InputError
 from creformer.engine.rulebook import VERSION as SIMULATOR_VERSION
 
 from .baselines import (
+    CellData,
     accessibility_perturbation,
     cell_data,
     celloracle_perturbation,
@@ -179,7 +180,8 @@ def master_tf_task(masters: pl.DataFrame, truth: Path, k: int = 3, extra: dict[s
                 per_group=per["model"], per_group_baselines={m: per[m] for m in base}, k=k)
 
 
-def master_baselines(masters: pl.DataFrame, data, groups: pl.DataFrame, bound_by_tf: dict[str, np.ndarray]) -> dict[str, pl.DataFrame]:
+def master_baselines(masters: pl.DataFrame, data: CellData, groups: pl.DataFrame,
+                     bound_by_tf: dict[str, np.ndarray]) -> dict[str, pl.DataFrame]:
     """chromVAR-style motif accessibility of the model's TFs over every grouped cell, ranked by the
     same one-vs-rest regression as atlas_grn's master TFs (master_tf.py)."""
     names = [t for t in masters.filter(pl.col("method") == "model").sort("rank")["tf"].unique(maintain_order=True).to_list()
