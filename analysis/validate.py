@@ -183,9 +183,11 @@ def master_tf_task(masters: pl.DataFrame, truth: Path, k: int = 3, extra: dict[s
 def master_baselines(masters: pl.DataFrame, data: CellData, groups: pl.DataFrame,
                      bound_by_tf: dict[str, np.ndarray]) -> dict[str, pl.DataFrame]:
     """chromVAR-style motif accessibility of the model's TFs over every grouped cell, ranked by the
-    same one-vs-rest regression as atlas_grn's master TFs (master_tf.py)."""
-    names = [t for t in masters.filter(pl.col("method") == "model").sort("rank")["tf"].unique(maintain_order=True).to_list()
-             if t in bound_by_tf]
+    same one-vs-rest regression as atlas_grn's master TFs (master_tf.py). Columns follow the atlas's
+    TF order (``bound_by_tf``), never the model's ranking, which would otherwise break the
+    baseline's ties."""
+    ranked = set(masters.filter(pl.col("method") == "model")["tf"].to_list())
+    names = [t for t in bound_by_tf if t in ranked]
     if not names:
         return {}
     cells = groups.sort("cell_id")
