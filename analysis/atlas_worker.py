@@ -26,7 +26,7 @@ from creformer.trainer.model.cache import EmbeddingCache
 from . import inputs
 from .attention import score_batch
 from .perturb import bound_peaks, perturbed_predictions
-from .shared_slices import SHARED_FILES, claim_slice, embed_shared, ensure_shared, peak_rss_mb
+from .shared_slices import SHARED_FILES, claim_slice, embed_shared, ensure_shared, memory_status, peak_rss_mb
 
 SCORE_SCHEMA = {"cell_id": pl.Int32, "gene_id": pl.Int32, "expression": pl.Float32, "pred": pl.Float32,
                 "peak_ids": pl.List(pl.Int32), "attention": pl.List(pl.Float32), "atac": pl.List(pl.Float32),
@@ -174,11 +174,11 @@ def run_partition(w: AtlasWorker, part: dict[str, Any]) -> dict[str, Any]:
     secs = time.perf_counter() - t0
     done = {"fingerprint": w.plan["fingerprint"], "samples": sc.height, "perturbed": pt.height, "seconds": secs,
             "cache_hits": w.cache.hits - hits0, "cache_misses": w.cache.misses - miss0 + shared, "observed_forwards": observed,
-            "max_rss_mb": peak_rss_mb(),
+            "max_rss_mb": peak_rss_mb(), "memory": memory_status(), "lru_entries": len(w.cache._lru),
             "threads": {"torch": torch.get_num_threads(), "polars": pl.thread_pool_size(), "arrow": pa.cpu_count()}}
     marker = out / "partitions" / "done" / f"part-{idx:05d}.json"
     atomic_write_json(marker, done)  # written last: the partition counts as finished only now
-    return {"index": idx, **{k: v for k, v in done.items() if k not in ("fingerprint", "threads")}}
+    return {"index": idx, **{k: v for k, v in done.items() if k not in ("fingerprint", "threads", "memory", "lru_entries")}}
 
 
 

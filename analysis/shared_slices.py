@@ -5,6 +5,7 @@ NFS file system), computes it into the shared disk cache, and marks it done."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import resource
 import socket
@@ -85,6 +86,45 @@ def embed_slice(w: AtlasWorker, i: int) -> int:
 def peak_rss_mb() -> float:
     """This process's peak resident set so far (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory_status() -> dict[str, float]:
+    """This process's resident memory now, by kind (MB): anonymous (heap), file-backed (memory-mapped
+    files), shared memory (e.g. Ray's object store), and the thread that ran the call; empty off
+    Linux. Recorded per partition, so that a worker's growth can be traced to its kind."""
+    import threading
+
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return {}
+    keys = ("VmRSS", "RssAnon", "RssFile", "RssShmem", "Threads")
+    out: dict[str, float] = {}
+    for line in lines:
+        name, _, rest = line.partition(":")
+        if name in keys:
+            v = int(rest.split()[0])
+            out[name] = v if name == "Threads" else round(v / 1024, 1)
+    out["thread"] = threading.get_ident()
+    out.update(_malloc_info())
+    return out
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                                                "uordblks", "fordblks", "keepcost")]
+
+
+def _malloc_info() -> dict[str, float]:
+    """glibc's heap: bytes in use, free (kept by malloc), and in mmapped chunks (MB); empty off glibc."""
+    try:
+        fn = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return {}
+    fn.restype = _MallInfo2
+    m = fn()
+    return {"malloc_used": round(m.uordblks / 2**20, 1), "malloc_free": round(m.fordblks / 2**20, 1),
+            "malloc_mmap": round(m.hblkhd / 2**20, 1)}
 
 
 def embed_shared(w: AtlasWorker, item: dict[str, Any]) -> dict[str, Any]:

@@ -61,17 +61,25 @@ def test_lru_cap_and_disk_store(tmp_path):
     assert fresh.stats()["entries"] == 0  # disk rows are read in place, not duplicated in the LRU
 
 
-def test_lru_entries_own_their_storage():
-    """An entry is one peak's bins, not a view of the batch it was computed in: a view would keep
-    the whole batch's memory once the batch's other entries are evicted (atlas_grn's actors grew
-    with every partition that way)."""
+def test_lru_entries_live_in_a_slab_whose_rows_are_reused():
+    """Entries are copied into a few preallocated blocks and an eviction's row is reused, so the
+    LRU's churn cannot scatter small live tensors across the heap (atlas_grn's actors grew with
+    every partition that way). A batch with more distinct entries than the LRU holds reuses rows
+    within itself: its hits must be read before that, and its output must not change."""
     el, reg, peak_dna, ids, atac, mask, rank = setup()
-    cache = EmbeddingCache(el, peak_dna)
-    cache.peak_bins(ids, atac, mask)
-    cache.ensure([0, 1, 2, 3], np.full(1024, SIG_OFFSET + 5, np.uint8))  # a batch of four in one pass
-    assert len(cache._lru) > 4
-    for value in cache._lru.values():
-        assert value.untyped_storage().nbytes() == value.numel() * value.element_size()
+    want = EmbeddingCache(el, peak_dna).peak_bins(ids, atac, mask)
+    small = EmbeddingCache(el, peak_dna, capacity=3)
+    for _ in range(3):  # first all misses, then hits mixed with puts that evict them
+        assert torch.allclose(small.peak_bins(ids, atac, mask), want, atol=1e-6)
+    assert small.hits > 0
+    assert len(small._blocks) == 1 and small._blocks[0].shape[0] == 3
+    assert sorted(small._lru.values()) == [0, 1, 2]
+    big = EmbeddingCache(el, peak_dna)
+    big.peak_bins(ids, atac, mask)
+    big.ensure([0, 1, 2, 3], np.full(1024, SIG_OFFSET + 5, np.uint8))  # a batch of four in one pass
+    rows = big._blocks[0].shape[0]
+    assert len(big._blocks) == 1 and rows == min(big.capacity, (32 << 20) // (8 * el.cfg.d_model * 4))
+    assert sorted(big._lru.values()) == list(range(len(big._lru)))
 
 
 def test_disk_store_flushes_itself_when_pending_grows(tmp_path):

@@ -47,6 +47,9 @@ def signal_key(tokens: np.ndarray) -> bytes:
     return hashlib.blake2b(np.ascontiguousarray(tokens, dtype=np.uint8).tobytes(), digest_size=12).digest()
 
 
+EMBED_CHUNK = 32  # peaks per Elementary pass
+
+
 class EmbeddingCache:
     """Peak bins (8, d) of the frozen Elementary, cached by (weights, peak, signal)."""
 
@@ -71,7 +74,12 @@ class EmbeddingCache:
         self.hits = self.misses = self.disk_hits = 0
         self.forwards = 0  # (peak, signal) pairs run through the Elementary
         self.store_entries = 0
-        self._lru: OrderedDict[tuple[int, bytes], torch.Tensor] = OrderedDict()
+        # key -> row of the slab: entries live in a few large preallocated blocks rather than as one
+        # small tensor each, so that the LRU's churn does not scatter live entries across the
+        # heap (atlas_grn's actors grew ~3 MB a partition past a full LRU, from fragmentation)
+        self._lru: OrderedDict[tuple[int, bytes], int] = OrderedDict()
+        self._blocks: list[torch.Tensor] = []  # (rows, n_bins, d) float32 each, allocated as rows are needed
+        self._block_rows = 0
         # key -> (the part's bins as an (n, n_bins, d) array over the memory-mapped file, row)
         self._disk: dict[tuple[int, bytes], tuple[np.ndarray, int]] = {}
         self._disk_files: set[str] = set()  # part files already indexed in ``_disk``
@@ -88,6 +96,7 @@ class EmbeddingCache:
         if getattr(self, "weights", None) != new:
             self.weights = new
             self._lru.clear()
+            self._blocks.clear()
             self._disk.clear()
             self._disk_files.clear()
             self._pending.clear()
@@ -155,10 +164,15 @@ class EmbeddingCache:
         self._pending.clear()
 
     # -- lookups ------------------------------------------------------------------------------
+    def _row(self, slot: int) -> torch.Tensor:
+        return self._blocks[slot // self._block_rows][slot % self._block_rows]
+
     def _get(self, key: tuple[int, bytes]) -> torch.Tensor | None:
+        """The entry, or None. An LRU hit is a view of its slab row: valid until the next ``_put``,
+        which may reuse the row (callers copy what they need first)."""
         if key in self._lru:
             self._lru.move_to_end(key)
-            return self._lru[key]
+            return self._row(self._lru[key])
         if key in self._disk:
             arr, row = self._disk[key]
             self.disk_hits += 1
@@ -168,14 +182,21 @@ class EmbeddingCache:
         return None
 
     def _put(self, key: tuple[int, bytes], value: torch.Tensor, persist: bool = True) -> None:
-        if value.untyped_storage().nbytes() != value.numel() * value.element_size():
-            # a row of a batch's output: kept as a view, one hot row would pin the whole batch's
-            # storage after its other rows are evicted (an atlas_grn actor grew ~5 MB a partition)
-            value = value.clone()
-        self._lru[key] = value
-        self._lru.move_to_end(key)
-        while len(self._lru) > self.capacity:
-            self._lru.popitem(last=False)
+        """Copy ``value`` into the LRU (evicting the oldest entry when full; its row is reused)."""
+        if self.capacity > 0:
+            if key in self._lru:
+                slot = self._lru[key]
+                self._lru.move_to_end(key)
+            elif len(self._lru) < self.capacity:
+                slot = len(self._lru)  # rows 0..len-1 are in use: entries leave only by eviction
+            else:
+                slot = self._lru.popitem(last=False)[1]
+            if not self._blocks or slot // self._block_rows >= len(self._blocks):
+                if not self._block_rows:  # ~32 MB blocks, none larger than the whole LRU
+                    self._block_rows = max(1, min(self.capacity, (32 << 20) // (value.numel() * 4)))
+                self._blocks.append(torch.empty(self._block_rows, *value.shape, dtype=torch.float32))
+            self._row(slot).copy_(value)
+            self._lru[key] = slot
         if persist and self.disk_dir is not None:
             self._pending.append((key[0], key[1], value.numpy()))
             if len(self._pending) * value.numel() * 4 >= self.max_pending_bytes:  # every entry is one (8, d) float32
@@ -215,7 +236,8 @@ class EmbeddingCache:
         # and one indexed write per half instead of one per pair (the hit path is the step's cost
         # once every pair is cached or stored)
         has_signal = (sig[real[:, 0], real[:, 1]] != SIG_OFFSET).any(-1)
-        found: list[torch.Tensor] = [None] * len(real)  # type: ignore[list-item]
+        hit_at: list[int] = []
+        hits: list[torch.Tensor] = []
         missing: dict[tuple[int, bytes], list[int]] = {}
         for j, (bi, pi) in enumerate(real):
             key = (int(ids[bi, pi]), signal_key(sig[bi, pi]) if has_signal[j] else ZERO_SIGNAL)
@@ -223,18 +245,29 @@ class EmbeddingCache:
             if hit is None:
                 missing.setdefault(key, []).append(j)
             else:
-                found[j] = hit
-                self.hits += 1
+                hit_at.append(j)
+                hits.append(hit)
+        self.hits += len(hits)
+        if hits:  # copied out before any _put below can reuse a hit's slab row
+            at = real[hit_at]
+            out[torch.from_numpy(at[:, 0]), torch.from_numpy(at[:, 1]), 0] = torch.stack(hits)
         if missing:
             self.misses += sum(len(v) for v in missing.values())
             keys = list(missing)
             first = [real[missing[k][0]] for k in keys]
+            miss_at: list[int] = []
+            values: list[torch.Tensor] = []
             for k, value in zip(keys, self._embed([k[0] for k in keys], np.stack([sig[bi, pi] for bi, pi in first]))):
                 self._put(k, value)
-                for j in missing[k]:
-                    found[j] = value
+                miss_at += missing[k]
+                values += [value] * len(missing[k])
+            at = real[miss_at]
+            out[torch.from_numpy(at[:, 0]), torch.from_numpy(at[:, 1]), 0] = torch.stack(values)
         peaks = np.unique(ids[m]).tolist()
-        zero = {pid: self._get((pid, ZERO_SIGNAL)) for pid in peaks}
+        zero: dict[int, torch.Tensor | None] = {}
+        for pid in peaks:
+            hit = self._get((pid, ZERO_SIGNAL))
+            zero[pid] = None if hit is None else hit.clone()  # a copy: the puts below may reuse its row
         todo = [pid for pid, v in zero.items() if v is None]
         if todo:
             length = self.peak_dna.shape[1]
@@ -243,7 +276,6 @@ class EmbeddingCache:
                 zero[pid] = value
         if len(real):
             bi, pi = torch.from_numpy(real[:, 0]), torch.from_numpy(real[:, 1])
-            out[bi, pi, 0] = torch.stack(found)
             out[bi, pi, 1] = torch.stack([zero[int(pid)] for pid in ids[real[:, 0], real[:, 1]]])
         return out
 
@@ -258,8 +290,8 @@ class EmbeddingCache:
         """transformer-1 bin outputs (n, 8, 2, d) of the peaks under zero signal (``Elementary.bin_parts``),
         kept per peak: the reference every cell's embedding of that peak starts from."""
         todo = list(dict.fromkeys(pid for pid in peak_ids if pid not in self._parts))
-        for i in range(0, len(todo), 256):
-            chunk = todo[i:i + 256]
+        for i in range(0, len(todo), EMBED_CHUNK):
+            chunk = todo[i:i + EMBED_CHUNK]
             dna = torch.from_numpy(self.peak_dna[chunk].astype(np.int64))
             parts = self.elementary.bin_parts(dna, self._tracks(np.full(dna.shape, SIG_OFFSET, np.uint8)))
             for pid, value in zip(chunk, parts):
@@ -284,10 +316,10 @@ class EmbeddingCache:
         self.elementary.eval()
         self.forwards += len(peak_ids)
         out = []
-        for i in range(0, len(peak_ids), 256):
-            ids = peak_ids[i:i + 256]
+        for i in range(0, len(peak_ids), EMBED_CHUNK):
+            ids = peak_ids[i:i + EMBED_CHUNK]
             dna = torch.from_numpy(self.peak_dna[ids].astype(np.int64))
-            tracks = self._tracks(atac[i:i + 256])
+            tracks = self._tracks(atac[i:i + EMBED_CHUNK])
             zero = self._tracks(np.full(dna.shape, SIG_OFFSET, np.uint8))
             changed = self.elementary.changed_bins(tracks, zero)
             if float(changed.float().mean()) > 0.5:
