@@ -47,7 +47,10 @@ def signal_key(tokens: np.ndarray) -> bytes:
     return hashlib.blake2b(np.ascontiguousarray(tokens, dtype=np.uint8).tobytes(), digest_size=12).digest()
 
 
-EMBED_CHUNK = 32  # peaks per Elementary pass
+# Peaks per Elementary pass. Measured on 2 CPU cores (benchmarks/README.md, worker memory): 256
+# held ~1.2 GB of activations at once and fragmented atlas_grn actors' heaps; 32 is also faster
+# there. Not measured on a GPU, where larger passes would likely pay.
+EMBED_CHUNK = 32
 
 
 class EmbeddingCache:
