@@ -174,7 +174,7 @@ def run_partition(w: AtlasWorker, part: dict[str, Any]) -> dict[str, Any]:
     secs = time.perf_counter() - t0
     done = {"fingerprint": w.plan["fingerprint"], "samples": sc.height, "perturbed": pt.height, "seconds": secs,
             "cache_hits": w.cache.hits - hits0, "cache_misses": w.cache.misses - miss0 + shared, "observed_forwards": observed,
-            "max_rss_mb": peak_rss_mb(), "memory": memory_status(), "lru_entries": len(w.cache._lru),
+            "max_rss_mb": peak_rss_mb(), "memory": memory_status(), "lru_entries": w.cache.stats()["entries"],
             "threads": {"torch": torch.get_num_threads(), "polars": pl.thread_pool_size(), "arrow": pa.cpu_count()}}
     marker = out / "partitions" / "done" / f"part-{idx:05d}.json"
     atomic_write_json(marker, done)  # written last: the partition counts as finished only now
