@@ -115,14 +115,23 @@ class _MallInfo2(ctypes.Structure):
                                                 "uordblks", "fordblks", "keepcost")]
 
 
-def _malloc_info() -> dict[str, float]:
-    """glibc's heap: bytes in use, free (kept by malloc), and in mmapped chunks (MB); empty off glibc."""
+def _mallinfo2():
     try:
         fn = ctypes.CDLL("libc.so.6").mallinfo2
-    except (OSError, AttributeError):
-        return {}
+    except (OSError, AttributeError):  # not glibc, or older than 2.33
+        return None
     fn.restype = _MallInfo2
-    m = fn()
+    return fn
+
+
+_MALLINFO2 = _mallinfo2()
+
+
+def _malloc_info() -> dict[str, float]:
+    """glibc's heap: bytes in use, free (kept by malloc), and in mmapped chunks (MB); empty off glibc."""
+    if _MALLINFO2 is None:
+        return {}
+    m = _MALLINFO2()
     return {"malloc_used": round(m.uordblks / 2**20, 1), "malloc_free": round(m.fordblks / 2**20, 1),
             "malloc_mmap": round(m.hblkhd / 2**20, 1)}
 
