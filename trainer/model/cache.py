@@ -83,8 +83,12 @@ class EmbeddingCache:
         self._lru: OrderedDict[tuple[int, bytes], int] = OrderedDict()
         self._blocks: list[torch.Tensor] = []  # (rows, n_bins, d) float32 each, allocated as rows are needed
         self._block_rows = 0
-        # key -> (the part's bins as an (n, n_bins, d) array over the memory-mapped file, row)
-        self._disk: dict[tuple[int, bytes], tuple[np.ndarray, int]] = {}
+        # key -> (part, row): part indexes ``_disk_arrays``, each part's bins as an (n, n_bins, d)
+        # array over its memory-mapped file; ``_zero_at`` holds each peak's zero-signal (part, row)
+        # (-1: not on disk) so that the most common lookups take one vectorized gather (``peak_bins``)
+        self._disk: dict[tuple[int, bytes], tuple[int, int]] = {}
+        self._disk_arrays: list[np.ndarray] = []
+        self._zero_at = np.full((peak_dna.shape[0], 2), -1, np.int64)
         self._disk_files: set[str] = set()  # part files already indexed in ``_disk``
         self._pending: list[tuple[int, bytes, np.ndarray]] = []
         # zero-signal transformer-1 outputs per peak (``_zero_parts``), capped at ~256 MB
@@ -101,6 +105,8 @@ class EmbeddingCache:
             self._lru.clear()
             self._blocks.clear()
             self._disk.clear()
+            self._disk_arrays.clear()
+            self._zero_at.fill(-1)
             self._disk_files.clear()
             self._pending.clear()
             self._parts.clear()
@@ -125,8 +131,12 @@ class EmbeddingCache:
         d = self.elementary.cfg.d_model
         # zero-copy over the memory map: a hit reads one row, the file stays in the page cache
         arr = bins.flatten().to_numpy(zero_copy_only=False).reshape(len(table), -1, d)
+        part = len(self._disk_arrays)
+        self._disk_arrays.append(arr)
         for row, (pid, key) in enumerate(zip(table.column("peak_id").to_pylist(), table.column("signal").to_pylist())):
-            self._disk[(pid, key)] = (arr, row)
+            self._disk[(pid, key)] = (part, row)
+            if key == ZERO_SIGNAL:
+                self._zero_at[pid] = (part, row)
         return len(table)
 
     # -- disk store ---------------------------------------------------------------------------
@@ -177,11 +187,11 @@ class EmbeddingCache:
             self._lru.move_to_end(key)
             return self._row(self._lru[key])
         if key in self._disk:
-            arr, row = self._disk[key]
+            part, row = self._disk[key]
             self.disk_hits += 1
             # a row of a memory-mapped part reads as fast as the LRU: not copied into it (with a
             # store of the whole atlas the LRU would otherwise hold up to `capacity` duplicates)
-            return torch.from_numpy(np.array(arr[row], np.float32))
+            return torch.from_numpy(np.array(self._disk_arrays[part][row], np.float32))
         return None
 
     def _put(self, key: tuple[int, bytes], value: torch.Tensor, persist: bool = True) -> None:
@@ -235,14 +245,14 @@ class EmbeddingCache:
         sig = atac.cpu().numpy()
         m = mask.cpu().numpy()
         real = np.argwhere(m)
-        # one vectorized test for the zero-signal pairs (most of them); a digest only for the rest,
-        # and one indexed write per half instead of one per pair (the hit path is the step's cost
-        # once every pair is cached or stored)
+        # one vectorized test for the zero-signal pairs (most of them); a digest only for the rest
         has_signal = (sig[real[:, 0], real[:, 1]] != SIG_OFFSET).any(-1)
+        on_disk, zero_on_disk = self._from_disk(out.numpy(), real, ids, sig, has_signal)
         hit_at: list[int] = []
         hits: list[torch.Tensor] = []
         missing: dict[tuple[int, bytes], list[int]] = {}
-        for j, (bi, pi) in enumerate(real):
+        for j in np.flatnonzero(~on_disk):
+            bi, pi = real[j]
             key = (int(ids[bi, pi]), signal_key(sig[bi, pi]) if has_signal[j] else ZERO_SIGNAL)
             hit = self._get(key)
             if hit is None:
@@ -266,7 +276,7 @@ class EmbeddingCache:
                 values += [value] * len(missing[k])
             at = real[miss_at]
             out[torch.from_numpy(at[:, 0]), torch.from_numpy(at[:, 1]), 0] = torch.stack(values)
-        peaks = np.unique(ids[m]).tolist()
+        peaks = np.unique(ids[real[~zero_on_disk, 0], real[~zero_on_disk, 1]]).tolist()
         zero: dict[int, torch.Tensor | None] = {}
         for pid in peaks:
             hit = self._get((pid, ZERO_SIGNAL))
@@ -277,10 +287,39 @@ class EmbeddingCache:
             for pid, value in zip(todo, self._embed(todo, np.full((len(todo), length), SIG_OFFSET, np.uint8))):
                 self._put((pid, ZERO_SIGNAL), value)
                 zero[pid] = value
-        if len(real):
-            bi, pi = torch.from_numpy(real[:, 0]), torch.from_numpy(real[:, 1])
-            out[bi, pi, 1] = torch.stack([zero[int(pid)] for pid in ids[real[:, 0], real[:, 1]]])
+        rest = real[~zero_on_disk]
+        if len(rest):
+            bi, pi = torch.from_numpy(rest[:, 0]), torch.from_numpy(rest[:, 1])
+            out[bi, pi, 1] = torch.stack([zero[int(pid)] for pid in ids[rest[:, 0], rest[:, 1]]])
         return out
+
+    def _from_disk(self, out: np.ndarray, real: np.ndarray, ids: np.ndarray, sig: np.ndarray, has_signal: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """Fill ``out`` (B, P, 2, n_bins, d) from the disk index where it can: both halves of the
+        zero-signal pairs and every pair's zero reference by peak id, the cell half of the others by
+        signal digest, one gather per part file. Returns which real pairs got their cell half and
+        which their zero half. With a complete store this is every pair, and the step's lookups
+        cost ~the copies alone (one dictionary lookup and tensor per pair before)."""
+        done = np.zeros(len(real), bool)
+        if not self._disk or not len(real):
+            return done, done.copy()
+        pids = ids[real[:, 0], real[:, 1]].astype(np.int64)
+        zero = self._zero_at[pids]  # (n, 2) part, row of each pair's zero reference
+        cell = np.where(has_signal[:, None], -1, zero)
+        for j in np.flatnonzero(has_signal):
+            loc = self._disk.get((int(pids[j]), signal_key(sig[real[j, 0], real[j, 1]])))
+            if loc is not None:
+                cell[j] = loc
+        done, zero_done = cell[:, 0] >= 0, zero[:, 0] >= 0
+        for half, loc, sel in ((0, cell, done), (1, zero, zero_done)):
+            at, loc = real[sel], loc[sel]
+            for part in np.unique(loc[:, 0]):
+                pick = loc[:, 0] == part
+                out[at[pick, 0], at[pick, 1], half] = self._disk_arrays[part][loc[pick, 1]]
+        n = int(done.sum())
+        self.hits += n
+        self.disk_hits += n + int(np.unique(pids[zero_done]).size)  # zero references: once per peak, as ``_get`` counts
+        return done, zero_done
 
     def _tracks(self, atac: np.ndarray) -> torch.Tensor:
         """(n, tracks, 1024) signal input: the ATAC tokens on their track, every other track [PAD]."""
