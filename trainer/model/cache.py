@@ -245,15 +245,16 @@ class EmbeddingCache:
         sig = atac.cpu().numpy()
         m = mask.cpu().numpy()
         real = np.argwhere(m)
-        # one vectorized test for the zero-signal pairs (most of them); a digest only for the rest
+        # one vectorized test for the zero-signal pairs (most of them); a digest, once, only for the rest
         has_signal = (sig[real[:, 0], real[:, 1]] != SIG_OFFSET).any(-1)
-        on_disk, zero_on_disk = self._from_disk(out.numpy(), real, ids, sig, has_signal)
+        digests = {int(j): signal_key(sig[real[j, 0], real[j, 1]]) for j in np.flatnonzero(has_signal)}
+        on_disk, zero_on_disk = self._from_disk(out.numpy(), real, ids, digests)
         hit_at: list[int] = []
         hits: list[torch.Tensor] = []
         missing: dict[tuple[int, bytes], list[int]] = {}
         for j in np.flatnonzero(~on_disk):
             bi, pi = real[j]
-            key = (int(ids[bi, pi]), signal_key(sig[bi, pi]) if has_signal[j] else ZERO_SIGNAL)
+            key = (int(ids[bi, pi]), digests.get(int(j), ZERO_SIGNAL))
             hit = self._get(key)
             if hit is None:
                 missing.setdefault(key, []).append(j)
@@ -293,23 +294,21 @@ class EmbeddingCache:
             out[bi, pi, 1] = torch.stack([zero[int(pid)] for pid in ids[rest[:, 0], rest[:, 1]]])
         return out
 
-    def _from_disk(self, out: np.ndarray, real: np.ndarray, ids: np.ndarray, sig: np.ndarray, has_signal: np.ndarray
+    def _from_disk(self, out: np.ndarray, real: np.ndarray, ids: np.ndarray, digests: dict[int, bytes]
                    ) -> tuple[np.ndarray, np.ndarray]:
         """Fill ``out`` (B, P, 2, n_bins, d) from the disk index where it can: both halves of the
         zero-signal pairs and every pair's zero reference by peak id, the cell half of the others by
-        signal digest, one gather per part file. Returns which real pairs got their cell half and
-        which their zero half. With a complete store this is every pair, and the step's lookups
+        signal digest (``digests``: pair index → digest, for the pairs with signal), one gather per
+        part file. Returns which real pairs got their cell half and which their zero half. With a complete store this is every pair, and the step's lookups
         cost ~the copies alone (one dictionary lookup and tensor per pair before)."""
         done = np.zeros(len(real), bool)
         if not self._disk or not len(real):
             return done, done.copy()
         pids = ids[real[:, 0], real[:, 1]].astype(np.int64)
         zero = self._zero_at[pids]  # (n, 2) part, row of each pair's zero reference
-        cell = np.where(has_signal[:, None], -1, zero)
-        for j in np.flatnonzero(has_signal):
-            loc = self._disk.get((int(pids[j]), signal_key(sig[real[j, 0], real[j, 1]])))
-            if loc is not None:
-                cell[j] = loc
+        cell = zero.copy()
+        for j, digest in digests.items():
+            cell[j] = self._disk.get((int(pids[j]), digest), (-1, -1))
         done, zero_done = cell[:, 0] >= 0, zero[:, 0] >= 0
         for half, loc, sel in ((0, cell, done), (1, zero, zero_done)):
             at, loc = real[sel], loc[sel]
