@@ -187,6 +187,26 @@ def plot_scorecard(card: dict, path: Path) -> Path:
     return path
 
 
+def plot_enhancer_per_gene(per_gene: pl.DataFrame, path: Path, baseline: str = "accessibility_regression") -> Path:
+    """Each gene's own enhancer AUPRC: the model's |ablation| against ``baseline``, one panel per
+    task (all pairs, distal), the diagonal where they tie."""
+    tasks = per_gene["task"].unique(maintain_order=True).to_list()
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 4.0), squeeze=False)
+    for ax, name in zip(axes[0], tasks):
+        sub = per_gene.filter(pl.col("task") == name)
+        x, y = sub[baseline].to_numpy(), sub["ablation_abs"].to_numpy()
+        ax.scatter(x, y, s=14, alpha=0.7, c="tab:red", edgecolor="k", linewidth=0.3)
+        ax.plot([0, 1], [0, 1], c="k", lw=0.8, ls="--")
+        ax.set(xlim=(0, 1.02), ylim=(0, 1.02), xlabel=f"{baseline.replace('_', ' ')} AUPRC", ylabel="model |ablation| AUPRC",
+               title=f"{name.replace('_', ' ')}: {sub.height} genes, model above in {(y > x).sum()}, below in {(y < x).sum()}\n"
+                     f"mean {y.mean():.3f} vs {x.mean():.3f}")
+        ax.title.set_fontsize(8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def scorecard_table(card: dict) -> str:
     """The scorecard as an HTML table: each task's fixed model readout beside its best baseline and
     margin, with its variants and every baseline."""
@@ -253,6 +273,13 @@ def write_report(out: Path, p, view: dict[str, Any], gatt, masters, edges, effec
     if card:
         parts.append(f"<h2>Scorecard (against the simulator's planted truth)</h2>{scorecard_table(card)}<img src='figures/{plot_scorecard(card, figs / 'scorecard.png').name}' width='100%'>"
                      "<p>scorecard.json holds the definitions and per-group values.</p>")
+        if (out / "enhancer_per_gene.parquet").exists():
+            per_gene = pl.read_parquet(out / "enhancer_per_gene.parquet")
+            if per_gene.height:
+                parts.append("<h3>Enhancer–gene, gene by gene</h3><p>Each gene's own AUPRC (genes with a causal and a "
+                             "non-causal candidate): ranking a gene's peaks, apart from putting every gene's scores on "
+                             "one scale, which the global AUPRC also asks. Values: <code>enhancer_per_gene.parquet</code>.</p>"
+                             f"<img src='figures/{plot_enhancer_per_gene(per_gene, figs / 'enhancer_per_gene.png').name}' width='70%'>")
     if curves:
         parts.append("<h2>Training</h2>" + "".join(f"<img src='figures/{c.name}' width='48%'>" for c in curves))
     parts.append(f"<h2>Expression prediction</h2><img src='figures/{pred_png.name}' width='40%'><p>Pearson r {r:.3f} over the analysed cells.</p>")

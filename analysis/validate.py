@@ -19,7 +19,9 @@ value), `margin` (model − best baseline) and `met` (margin > 0).
   causal elements, on all pairs and on distal ones (beyond the 3 peaks nearest the TSS); model:
   |in-silico ablation| (a repressive element's is negative); variants: signed ablation, attention; baselines: distance, ABC (normalized over the gene's
   candidates), peak accessibility–expression correlation, per-gene ridge on the window's
-  accessibility (SCARlink-style).
+  accessibility (SCARlink-style). per_gene_auprc: each readout's mean AUPRC within a gene (genes
+  with both classes; enhancer_per_gene.parquet has each gene's), which separates ranking a gene's
+  own peaks from putting all genes' scores on one scale.
 - knockout, knock_in — direction accuracy over responders (|true log2FC| ≥ 0.1 in a cell type)
   among the analysed (group, TF, gene) triples, direct and indirect reported apart, with the
   responder AUPRC by |prediction| and the Spearman correlation over all triples beside it; model:
@@ -226,10 +228,28 @@ def enhancer_tasks(lab: pl.DataFrame) -> dict[str, dict]:
                 "accessibility_regression": sub["accessibility_regression"].to_numpy()}
         a = {k: auprc(v, y) for k, v in cols.items()}
         p70 = {k: precision_at_recall(v, y, 0.7) for k, v in cols.items()}
+        per_gene = enhancer_per_gene(pl.DataFrame({"gene_id": sub["gene_id"], "label": y, **cols}))
+        means = {k: float(per_gene[k].mean()) if per_gene.height else None for k in cols}
         out[name] = task("AUPRC" + (", beyond the 3 nearest peaks" if name.endswith("distal") else ""), a["ablation_abs"],
                          "|in-silico ablation|", {b: a[b] for b in ("distance", "abc", "peak_correlation", "accessibility_regression")},
-                         {"signed_ablation": a["ablation"], "attention": a["attention"]}, precision_at_70_recall=p70, pairs=int(y.size), positives=int(y.sum()))
+                         {"signed_ablation": a["ablation"], "attention": a["attention"]}, precision_at_70_recall=p70,
+                         per_gene_auprc=means, per_gene_genes=per_gene.height, pairs=int(y.size), positives=int(y.sum()))
+        out[name]["_per_gene"] = per_gene
     return out
+
+
+def enhancer_per_gene(scored: pl.DataFrame) -> pl.DataFrame:
+    """Each gene's own AUPRC per score column of ``scored`` (gene_id, label, score columns...), over
+    the genes whose candidates hold both classes. A global AUPRC mixes two things: ranking a gene's
+    peaks and putting different genes' scores on one scale; this is the first alone."""
+    names = [c for c in scored.columns if c not in ("gene_id", "label")]
+    rows = []
+    for (gid,), grp in scored.group_by("gene_id", maintain_order=True):
+        y = grp["label"].to_numpy()
+        if y.any() and not y.all():
+            rows.append({"gene_id": int(gid), "pairs": int(y.size), "positives": int(y.sum()),
+                         **{k: auprc(grp[k].to_numpy(), y) for k in names}})
+    return pl.DataFrame(rows, schema={"gene_id": pl.Int64, "pairs": pl.Int64, "positives": pl.Int64, **{k: pl.Float64 for k in names}})
 
 
 def perturbation_task(mode: str, triples: pl.DataFrame, predictions: dict[str, pl.DataFrame], readout: str) -> dict:
@@ -345,6 +365,11 @@ def scorecard(out: Path, truth: Path, k: int = 3) -> dict:
     masters = pl.read_parquet(out / "master_tfs.parquet")
     card: dict[str, Any] = {"master_tfs": master_tf_task(masters, truth, k, master_baselines(masters, data, groups, bound_by_tf)),
                             "grn": grn_task(scores, tfgene, truth), **enhancer_tasks(elab)}
+    per_gene = [card[t].pop("_per_gene").with_columns(pl.lit(t).alias("task")) for t in ("enhancer_gene", "enhancer_gene_distal")
+                if t in card]
+    if per_gene:  # the report's gene-by-gene plot
+        pl.concat(per_gene).join(genes.select(pl.col("gene_id").cast(pl.Int64), "gene"), on="gene_id", how="left").write_parquet(
+            out / "enhancer_per_gene.parquet")
     for mode, sign in (("KO", -1.0), ("KI", 1.0)):
         model = effects.filter((pl.col("mode") == mode) & ~pl.col("condition").str.contains("+", literal=True)).select(
             pl.col("group").alias("cell_type"), pl.col("condition").alias("tf"), "gene_id", pl.col("log2fc").alias("pred"))

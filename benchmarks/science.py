@@ -57,6 +57,10 @@ def aggregate(cards: dict[int, dict[str, Any]], evals: dict[int, dict[str, Any]]
                        "variants": {v: spread([t["variants"][v] for t in scored.values() if v in t.get("variants", {})])
                                     for v in sorted({v for t in scored.values() for v in t.get("variants", {})})},
                        "per_seed": {str(s): {"model": t["model"], "best_baseline": t.get("best_baseline")} for s, t in scored.items()}}
+        per_gene = [t["per_gene_auprc"] for t in scored.values() if "per_gene_auprc" in t]
+        if per_gene:  # enhancer tasks: each readout's mean AUPRC within a gene
+            tasks[task]["per_gene_auprc"] = {k: spread([g[k] for g in per_gene if g.get(k) is not None])
+                                             for k in per_gene[0] if any(g.get(k) is not None for g in per_gene)}
         if task in ("knockout", "knock_in"):
             direct = [t["direct"]["model"] for t in scored.values() if "direct" in t]
             if direct:
@@ -77,6 +81,10 @@ def table(result: dict[str, Any]) -> str:
         b = t["best_baseline"]
         base = f"{b['name']} {_pm(b)}" if b else "—"
         lines.append(f"{task:<22} {_pm(t['model']):>15} {base:>36} {_pm(t['margin']):>17} {t['seeds_won']:>3}/{t['model']['n']}")
+    for task, t in result["tasks"].items():
+        g, b = t.get("per_gene_auprc"), t["best_baseline"]
+        if g and b and b["name"] in g:
+            lines.append(f"{'  ' + task + ' per gene':<22} {_pm(g['ablation_abs']):>15} {b['name'] + ' ' + _pm(g[b['name']]):>36}")
     h = result.get("heldout_expression")
     if h:
         lines.append(f"{'held-out expression r':<22} {_pm(h['pearson_r']):>15} {'gene mean ' + _pm(h['baseline_gene_mean_r']):>36}")

@@ -56,6 +56,12 @@ def science_section(sci: dict) -> list[str]:
         lines.append(f"| {name} | {t['metric']} | {_pm(t['model'])} | {b['name'] + ' ' + _pm(b) if b else '–'} | "
                      f"{_pm(t['margin'])} | {t['seeds_won']}/{t['model']['n']} | "
                      + ", ".join(f"{k} {_pm(v)}" for k, v in t["variants"].items()) + " |")
+    per_gene = [(name, t) for name, t in sci["tasks"].items() if t.get("per_gene_auprc") and t["best_baseline"]
+                and t["best_baseline"]["name"] in t["per_gene_auprc"]]
+    if per_gene:
+        lines += ["", "Enhancer–gene within each gene (mean per-gene AUPRC over the genes with both classes): "
+                  + "; ".join(f"{name}: model {_pm(t['per_gene_auprc']['ablation_abs'])}, {t['best_baseline']['name']} "
+                              f"{_pm(t['per_gene_auprc'][t['best_baseline']['name']])}" for name, t in per_gene) + "."]
     h = sci.get("heldout_expression")
     if h:
         lines += ["", f"Held-out expression r {_pm(h['pearson_r'])} (gene-mean baseline {_pm(h['baseline_gene_mean_r'])}). "

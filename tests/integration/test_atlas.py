@@ -77,6 +77,11 @@ def test_atlas_grn_job_submit_outputs_and_resume(cluster, trained, sim_tiny, tmp
         exempt = {"motif_accessibility"} if name == "master_tfs" else set()
         assert all(v is None or v < 1.0 for b, v in t["baselines"].items() if b not in exempt), (name, t)
     assert set(card["master_tfs"]["variants"]) == {"attention_feature"}
+    per_gene = pl.read_parquet(out / "enhancer_per_gene.parquet")  # the gene-by-gene diagnostic and its plot
+    assert per_gene.filter(pl.col("task") == "enhancer_gene").height == card["enhancer_gene"]["per_gene_genes"] > 0
+    assert card["enhancer_gene"]["per_gene_auprc"]["ablation_abs"] == pytest.approx(
+        per_gene.filter(pl.col("task") == "enhancer_gene")["ablation_abs"].mean())
+    assert "figures/enhancer_per_gene.png" in page
     assert {"attention", "attention_ablation"} <= set(card["grn"]["variants"]) and "causal_peaks" in card["grn"]["ceilings"]
     assert card["knockout"]["direct"]["model"] is not None and card["knockout"]["responders"] > 0
     # the tables each analysis writes

@@ -39,3 +39,12 @@ def test_aggregate_means_spreads_and_margins():
 def test_one_seed_has_zero_spread():
     out = science.aggregate({0: {"grn": card(0.5, {"a": 0.4})}}, {0: {}})
     assert out["tasks"]["grn"]["model"]["sd"] == 0.0 and out["heldout_expression"] is None
+
+
+def test_enhancer_per_gene_auprc_is_aggregated_and_printed():
+    cards = {s: {"enhancer_gene": {**card(m, {"ridge": 0.7}), "per_gene_auprc": {"ablation_abs": g, "ridge": 0.9, "abc": None}}}
+             for s, (m, g) in enumerate([(0.5, 0.6), (0.6, 0.8)])}
+    out = science.aggregate(cards, {0: {}, 1: {}})
+    pg = out["tasks"]["enhancer_gene"]["per_gene_auprc"]
+    assert pg["ablation_abs"]["mean"] == pytest.approx(0.7) and pg["ridge"]["sd"] == 0.0 and "abc" not in pg
+    assert "enhancer_gene per gene" in science.table(out) and "ridge 0.900 ± 0.000" in science.table(out)

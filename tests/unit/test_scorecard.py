@@ -16,6 +16,7 @@ from creformer.analysis.baselines import (
 from creformer.analysis.transitions import fraction_closer
 from creformer.analysis.validate import (
     check_truth,
+    enhancer_tasks,
     master_tf_task,
     perturbation_task,
     spearman,
@@ -30,6 +31,25 @@ def test_task_picks_the_best_baseline_and_the_margin():
     t = task("AUPRC", 0.6, "ablation", {"distance": 0.5, "abc": 0.7, "missing": None}, {"attention": 0.3})
     assert t["best_baseline"] == {"name": "abc", "value": 0.7} and t["margin"] == pytest.approx(-0.1) and not t["met"]
     assert task("x", 0.8, "r", {"a": 0.7})["met"] and not task("x", 0.7, "r", {"a": 0.7})["met"]  # a tie is not a win
+
+
+def test_enhancer_tasks_report_the_global_and_the_per_gene_auprc():
+    """Gene 0's peaks are ranked right by the model but on a smaller scale than gene 1's, whose
+    inert peak outscores gene 0's causal one: the per-gene AUPRC (1.0) shows the ranking, the global
+    one (< 1) the scale. Gene 2 has no causal peak and is left out of the per-gene mean."""
+    lab = pl.DataFrame({"gene_id": [0, 0, 0, 1, 1, 1, 2, 2], "peak_id": list(range(8)),
+                        "ablation_abs": [0.2, 0.1, 0.0, 0.9, 0.5, 0.3, 0.4, 0.1],
+                        "ablation": [0.2, 0.1, 0.0, 0.9, -0.5, 0.3, 0.4, 0.1],
+                        "attention": [1.0] * 8, "distance": [100, 200, 300, 100, 200, 300, 100, 200], "abc": [0.5] * 8,
+                        "peak_correlation": [0.1, 0.2, 0.3, 0.1, 0.2, 0.3, 0.1, 0.2],
+                        "accessibility_regression": [0.3, 0.2, 0.1, 0.3, 0.2, 0.1, 0.0, 0.0],
+                        "label": [True, False, False, True, False, False, False, False]})
+    t = enhancer_tasks(lab)["enhancer_gene"]
+    per = t.pop("_per_gene")
+    assert per["gene_id"].to_list() == [0, 1] and per["positives"].to_list() == [1, 1]
+    assert t["per_gene_genes"] == 2 and t["per_gene_auprc"]["ablation_abs"] == pytest.approx(1.0)
+    assert t["model"] == pytest.approx((1 + 2 / 5) / 2)  # gene 1's causal peak first, gene 0's fifth
+    assert t["per_gene_auprc"]["distance"] == pytest.approx(1.0) and t["per_gene_auprc"]["peak_correlation"] == pytest.approx(1 / 3)
 
 
 def test_spearman_and_fraction_closer_by_hand():
