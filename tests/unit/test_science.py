@@ -42,9 +42,12 @@ def test_one_seed_has_zero_spread():
 
 
 def test_enhancer_per_gene_auprc_is_aggregated_and_printed():
-    cards = {s: {"enhancer_gene": {**card(m, {"ridge": 0.7}), "per_gene_auprc": {"ablation_abs": g, "ridge": 0.9, "abc": None}}}
+    cards = {s: {"enhancer_gene": {**card(m, {"ridge": 0.7, "corr": 0.75}),
+                                   "per_gene_auprc": {"ablation_abs": g, "ridge": 0.9, "corr": 0.8, "abc": None}}}
              for s, (m, g) in enumerate([(0.5, 0.6), (0.6, 0.8)])}
     out = science.aggregate(cards, {0: {}, 1: {}})
     pg = out["tasks"]["enhancer_gene"]["per_gene_auprc"]
     assert pg["ablation_abs"]["mean"] == pytest.approx(0.7) and pg["ridge"]["sd"] == 0.0 and "abc" not in pg
+    # the per-gene line names the best baseline per gene (ridge), not the best global one (corr)
+    assert science.best_per_gene(out["tasks"]["enhancer_gene"]) == "ridge" and out["tasks"]["enhancer_gene"]["best_baseline"]["name"] == "corr"
     assert "enhancer_gene per gene" in science.table(out) and "ridge 0.900 ± 0.000" in science.table(out)
