@@ -212,11 +212,12 @@ def grn_task(scores: pl.DataFrame, tfgene: pl.DataFrame, truth: Path) -> dict:
                 pairs=int(y.size), positives=int(y.sum()), prevalence=float(y.mean()))
 
 
-def enhancer_tasks(lab: pl.DataFrame) -> dict[str, dict]:
+def enhancer_tasks(lab: pl.DataFrame) -> tuple[dict[str, dict], pl.DataFrame]:
     """``lab``: (gene_id, peak_id, attention, ablation, distance, abc, peak_correlation,
-    accessibility_regression, label)."""
+    accessibility_regression, label). Returns the two tasks and every scored gene's own AUPRCs
+    (``enhancer_per_gene``, with the task's name in ``task``)."""
     lab = lab.with_columns(pl.col("distance").rank("ordinal").over("gene_id").alias("nearness"))
-    out = {}
+    out, per_genes = {}, []
     for name, sub in (("enhancer_gene", lab), ("enhancer_gene_distal", lab.filter(pl.col("nearness") > 3))):
         y = sub["label"].to_numpy()
         if not y.any():
@@ -234,8 +235,8 @@ def enhancer_tasks(lab: pl.DataFrame) -> dict[str, dict]:
                          "|in-silico ablation|", {b: a[b] for b in ("distance", "abc", "peak_correlation", "accessibility_regression")},
                          {"signed_ablation": a["ablation"], "attention": a["attention"]}, precision_at_70_recall=p70,
                          per_gene_auprc=means, per_gene_genes=per_gene.height, pairs=int(y.size), positives=int(y.sum()))
-        out[name]["_per_gene"] = per_gene
-    return out
+        per_genes.append(per_gene.with_columns(pl.lit(name).alias("task")))
+    return out, pl.concat(per_genes) if per_genes else pl.DataFrame()
 
 
 def enhancer_per_gene(scored: pl.DataFrame) -> pl.DataFrame:
@@ -363,12 +364,11 @@ def scorecard(out: Path, truth: Path, k: int = 3) -> dict:
         r = correlation(data.expression.astype(np.float64), data.expression[:, tg].astype(np.float64))
         r_signed.update({(t, g): float(r[g]) for g in range(genes.height)})
     masters = pl.read_parquet(out / "master_tfs.parquet")
+    enhancer, per_gene = enhancer_tasks(elab)
     card: dict[str, Any] = {"master_tfs": master_tf_task(masters, truth, k, master_baselines(masters, data, groups, bound_by_tf)),
-                            "grn": grn_task(scores, tfgene, truth), **enhancer_tasks(elab)}
-    per_gene = [card[t].pop("_per_gene").with_columns(pl.lit(t).alias("task")) for t in ("enhancer_gene", "enhancer_gene_distal")
-                if t in card]
-    if per_gene:  # the report's gene-by-gene plot
-        pl.concat(per_gene).join(genes.select(pl.col("gene_id").cast(pl.Int64), "gene"), on="gene_id", how="left").write_parquet(
+                            "grn": grn_task(scores, tfgene, truth), **enhancer}
+    if per_gene.height:  # the report's gene-by-gene plot
+        per_gene.join(genes.select(pl.col("gene_id").cast(pl.Int64), "gene"), on="gene_id", how="left").write_parquet(
             out / "enhancer_per_gene.parquet")
     for mode, sign in (("KO", -1.0), ("KI", 1.0)):
         model = effects.filter((pl.col("mode") == mode) & ~pl.col("condition").str.contains("+", literal=True)).select(

@@ -61,6 +61,7 @@ def aggregate(cards: dict[int, dict[str, Any]], evals: dict[int, dict[str, Any]]
         if per_gene:  # enhancer tasks: each readout's mean AUPRC within a gene
             tasks[task]["per_gene_auprc"] = {k: spread([g[k] for g in per_gene if g.get(k) is not None])
                                              for k in per_gene[0] if any(g.get(k) is not None for g in per_gene)}
+            tasks[task]["per_gene_best_baseline"] = best_per_gene(tasks[task])
         if task in ("knockout", "knock_in"):
             direct = [t["direct"]["model"] for t in scored.values() if "direct" in t]
             if direct:
@@ -89,7 +90,7 @@ def table(result: dict[str, Any]) -> str:
         base = f"{b['name']} {_pm(b)}" if b else "—"
         lines.append(f"{task:<22} {_pm(t['model']):>15} {base:>36} {_pm(t['margin']):>17} {t['seeds_won']:>3}/{t['model']['n']}")
     for task, t in result["tasks"].items():
-        g, name = t.get("per_gene_auprc"), best_per_gene(t)
+        g, name = t.get("per_gene_auprc"), t.get("per_gene_best_baseline")
         if name:
             lines.append(f"{'  ' + task + ' per gene':<22} {_pm(g['ablation_abs']):>15} {name + ' ' + _pm(g[name]):>36}")
     h = result.get("heldout_expression")

@@ -44,8 +44,8 @@ def test_enhancer_tasks_report_the_global_and_the_per_gene_auprc():
                         "peak_correlation": [0.1, 0.2, 0.3, 0.1, 0.2, 0.3, 0.1, 0.2],
                         "accessibility_regression": [0.3, 0.2, 0.1, 0.3, 0.2, 0.1, 0.0, 0.0],
                         "label": [True, False, False, True, False, False, False, False]})
-    t = enhancer_tasks(lab)["enhancer_gene"]
-    per = t.pop("_per_gene")
+    tasks, per_gene = enhancer_tasks(lab)
+    t, per = tasks["enhancer_gene"], per_gene.filter(pl.col("task") == "enhancer_gene")
     assert per["gene_id"].to_list() == [0, 1] and per["positives"].to_list() == [1, 1]
     assert t["per_gene_genes"] == 2 and t["per_gene_auprc"]["ablation_abs"] == pytest.approx(1.0)
     assert t["model"] == pytest.approx((1 + 2 / 5) / 2)  # gene 1's causal peak first, gene 0's fifth

@@ -299,8 +299,9 @@ class EmbeddingCache:
         """Fill ``out`` (B, P, 2, n_bins, d) from the disk index where it can: both halves of the
         zero-signal pairs and every pair's zero reference by peak id, the cell half of the others by
         signal digest (``digests``: pair index → digest, for the pairs with signal), one gather per
-        part file. Returns which real pairs got their cell half and which their zero half. With a complete store this is every pair, and the step's lookups
-        cost ~the copies alone (one dictionary lookup and tensor per pair before)."""
+        part file. Returns which real pairs got their cell half and which their zero half. With a
+        complete store this is every pair, and the step's lookups cost ~the copies alone (one
+        dictionary lookup and tensor per pair before)."""
         done = np.zeros(len(real), bool)
         if not self._disk or not len(real):
             return done, done.copy()
