@@ -26,7 +26,7 @@ def score_batch(head, cache, batch: dict[str, np.ndarray], values: np.ndarray) -
     """Predicted expression, attention scores and ATAC mass for a joined batch (engine.regulatory_batches.join_samples).
 
     Only the peak columns some sample uses are computed (genes have far fewer than peak_m peaks);
-    the head zero-pads to peak_m itself."""
+    the head reads only the peak slots a batch fills."""
     batch = trim_peak_columns(batch)
     p = batch["mask"].shape[1]
     ids = torch.from_numpy(batch["peak_ids"].astype(np.int64))

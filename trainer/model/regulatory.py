@@ -49,7 +49,7 @@ class Regulatory(nn.Module):
         # (``signal_scale``); a buffer, so exports carry it.
         self.register_buffer("signal_scale", torch.ones(()))
         self.t3 = Encoder(cfg.n3, d, cfg.n_heads, cfg.ffn, cfg.dropout, cfg.activation_checkpointing)
-        self.head = nn.Sequential(nn.Linear(peak_m * d, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, 1))
+        self.head = nn.Sequential(PeakSlotLinear(peak_m, d, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, 1))
 
     def train(self, mode: bool = True) -> "Regulatory":
         super().train(mode)
@@ -102,8 +102,7 @@ class Regulatory(nn.Module):
         if p > self.peak_m:
             raise ValueError(f"{p} peaks exceed data.regulatory.peak_m={self.peak_m}")
         h = self.t3(x, key_padding=~mask) * mask[..., None]
-        h = F.pad(h, (0, 0, 0, self.peak_m - p))  # zero-pad to (peak_m, d)
-        return self.head(h.flatten(1)).squeeze(-1)
+        return self.head(h).squeeze(-1)
 
     def forward(self, dna: torch.Tensor, sig: torch.Tensor, rank: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """dna (B, P, 1024), sig (B, P, A, 1024), rank (B, P), mask (B, P) True for real peaks."""
@@ -121,6 +120,22 @@ class Regulatory(nn.Module):
         x = self._inputs(bins, rank, mask) if inputs is None else inputs
         att = self.t3.layers[0].attention_weights(x, key_padding=~mask).mean(1)  # (B, P, P)
         return (att * mask[:, :, None]).sum(1) * mask
+
+
+class PeakSlotLinear(nn.Linear):
+    """The head's first layer, ``nn.Linear(peak_m * d, out)`` over the flattened (peak_m, d) peak
+    slots, called on (B, P, d) with P <= peak_m: the P filled slots meet the first P x d weight
+    columns only. The same output and gradients as zero-padding to peak_m and flattening, without
+    the multiply-adds of the empty slots (a small-preset batch fills ~65 of 150, so ~57 % of this
+    layer's work was zeros). Its own module, so ZeRO-3 gathers the weight around this forward."""
+
+    def __init__(self, slots: int, d: int, out: int):
+        super().__init__(slots * d, out)
+        self.d = d
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        p = h.shape[1]
+        return F.linear(h.flatten(1), self.weight[:, :p * self.d], self.bias)
 
 
 class RegulatoryHead(Regulatory):
