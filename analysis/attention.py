@@ -30,7 +30,7 @@ def score_batch(head, cache, batch: dict[str, np.ndarray], values: np.ndarray) -
     batch = trim_peak_columns(batch)
     p = batch["mask"].shape[1]
     ids = torch.from_numpy(batch["peak_ids"].astype(np.int64))
-    atac = torch.from_numpy(batch["atac"].astype(np.int64))
+    atac = torch.from_numpy(batch["atac"])
     mask = torch.from_numpy(batch["mask"])
     rank = torch.from_numpy(batch["tss_rank"].astype(np.int64))
     bins = cache.peak_bins(ids, atac, mask)

@@ -88,7 +88,7 @@ def predict_holdout(cfg: Config, manifest: Path, elementary_weights: Path, head_
             batch = trim_peak_columns({k: v[:take] for k, v in batch.items()})
             mask = torch.from_numpy(batch["mask"])
             bins = cache.peak_bins(torch.from_numpy(batch["peak_ids"].astype(np.int64)),
-                                   torch.from_numpy(batch["atac"].astype(np.int64)), mask)
+                                   torch.from_numpy(batch["atac"]), mask)
             pred = head(bins, torch.from_numpy(batch["tss_rank"].astype(np.int64)), mask)
             out["pred"].append(pred.numpy().astype(np.float32))
             for k in ("cell_id", "gene_id", "expression"):

@@ -190,5 +190,5 @@ def signal_scale(cfg: Config, man: Manifest, weights: Path, store: Path | None =
     batch = next(iter_regulatory_batches(man, batch_size=samples, holdout=holdout, shuffle_seed=cfg.train.seed))
     mask = torch.from_numpy(batch["mask"])
     bins = cache.peak_bins(torch.from_numpy(batch["peak_ids"].astype(np.int64)),
-                           torch.from_numpy(batch["atac"].astype(np.int64)), mask)
+                           torch.from_numpy(batch["atac"]), mask)
     return measure_signal_scale(bins, mask)  # a scalar: no head is built for it (at paper size, GBs)

@@ -132,6 +132,27 @@ def test_trimmed_peak_columns_predict_the_same():
                           reg.forward_bins(bins2, batch["tss_rank"], batch["mask"]), atol=1e-5)
 
 
+def test_head_reads_filled_peak_slots_as_the_zero_padded_linear_would():
+    """The head's first layer skips the empty peak slots: the same output and weight gradient as
+    nn.Linear over the input zero-padded to peak_m slots and flattened (zero gradient beyond)."""
+    from creformer.trainer.model.regulatory import PeakSlotLinear
+
+    torch.manual_seed(0)
+    slots, d, p = 6, 4, 3
+    layer = PeakSlotLinear(slots, d, 5)
+    h = torch.randn(2, p, d)
+    padded = torch.nn.functional.linear(torch.nn.functional.pad(h, (0, 0, 0, slots - p)).flatten(1), layer.weight, layer.bias)
+    padded.pow(2).sum().backward()
+    want = layer.weight.grad.clone()
+    layer.zero_grad()
+    out = layer(h)
+    out.pow(2).sum().backward()
+    assert out.shape == (2, 5) and torch.allclose(out, padded, atol=1e-6)
+    assert torch.allclose(layer.weight.grad, want, atol=1e-6)
+    assert (layer.weight.grad[:, p * d:] == 0).all() and layer.weight.grad[:, :p * d].abs().sum() > 0
+    assert layer.weight.shape == (5, slots * d)  # the checkpoint layout of nn.Linear(peak_m * d, hidden)
+
+
 def test_cell_signal_enters_as_scaled_difference_from_zero_signal():
     cfg, el, reg, (dna, sig, rank, mask), bins = eval_regulatory_with_bins()
     assert bins.shape == (2, 5, 2, 8, cfg.d_model)

@@ -234,7 +234,8 @@ class EmbeddingCache:
         """(B, P, 2, 8, d) Elementary bins for real peaks (zeros for padding): [the cell's signal,
         zero signal], the Regulatory model's input pair. Computes only misses.
 
-        ``atac`` (B, P, 1024) are the cells' scATAC signal tokens; the other tracks are [PAD].
+        ``atac`` (B, P, 1024) are the cells' scATAC signal tokens, of any integer dtype (the
+        stream's uint8 is 8x less memory to scan than int64); the other tracks are [PAD].
         Hit/miss counts are of the (cell, peak) signal lookups; the zero-signal reference of each
         peak is one more entry, computed once."""
         b, p = mask.shape
