@@ -24,6 +24,7 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from creformer.config import Config, StageConfig, TrainConfig, config_from_dict
 from creformer.engine.regulatory_batches import trim_peak_columns, unpack_samples
 
+from .heap import keep_freed_in_heap
 from .masking import mask_batch
 from .model import Elementary
 from .model.cache import frozen_cache
@@ -167,6 +168,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if cfg.train.torch_threads > 0:
         torch.set_num_threads(cfg.train.torch_threads)
+    keep_freed_in_heap(cfg.train.malloc_heap_mb)
     torch.manual_seed(cfg.train.seed)
     np.random.seed(cfg.train.seed + rank)
     stage = STAGES[config["stage"]](cfg, context)
