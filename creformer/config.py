@@ -151,9 +151,9 @@ class TrainConfig:
     # torch threads per worker (0: Ray's default, the CPUs reserved per worker). More than reserved
     # pays off where workers idle at ZeRO-3's per-layer gathers, waiting for each other (demo preset)
     torch_threads: int = 0
-    # Allocations below this many MB come from the heap and stay there when freed (glibc mallopt;
-    # trainer/heap.py): the Regulatory step stops paying the kernel to zero fresh pages for its tens
-    # of MB per batch (1.06x steady tokens/s, science seed 0, docs/changelog.md). 0: glibc's defaults
+    # In training workers and the embedding store's actors, allocations below this many MB come from
+    # the heap and stay there when freed (glibc mallopt; trainer/heap.py): no kernel zeroing of fresh
+    # pages for tens of MB per batch (1.06x Regulatory steady tokens/s, docs/operations.md). 0: glibc's defaults
     malloc_heap_mb: int = 1024
     max_failures: int = 2
     storage_path: str = "runs/train"

@@ -38,6 +38,7 @@ from creformer.engine.regulatory_batches import load_peak_dna
 from creformer.engine.shards import Manifest, atomic_write_json, sha256_file
 from creformer.engine.tokenize import SIG_OFFSET
 
+from .heap import keep_freed_in_heap
 from .model.cache import ZERO_SIGNAL, EmbeddingCache, frozen_elementary, signal_key, weights_hash
 
 STORE_PART = "part-store-{:06d}.arrow"
@@ -169,6 +170,7 @@ class StoreWorker:
     def __init__(self, config: dict[str, Any], weights: str, regulatory_root: str, folder: str, threads: int):
         torch.set_num_threads(threads)
         cfg = config_from_dict(config)
+        keep_freed_in_heap(cfg.train.malloc_heap_mb)  # a part's bins are ~34 MB, made again per part
         self.folder = Path(folder)
         self.cache = EmbeddingCache(frozen_elementary(cfg.model, weights), load_peak_dna(regulatory_root), capacity=0,
                                     n_tracks=cfg.model.n_tracks)
