@@ -31,6 +31,6 @@ def keep_freed_in_heap(threshold_mb: int) -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     size = min(threshold_mb, 2047) << 20  # mallopt takes an int
-    # glibc before ~2.26 refuses an mmap threshold above 32 MB (64-bit): take the largest it allows
+    # mallopt(3) documents a 32 MB ceiling (64-bit) that older glibc enforces (2.36 accepts more): fall back to it
     mmap_ok = mallopt(M_MMAP_THRESHOLD, size) == 1 or mallopt(M_MMAP_THRESHOLD, min(size, 32 << 20)) == 1
     return mmap_ok and all(mallopt(p, v) == 1 for p, v in ((M_TRIM_THRESHOLD, size), (M_TOP_PAD, 64 << 20)))
