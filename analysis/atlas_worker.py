@@ -161,7 +161,8 @@ def run_partition(w: AtlasWorker, part: dict[str, Any]) -> dict[str, Any]:
             for name, mode, peaks in conds:
                 touched = mask & peaks[np.maximum(ids, 0)]
                 rows, pred = perturbed_predictions(w.models.head, w.cache, res["bins"], ids, mask, res["rank"], touched,
-                                                   mode, w.plan["ki_level"], joined["atac"].shape[-1], inputs=res["inputs"])
+                                                   mode, w.plan["ki_level"], joined["atac"].shape[-1], inputs=res["inputs"],
+                                                   gene=res["gene"])
                 if rows.size:
                     perturbed.append(pl.DataFrame({"cell_id": joined["cell_id"][rows], "gene_id": joined["gene_id"][rows],
                                                    "condition": name, "mode": mode, "pred": pred}, schema=PERTURB_SCHEMA))

@@ -33,19 +33,20 @@ def score_batch(head, cache, batch: dict[str, np.ndarray], values: np.ndarray) -
     atac = torch.from_numpy(batch["atac"])
     mask = torch.from_numpy(batch["mask"])
     rank = torch.from_numpy(batch["tss_rank"].astype(np.int64))
+    gene = torch.from_numpy(batch["gene_id"].astype(np.int64))
     bins = cache.peak_bins(ids, atac, mask)
     x = head._inputs(bins, rank, mask)  # per-peak inputs, shared by the prediction, ablation and perturbations
-    pred = head.forward_inputs(x, mask)
-    att = head.attention_scores(bins, rank, mask, inputs=x)
+    pred = head.forward_inputs(x, mask, gene)
+    att = head.attention_scores(bins, rank, mask, inputs=x, gene=gene)
     mass = values[batch["atac"]].mean(-1) * batch["mask"]
     return {"pred": pred.numpy().astype(np.float32), "attention": att.numpy().astype(np.float32),
-            "atac": mass.astype(np.float32), "ablation": ablation(head, bins, rank, mask, pred, inputs=x),
-            "bins": bins, "inputs": x, "rank": rank, "mask": mask, "width": p}
+            "atac": mass.astype(np.float32), "ablation": ablation(head, bins, rank, mask, pred, inputs=x, gene=gene),
+            "bins": bins, "inputs": x, "rank": rank, "mask": mask, "gene": gene, "width": p}
 
 
 @torch.no_grad()
 def ablation(head, bins: torch.Tensor, rank: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor,
-             chunk: int = 512, inputs: torch.Tensor | None = None) -> np.ndarray:
+             chunk: int = 512, inputs: torch.Tensor | None = None, gene: torch.Tensor | None = None) -> np.ndarray:
     """(B, P) predicted expression minus the prediction with peak j's cell signal set to zero
     signal; 0 where the peak has no signal in the cell (its two halves are equal) or is padding.
     Works on the per-peak inputs: only peak j's input changes, to its zero-signal input."""
@@ -60,7 +61,7 @@ def ablation(head, bins: torch.Tensor, rank: torch.Tensor, mask: torch.Tensor, p
         r, c = torch.from_numpy(rows[s:s + chunk]), torch.from_numpy(cols[s:s + chunk])
         xr = x[r].clone()
         xr[torch.arange(r.numel()), c] = x_zero[r, c]
-        out[rows[s:s + chunk], cols[s:s + chunk]] = (pred[r] - head.forward_inputs(xr, mask[r])).numpy()
+        out[rows[s:s + chunk], cols[s:s + chunk]] = (pred[r] - head.forward_inputs(xr, mask[r], None if gene is None else gene[r])).numpy()
     return out
 
 

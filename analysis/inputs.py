@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from creformer.config import Config, ConfigError, ModelConfig, load_config
 from creformer.engine.errors import InputError, ShardError
+from creformer.engine.genes import gene_digest
 from creformer.engine.io.motifs import Motif, name_motifs, read_motif_table, read_motifs
 from creformer.engine.shards import Manifest
 from creformer.engine.tokenize import SIG_OFFSET, SIG_VOCAB
@@ -188,7 +190,7 @@ def load_models(elementary_weights: str, regulatory_weights: str, cfg: Config, t
                           f"but the shards at {tables.root} hold peak_m={tables.peak_m}, {tables.peak_dna.shape[1]}-token peaks; "
                           "use the shards the model was trained on or retrain")
     elementary = Elementary(mcfg)
-    head = RegulatoryHead(mcfg, peak_m)
+    head = RegulatoryHead(mcfg, peak_m, int(tables.manifest.data["counts"]["genes"]))
     for role, module in (("elementary", elementary), ("regulatory", head)):
         state = load_file(str(paths[role]))
         expected = module.state_dict()
@@ -201,6 +203,14 @@ def load_models(elementary_weights: str, regulatory_weights: str, cfg: Config, t
         module.eval()
         for p in module.parameters():
             p.requires_grad_(False)
+    if mcfg.gene_embedding:
+        with safe_open(str(paths["regulatory"]), "pt") as f:
+            recorded = (f.metadata() or {}).get("genes_sha256")
+        if recorded != gene_digest(tables.genes.select("gene_id", "gene").to_dict(as_series=False)):
+            raise ConfigError(f"model artifact {paths['regulatory']} has a learned vector per gene of the shards it was trained "
+                              f"on (model.gene_embedding), and the shards at {tables.root} hold "
+                              f"{'another gene list' if recorded else 'genes it cannot check (its header records none)'}; "
+                              "run atlas_grn on the shards the model was trained on, or retrain on these")
     return Models(elementary, head, mcfg)
 
 

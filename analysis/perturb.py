@@ -85,14 +85,15 @@ def perturbed_tokens(mode: str, ki_level: int, length: int) -> np.ndarray:
 
 
 def perturbed_predictions(head, cache, bins, ids: np.ndarray, mask: np.ndarray, rank, touched: np.ndarray,
-                          mode: str, ki_level: int, length: int, inputs=None):
+                          mode: str, ki_level: int, length: int, inputs=None, gene=None):
     """Predictions for the rows with a touched peak, reusing the unperturbed peak bins of a batch.
 
     Exact shortcut of perturb_atac + a full embedding pass: untouched peaks keep their inputs, and a
     touched peak's perturbed signal does not depend on the cell, so one Elementary embedding per
     distinct touched peak (cached) replaces them all. A peak's input to the head depends on its own
     bins and rank only (``Regulatory._inputs``), so only the touched peaks' inputs are recomputed;
-    ``inputs`` are the batch's unperturbed ones when the caller has them. Returns (rows, predictions)."""
+    ``inputs`` are the batch's unperturbed ones when the caller has them; ``gene`` (B,) the samples'
+    gene_id (a model with model.gene_embedding needs it). Returns (rows, predictions)."""
     rows = np.flatnonzero(touched.any(1))
     if rows.size == 0:
         return rows, np.zeros(0, np.float32)
@@ -107,7 +108,7 @@ def perturbed_predictions(head, cache, bins, ids: np.ndarray, mask: np.ndarray, 
     slots = head._inputs(emb[torch.from_numpy(inverse)][None], rank[tr, tc][None], torch.ones(1, r.size, dtype=torch.bool))[0]
     x = inputs[torch.from_numpy(rows)].clone()
     x[torch.from_numpy(r), tc] = slots
-    pred = head.forward_inputs(x, torch.from_numpy(mask[rows]))
+    pred = head.forward_inputs(x, torch.from_numpy(mask[rows]), None if gene is None else gene[torch.from_numpy(rows)])
     return rows, pred.numpy().astype(np.float32)
 
 

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     from creformer.config import load_config
     from creformer.engine.tokenize import DNA_OFFSET, DNA_VOCAB, SIG_OFFSET, SIG_VOCAB
     from creformer.trainer.masking import mask_batch
-    from creformer.trainer.model import Elementary
+    from creformer.trainer.model import COUNTED_GENES, Elementary
     from creformer.trainer.model.regulatory import RegulatoryHead
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -157,16 +157,17 @@ def main(argv: list[str] | None = None) -> None:
 
     if "regulatory" in args.parts:
         with torch.device(device):
-            head_model = RegulatoryHead(cfg)  # data.regulatory.peak_m's default peaks per gene
+            head_model = RegulatoryHead(cfg, n_genes=COUNTED_GENES)  # data.regulatory.peak_m's default peaks per gene
         c, p, nb = args.cells, head_model.peak_m, cfg.peak_bp // cfg.bin_size
         bins = torch.randn(c, p, 2, nb, cfg.d_model, device=device)
         rank = torch.arange(p, device=device).repeat(c, 1) - p // 2
         mask = torch.ones(c, p, dtype=torch.bool, device=device)
         target = torch.randn(c, device=device)
+        gene = torch.randint(0, COUNTED_GENES, (c,), device=device)
 
         def reg_step(backward: bool, count: bool = False) -> int:
             with amp:
-                loss = head_model.loss(head_model(bins, rank, mask), target)
+                loss = head_model.loss(head_model(bins, rank, mask, gene), target)
             if backward:
                 loss.backward()
             return 1

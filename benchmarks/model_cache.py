@@ -45,7 +45,9 @@ def forward_rates(manifest: Path, batches: list[dict], preset: str) -> dict[str,
 
     torch.manual_seed(0)
     cfg = load_config(preset).model
-    _, reg = build_models(cfg)
+    from creformer.engine.shards import Manifest
+
+    _, reg = build_models(cfg, n_genes=int(Manifest(manifest).data["counts"]["genes"]))
     reg.eval()
     peak_dna = load_peak_dna(manifest.parent)
     n = sum(b["expression"].shape[0] for b in batches)
@@ -59,14 +61,14 @@ def forward_rates(manifest: Path, batches: list[dict], preset: str) -> dict[str,
             dna = torch.from_numpy(peak_dna[ids.numpy()].astype(np.int64))
             sig = torch.zeros(*ids.shape, 7, 1024, dtype=torch.long)
             sig[:, :, 0] = b["atac"].long()
-            ref.append(reg(dna, sig, b["tss_rank"], b["mask"]))
+            ref.append(reg(dna, sig, b["tss_rank"], b["mask"], b["gene_id"]))
         plain = time.perf_counter() - t0
         cache = EmbeddingCache(reg.elementary, peak_dna)
         times = []
         for _ in range(2):  # cold, then warm
             t0 = time.perf_counter()
-            out = [reg.forward_bins(cache.peak_bins(b["peak_ids"].long(), b["atac"].long(), b["mask"]), b["tss_rank"], b["mask"])
-                   for b in batches]
+            out = [reg.forward_bins(cache.peak_bins(b["peak_ids"].long(), b["atac"].long(), b["mask"]), b["tss_rank"], b["mask"],
+                                    b["gene_id"]) for b in batches]
             times.append(time.perf_counter() - t0)
     err = max(float((a - r).abs().max()) for a, r in zip(out, ref))
     return {"samples": n, "real_peaks_per_sample": real_pairs / n, "nonzero_signal_fraction": nonzero / max(1, real_pairs),

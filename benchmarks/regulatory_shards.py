@@ -171,7 +171,7 @@ def main() -> None:
     res["join_samples_per_s"] = n / join_s
     shutdown_ray()
     cfg = load_config("tiny").model
-    _, reg = build_models(cfg)
+    _, reg = build_models(cfg, n_genes=int(man["counts"]["genes"]))
     opt = torch.optim.AdamW([p for p in reg.parameters() if p.requires_grad], lr=1e-3)
     b = 8
     mask, rank = batch["mask"][:b], batch["tss_rank"][:b]
@@ -181,7 +181,7 @@ def main() -> None:
     steps = 3
     t0 = time.perf_counter()
     for _ in range(steps):
-        loss = reg.loss(reg(dna, sig, rank, mask), batch["expression"][:b])
+        loss = reg.loss(reg(dna, sig, rank, mask, batch["gene_id"][:b]), batch["expression"][:b])
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -40,10 +40,9 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 def run(name: str, work: Path, shards: Path, elementary: Path, steps: int, batch: int, packed: bool, threads: int,
         store: Path | None = None) -> dict:
     from creformer.config import load_config
-    from creformer.engine.regulatory_batches import expression_mean
     from creformer.engine.regulatory_stream import regulatory_dataset
     from creformer.engine.shards import Manifest
-    from creformer.trainer.jobs import run_training, signal_scale
+    from creformer.trainer.jobs import regulatory_context, run_training
 
     storage = work / name
     shutil.rmtree(storage, ignore_errors=True)
@@ -54,10 +53,7 @@ def run(name: str, work: Path, shards: Path, elementary: Path, steps: int, batch
     man = Manifest(shards / "manifest.json")
     ds = regulatory_dataset(man, batch_size=batch, with_dna=False, packed=packed,
                             holdout=(cfg.train.regulatory.holdout_cells, cfg.train.seed, "train"), shuffle_seed=cfg.train.seed)
-    context = {"elementary_weights": str(elementary), "regulatory_root": str(man.root.resolve()),
-               "cache_dir": None if store else str((storage / "embedding_cache").resolve()),
-               "store_dir": str(store.parent) if store else None, "expression_mean": expression_mean(man.root),
-               "signal_scale": signal_scale(cfg, man, elementary, store)}
+    context = regulatory_context(cfg, man, elementary, store, storage / "embedding_cache")
     t0 = time.perf_counter()
     run_training(cfg, "regulatory", ds, context)
     wall = time.perf_counter() - t0

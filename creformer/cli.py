@@ -100,13 +100,13 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 
 
 def cmd_model_info(args: argparse.Namespace) -> None:
-    from .trainer.model import parameter_counts
+    from .trainer.model import COUNTED_GENES, parameter_counts
 
     cfg = _config(args)
     counts = parameter_counts(cfg.model, cfg.data.regulatory.peak_m)
     m = cfg.model
     print(f"{args.config}: d_model {m.d_model}, heads {m.n_heads}, FFN {m.ffn}, layers {m.n1}/{m.n2}/{m.n3} "
-          "(built on the meta device)")
+          f"(built on the meta device; a gene table of {COUNTED_GENES:,} genes)")
     for part, n in counts.items():
         print(f"  {part:<28} {n:>15,}")
 

@@ -109,6 +109,7 @@ class ModelConfig:
     head_hidden: int = 64  # regulatory MLP width after flattening (data.regulatory.peak_m x d_model inputs)
     n_tracks: int = 7
     local_kernel: int = 11  # width (bp) of the convolution over token embeddings before transformer-1; 0 = none
+    gene_embedding: bool = True  # Regulatory: a learned vector per gene of the shard set, added to every peak's input
     dropout: float = 0.0
     activation_checkpointing: bool = False
 

@@ -3,6 +3,7 @@ signed TSS rank) each gene's Regulatory input holds (docs/design.md §3, §5).""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +105,12 @@ def match_genes(mo: Multiome, genes: list[GeneTSS], counts: dict[str, Any]) -> d
         out[i] = by_id.get(str(gid)) or by_id.get(str(gid).split(".")[0]) or by_name.get(str(name))
     counts["matrix_genes_without_tss"] = sum(v is None for v in out.values())
     return out
+
+
+def gene_digest(genes) -> str:
+    """Identity of a shard set's gene list: sha256 of its gene ids (the ``gene`` column) in gene_id
+    order. A model with ``model.gene_embedding`` records it at export and is only run on shards
+    whose genes have the same digest (its gene table is indexed by gene_id)."""
+    order = np.argsort(np.asarray(genes["gene_id"]), kind="stable")
+    ids = [str(np.asarray(genes["gene"], dtype=object)[i]) for i in order]
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()

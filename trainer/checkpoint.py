@@ -25,8 +25,9 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return best
 
 
-def export_weights(checkpoint_dir: Path, out: Path, cfg: Config, stage: str) -> Path:
+def export_weights(checkpoint_dir: Path, out: Path, cfg: Config, stage: str, meta: dict[str, str] | None = None) -> Path:
     """Gather the ZeRO-3 partitions into one fp32 state dict and write safetensors + the config.
+    ``meta``: more facts for the safetensors header and meta.json (the gene list's digest).
 
     DeepSpeed's own checkpoint files are pickles (its format); the exported artifact that later
     stages and analyses load is safetensors only."""
@@ -41,10 +42,11 @@ def export_weights(checkpoint_dir: Path, out: Path, cfg: Config, stage: str) -> 
         weights = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=state["tag"])
     out.mkdir(parents=True, exist_ok=True)
     path = out / "model.safetensors"
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(path), metadata={"stage": stage, "step": str(state["step"])})
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(path), metadata={"stage": stage, "step": str(state["step"]), **(meta or {})})
     save_config(cfg, out / "config.yaml")
     (out / "meta.json").write_text(json.dumps({"stage": stage, "step": state["step"], "checkpoint": str(checkpoint_dir),
-                                               "parameters": int(sum(v.numel() for v in weights.values()))}, indent=1))
+                                               "parameters": int(sum(v.numel() for v in weights.values())), **(meta or {})},
+                                              indent=1))
     return path
 
 

@@ -73,7 +73,7 @@ def predict_holdout(cfg: Config, manifest: Path, elementary_weights: Path, head_
     """Predicted and measured expression of up to ``max_samples`` held-out samples, cells taken in
     training's shuffled order (from all over the atlas, each with all its genes)."""
     man = Manifest(manifest)
-    head = RegulatoryHead(cfg.model, cfg.data.regulatory.peak_m)
+    head = RegulatoryHead(cfg.model, cfg.data.regulatory.peak_m, int(man.data["counts"]["genes"]))
     head.load_state_dict(load_file(str(head_weights)))
     head.eval()
     cache = frozen_cache(cfg.model, elementary_weights, man.root, store_dir=store.parent if store else None)
@@ -89,7 +89,8 @@ def predict_holdout(cfg: Config, manifest: Path, elementary_weights: Path, head_
             mask = torch.from_numpy(batch["mask"])
             bins = cache.peak_bins(torch.from_numpy(batch["peak_ids"].astype(np.int64)),
                                    torch.from_numpy(batch["atac"]), mask)
-            pred = head(bins, torch.from_numpy(batch["tss_rank"].astype(np.int64)), mask)
+            pred = head(bins, torch.from_numpy(batch["tss_rank"].astype(np.int64)), mask,
+                        torch.from_numpy(batch["gene_id"].astype(np.int64)))
             out["pred"].append(pred.numpy().astype(np.float32))
             for k in ("cell_id", "gene_id", "expression"):
                 out[k].append(batch[k])

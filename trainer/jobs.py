@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import ray.data
 import ray.train
 import torch
@@ -24,6 +25,7 @@ from creformer.config import Config, ConfigError, save_config
 from creformer.engine.elementary_shards import prepare_elementary
 from creformer.engine.elementary_stream import elementary_dataset
 from creformer.engine.errors import ShardError
+from creformer.engine.genes import gene_digest
 from creformer.engine.regulatory_batches import expression_mean
 from creformer.engine.regulatory_shards import prepare_regulatory
 from creformer.engine.regulatory_stream import iter_regulatory_batches, regulatory_dataset
@@ -102,6 +104,10 @@ def _data_config(cfg: Config) -> ray.train.DataConfig:
     return ray.train.DataConfig(datasets_to_split=[], execution_options=ray.data.ExecutionOptions(preserve_order=True))
 
 
+# context entries written into the export's header (analyses check them before running the model)
+EXPORTED_FACTS = ("n_genes", "genes_sha256")
+
+
 def run_training(cfg: Config, stage: str, dataset, context: dict[str, Any]) -> Path:
     run_dir = cfg.train.run_dir(stage)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -124,7 +130,8 @@ def run_training(cfg: Config, stage: str, dataset, context: dict[str, Any]) -> P
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"[{stage}] training finished without a checkpoint; see {run_dir}")
-    export = export_weights(Path(result.checkpoint.path), run_dir / "export", cfg, stage)
+    export = export_weights(Path(result.checkpoint.path), run_dir / "export", cfg, stage,
+                            {k: str(context[k]) for k in EXPORTED_FACTS if k in context})
     plot_losses(run_dir / "metrics.jsonl", run_dir / "loss_curve.png", stage)
     print(f"[{stage}] done: weights {export}, metrics {run_dir / 'metrics.jsonl'}, curve {run_dir / 'loss_curve.png'}")
     return export
@@ -171,13 +178,21 @@ def train_regulatory(cfg: Config) -> TrainResult:
     # the embedding store (every pair computed once, for every epoch and for atlas_grn) when
     # data.embeddings says so; else each worker's online cache under the run folder
     store = prepare_embeddings(cfg, weights)
-    context = {"elementary_weights": str(weights.resolve()), "regulatory_root": str(man.root.resolve()),
-               "cache_dir": None if store else str((run_dir / "embedding_cache").resolve()),
-               "store_dir": str(store.parent.resolve()) if store else None,
-               "expression_mean": expression_mean(man.root), "signal_scale": signal_scale(cfg, man, weights, store)}
-    export = run_training(cfg, "regulatory", ds, context)
+    export = run_training(cfg, "regulatory", ds, regulatory_context(cfg, man, weights, store, run_dir / "embedding_cache"))
     metrics = evaluate_holdout(cfg, manifest, weights, export, run_dir / "eval.json", store=store)
     return TrainResult(export, run_dir, metrics)
+
+
+def regulatory_context(cfg: Config, man: Manifest, weights: Path, store: Path | None, cache_dir: Path) -> dict[str, Any]:
+    """What every Regulatory worker is handed, measured once by the driver: the frozen Elementary's
+    weights, the embedding store (else an online cache under ``cache_dir``), the data's mean
+    expression and signal scale, and the shard set's genes (the gene table's size and digest)."""
+    genes = pq.read_table(man.root / "tables" / "genes.parquet", columns=["gene_id", "gene"]).to_pydict()
+    return {"elementary_weights": str(weights.resolve()), "regulatory_root": str(man.root.resolve()),
+            "cache_dir": None if store else str(cache_dir.resolve()),
+            "store_dir": str(store.parent.resolve()) if store else None,
+            "expression_mean": expression_mean(man.root), "signal_scale": signal_scale(cfg, man, weights, store),
+            "n_genes": int(man.data["counts"]["genes"]), "genes_sha256": gene_digest(genes)}
 
 
 def signal_scale(cfg: Config, man: Manifest, weights: Path, store: Path | None = None, samples: int = 64) -> float:

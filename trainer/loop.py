@@ -83,7 +83,7 @@ class RegulatoryStage:
         # The frozen Elementary stays outside the ZeRO-3 engine (whole on every worker), behind the cache.
         self.cache = frozen_cache(cfg.model, context["elementary_weights"], context["regulatory_root"],
                                   disk_dir=context.get("cache_dir"), store_dir=context.get("store_dir"))
-        self.model = RegulatoryHead(cfg.model, cfg.data.regulatory.peak_m)
+        self.model = RegulatoryHead(cfg.model, cfg.data.regulatory.peak_m, context["n_genes"])
         # Start predicting the data's mean level (measured once by the driver): log expression sits
         # around 5-7, and an output bias moving lr per step under Adam would otherwise take thousands
         # of steps to get there (the rest of the head bends to fit the offset instead of the genes).
@@ -96,7 +96,7 @@ class RegulatoryStage:
         # the batch comes trimmed to its widest sample's peaks (UnpackCollate); its signal stays
         # uint8 (an int64 copy of 128 samples x 65 peaks x 1,024 tokens was 68 MB a step)
         bins = self.cache.peak_bins(batch["peak_ids"].long(), batch["atac"], batch["mask"])
-        pred = engine(bins, batch["tss_rank"], batch["mask"])
+        pred = engine(bins, batch["tss_rank"], batch["mask"], batch["gene_id"])
         loss = torch.nn.functional.mse_loss(pred, batch["expression"].float())
         stats = self.cache.stats()
         return loss, {"loss_mse": float(loss.detach()), "cache_hit_rate": stats["hit_rate"],

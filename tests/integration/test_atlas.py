@@ -15,6 +15,7 @@ import pandas as pd
 import polars as pl
 import pyBigWig
 import pytest
+from safetensors.torch import load_file, save_file
 
 from creformer.analysis.atlas import atlas_grn
 from creformer.cli import main as cli_main
@@ -148,6 +149,12 @@ def test_atlas_grn_bad_inputs_fail_before_ray_work(trained, sim_tiny, tmp_path):
     shutil.copytree(rg.parent, other)
     (other / "config.yaml").write_text((other / "config.yaml").read_text().replace("peak_m: 150", "peak_m: 100"))
     with pytest.raises(ConfigError, match="trained with peak_m=100"):
+        atlas_grn(tiny_config(*base, f"analysis.regulatory_weights={other / 'model.safetensors'}"))
+    # model.gene_embedding: a head trained on another gene list is refused (its gene table is by gene_id)
+    state = load_file(str(rg))
+    save_file(state, str(other / "model.safetensors"), metadata={"stage": "regulatory", "genes_sha256": "0" * 64})
+    (other / "config.yaml").write_text((rg.parent / "config.yaml").read_text())
+    with pytest.raises(ConfigError, match="another gene list"):
         atlas_grn(tiny_config(*base, f"analysis.regulatory_weights={other / 'model.safetensors'}"))
     with pytest.raises(ConfigError, match="do not exist"):
         atlas_grn(tiny_config(*base, f"analysis.regulatory_weights={tmp_path / 'missing.safetensors'}"))

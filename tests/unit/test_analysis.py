@@ -126,17 +126,18 @@ def test_attention_scores_are_column_sums_over_real_queries():
 
     cfg = load_config("tiny").model
     torch.manual_seed(0)
-    head = RegulatoryHead(cfg).eval()
+    head = RegulatoryHead(cfg, n_genes=3).eval()
     bins = torch.randn(2, 5, 2, 8, cfg.d_model)
     mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
     rank = torch.tensor([[-2, -1, 0, 1, 2], [0, 1, 2, 0, 0]])
-    s = head.attention_scores(bins, rank, mask)
+    gene = torch.tensor([2, 0])
+    s = head.attention_scores(bins, rank, mask, gene=gene)
     assert s.sum(1).tolist() == pytest.approx([5.0, 3.0], abs=1e-5)  # each real query's row sums to 1
     assert s[1, 3:].abs().sum() == 0
     x = head._inputs(bins, rank, mask)
-    a = head.t3.layers[0].attention_weights(x, key_padding=~mask).mean(1)
+    a = head.t3.layers[0].attention_weights(x + head.gene_emb(gene)[:, None], key_padding=~mask).mean(1)
     assert s[1, :3].tolist() == pytest.approx(a[1, :3, :3].sum(0).tolist(), abs=1e-6)
-    assert torch.equal(head.attention_scores(bins, rank, mask, inputs=x), s)  # shared inputs: the same scores
+    assert torch.equal(head.attention_scores(bins, rank, mask, inputs=x, gene=gene), s)  # shared inputs: the same scores
 
 
 # --- master TFs -------------------------------------------------------------------------------
@@ -306,7 +307,8 @@ def test_ablation_is_the_prediction_drop_when_one_peak_loses_its_signal():
 
     cfg = load_config("tiny").model
     torch.manual_seed(0)
-    el, head = Elementary(cfg).eval(), RegulatoryHead(cfg).eval()
+    el, head = Elementary(cfg).eval(), RegulatoryHead(cfg, n_genes=4).eval()
+    gene = torch.tensor([3, 1])
     rng = np.random.default_rng(1)
     cache = EmbeddingCache(el, rng.integers(4, 4100, (5, 1024)).astype(np.uint16))
     ids = np.array([[0, 1, 2], [3, 4, -1]])
@@ -320,10 +322,10 @@ def test_ablation_is_the_prediction_drop_when_one_peak_loses_its_signal():
     @torch.no_grad()
     def predict(tokens):
         bins = cache.peak_bins(torch.from_numpy(ids.clip(0)), torch.from_numpy(tokens.astype(np.int64)), tmask)
-        return bins, head.forward_bins(bins, rank, tmask)
+        return bins, head.forward_bins(bins, rank, tmask, gene)
 
     bins, pred = predict(atac)
-    got = ablation(head, bins, rank, tmask, pred, chunk=1)
+    got = ablation(head, bins, rank, tmask, pred, chunk=1, gene=gene)
     want = np.zeros(ids.shape, np.float32)
     for b, j in ((0, 1), (1, 0)):
         cut = atac.copy()
@@ -367,7 +369,8 @@ def test_perturbation_shortcut_equals_the_full_token_path(mode):
 
     cfg = load_config("tiny").model
     torch.manual_seed(0)
-    el, head = Elementary(cfg).eval(), RegulatoryHead(cfg).eval()
+    el, head = Elementary(cfg).eval(), RegulatoryHead(cfg, n_genes=3).eval()
+    gene = torch.tensor([1, 0, 2])
     rng = np.random.default_rng(0)
     dna = rng.integers(4, 4100, (6, 1024)).astype(np.uint16)
     cache = EmbeddingCache(el, dna)
@@ -381,15 +384,16 @@ def test_perturbation_shortcut_equals_the_full_token_path(mode):
         bins = cache.peak_bins(torch.from_numpy(ids.clip(0)), torch.from_numpy(atac.astype(np.int64)), torch.from_numpy(mask))
         new, touched = perturb.perturb_atac(atac, ids, mask, bound, mode, ki_level=20)
         full_bins = cache.peak_bins(torch.from_numpy(ids.clip(0)), torch.from_numpy(new.astype(np.int64)), torch.from_numpy(mask))
-        full = head.forward_bins(full_bins, rank, torch.from_numpy(mask)).numpy()
-        rows, fast = perturb.perturbed_predictions(head, cache, bins, ids, mask, rank, touched, mode, 20, 1024)
+        full = head.forward_bins(full_bins, rank, torch.from_numpy(mask), gene).numpy()
+        rows, fast = perturb.perturbed_predictions(head, cache, bins, ids, mask, rank, touched, mode, 20, 1024, gene=gene)
         # the batch's own per-peak inputs reused (atlas_grn's path): only the touched peaks' are recomputed
         inputs = head._inputs(bins, rank, torch.from_numpy(mask))
-        rows2, reused = perturb.perturbed_predictions(head, cache, bins, ids, mask, rank, touched, mode, 20, 1024, inputs=inputs)
+        rows2, reused = perturb.perturbed_predictions(head, cache, bins, ids, mask, rank, touched, mode, 20, 1024,
+                                                      inputs=inputs, gene=gene)
     assert rows.tolist() == rows2.tolist() == [0, 1, 2]
     assert fast == pytest.approx(full[rows], abs=1e-5)
     assert reused == pytest.approx(full[rows], abs=1e-5)
-    assert not np.allclose(full[rows], head.forward_bins(bins, rank, torch.from_numpy(mask)).detach().numpy()[rows], atol=1e-5)
+    assert not np.allclose(full[rows], head.forward_bins(bins, rank, torch.from_numpy(mask), gene).detach().numpy()[rows], atol=1e-5)
 
 
 # --- atlas_grn work items -------------------------------------------------------------------

@@ -9,6 +9,10 @@ from creformer.trainer.masking import IGNORE, mask_batch
 from creformer.trainer.model import Elementary, build_models, parameter_counts
 
 
+N_GENES = 3  # the gene table of the Regulatory models built here (model.gene_embedding)
+GENE = torch.tensor([2, 0])  # gene_id of the two samples of ``regulatory_inputs``
+
+
 def tiny_cfg(**over):
     return load_config("tiny", [f"model.{k}={v}" for k, v in over.items()]).model
 
@@ -91,7 +95,7 @@ def eval_regulatory_with_bins():
     """Tiny models (seed 0, eval mode), the inputs of ``regulatory_inputs`` and their peak bins."""
     torch.manual_seed(0)
     cfg = tiny_cfg()
-    el, reg = build_models(cfg)
+    el, reg = build_models(cfg, n_genes=N_GENES)
     reg.eval()
     dna, sig, rank, mask = regulatory_inputs()
     return cfg, el, reg, (dna, sig, rank, mask), reg.peak_bins(dna, sig, mask)
@@ -99,15 +103,15 @@ def eval_regulatory_with_bins():
 
 def test_regulatory_padding_invariance_and_attention():
     _, _, reg, (dna, sig, rank, mask), bins = eval_regulatory_with_bins()
-    pred = reg.forward_bins(bins, rank, mask)
-    scores = reg.attention_scores(bins, rank, mask)
+    pred = reg.forward_bins(bins, rank, mask, GENE)
+    scores = reg.attention_scores(bins, rank, mask, gene=GENE)
     # add three padded peaks with garbage content: nothing about the real peaks changes
     pad = 3
     bins2 = torch.cat([bins, torch.randn(2, pad, *bins.shape[2:])], 1)
     rank2 = torch.cat([rank, torch.full((2, pad), 7)], 1)
     mask2 = torch.cat([mask, torch.zeros(2, pad, dtype=torch.bool)], 1)
-    assert torch.allclose(reg.forward_bins(bins2, rank2, mask2), pred, atol=1e-5)
-    assert torch.allclose(reg.attention_scores(bins2, rank2, mask2)[:, :5], scores, atol=1e-5)
+    assert torch.allclose(reg.forward_bins(bins2, rank2, mask2, GENE), pred, atol=1e-5)
+    assert torch.allclose(reg.attention_scores(bins2, rank2, mask2, gene=GENE)[:, :5], scores, atol=1e-5)
     att = reg.t3.layers[0].attention_weights(reg._inputs(bins, rank, mask), key_padding=~mask)
     assert torch.allclose(att.sum(-1), torch.ones_like(att.sum(-1)), atol=1e-5)  # rows sum to 1
     assert (att[1, :, :, 3:] == 0).all()  # padded keys get no attention
@@ -128,8 +132,8 @@ def test_trimmed_peak_columns_predict_the_same():
              "peak_ids": torch.cat([torch.arange(5).repeat(2, 1), torch.full((2, pad), -1)], 1), "expression": torch.ones(2)}
     cut = trim_peak_columns(batch)
     assert cut["mask"].shape == (2, 5) and cut["peak_ids"].shape == (2, 5) and cut["expression"] is batch["expression"]
-    assert torch.allclose(reg.forward_bins(bins2[:, :5], cut["tss_rank"], cut["mask"]),
-                          reg.forward_bins(bins2, batch["tss_rank"], batch["mask"]), atol=1e-5)
+    assert torch.allclose(reg.forward_bins(bins2[:, :5], cut["tss_rank"], cut["mask"], GENE),
+                          reg.forward_bins(bins2, batch["tss_rank"], batch["mask"], GENE), atol=1e-5)
 
 
 def test_head_reads_filled_peak_slots_as_the_zero_padded_linear_would():
@@ -172,19 +176,37 @@ def test_cell_signal_enters_as_scaled_difference_from_zero_signal():
     # changing one peak's signal changes the prediction of that sample only
     sig2 = sig.clone()
     sig2[0, 2, 0] = SIG_OFFSET
-    pred, pred2 = reg(dna, sig, rank, mask), reg(dna, sig2, rank, mask)
+    pred, pred2 = reg(dna, sig, rank, mask, GENE), reg(dna, sig2, rank, mask, GENE)
     assert pred[0] != pred2[0] and pred[1] == pred2[1]
     with pytest.raises(ValueError, match="2, bins, d"):
         reg.forward_bins(bins[:, :, 0], rank, mask)
 
 
+def test_gene_embedding_conditions_each_sample_on_its_gene():
+    """model.gene_embedding: the same peaks predict differently for another gene; the gene id is
+    required, and the table needs the shard set's gene count."""
+    cfg, _, reg, (_, _, rank, mask), bins = eval_regulatory_with_bins()
+    pred = reg.forward_bins(bins, rank, mask, GENE)
+    other = reg.forward_bins(bins, rank, mask, torch.tensor([1, 0]))
+    assert other[0] != pred[0] and other[1] == pred[1]
+    x = reg._inputs(bins, rank, mask)  # per-peak inputs carry no gene: ablations and knockouts edit them
+    assert torch.allclose(reg.forward_inputs(x, mask, GENE), pred, atol=1e-6)
+    with pytest.raises(ValueError, match="pass each sample's gene_id"):
+        reg.forward_bins(bins, rank, mask)
+    with pytest.raises(ValueError, match="gene count"):
+        build_models(cfg)
+    off = tiny_cfg(gene_embedding="false")
+    _, plain = build_models(off)
+    assert plain.gene_emb is None and "gene_emb.weight" not in plain.state_dict()
+
+
 def test_frozen_elementary_gets_no_gradient():
     cfg = tiny_cfg()
-    el, reg = build_models(cfg)
+    el, reg = build_models(cfg, n_genes=N_GENES)
     reg.train()
     assert not el.training
     dna, sig, rank, mask = regulatory_inputs()
-    loss = reg.loss(reg(dna, sig, rank, mask), torch.tensor([1.0, 2.0]))
+    loss = reg.loss(reg(dna, sig, rank, mask, GENE), torch.tensor([1.0, 2.0]))
     loss.backward()
     assert all(p.grad is None for p in el.parameters())
     assert reg.t3.layers[0].qkv.weight.grad is not None and reg.pool_query.grad is not None
@@ -192,7 +214,9 @@ def test_frozen_elementary_gets_no_gradient():
 
 def test_paper_parameter_count_on_meta_device():
     counts = parameter_counts(load_config("paper").model)
-    assert 2.85e9 <= counts["total"] <= 3.15e9
+    # the paper's ~3.0 B, plus our gene table (model.gene_embedding: 20,000 genes x d 2,048)
+    assert counts["regulatory.gene_embedding"] == 20_000 * 2048
+    assert 2.85e9 <= counts["total"] - counts["regulatory.gene_embedding"] <= 3.15e9
 
 
 def test_model_info_cli(capsys):

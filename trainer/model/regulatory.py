@@ -30,10 +30,12 @@ def measure_signal_scale(bins: torch.Tensor, mask: torch.Tensor) -> float:
 
 
 class Regulatory(nn.Module):
-    def __init__(self, cfg: ModelConfig, elementary: Elementary | None = None, peak_m: int = RegulatoryDataConfig.peak_m):
+    def __init__(self, cfg: ModelConfig, elementary: Elementary | None = None, peak_m: int = RegulatoryDataConfig.peak_m,
+                 n_genes: int = 0):
         """``elementary=None`` builds the trainable part only (distributed training keeps the frozen
         Elementary outside the sharded engine, behind the embedding cache). ``peak_m`` is the
-        shard set's peaks per gene (data.regulatory.peak_m): the head's input width."""
+        shard set's peaks per gene (data.regulatory.peak_m): the head's input width. ``n_genes``:
+        the shard set's genes (gene_id 0..n_genes-1), needed with ``model.gene_embedding``."""
         super().__init__()
         d = cfg.d_model
         self.cfg = cfg
@@ -48,6 +50,12 @@ class Regulatory(nn.Module):
         # 1 / typical size of the signal difference, measured on the data before training
         # (``signal_scale``); a buffer, so exports carry it.
         self.register_buffer("signal_scale", torch.ones(()))
+        if cfg.gene_embedding and n_genes <= 0:
+            raise ValueError("model.gene_embedding needs the shard set's gene count (n_genes > 0); "
+                             "build the model with it or set model.gene_embedding=false")
+        # which gene the window belongs to, so a peak can count for one gene and not for its
+        # neighbour (design §5: every zero-shot score rose with it, science seed 0)
+        self.gene_emb = nn.Embedding(n_genes, d) if cfg.gene_embedding else None
         self.t3 = Encoder(cfg.n3, d, cfg.n_heads, cfg.ffn, cfg.dropout, cfg.activation_checkpointing)
         self.head = nn.Sequential(PeakSlotLinear(peak_m, d, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, 1))
 
@@ -91,34 +99,47 @@ class Regulatory(nn.Module):
         delta = (cell - zero).mean(-2) * self.signal_scale
         return self.pool(cell) + self.rank_emb(r) + self.signal_proj(delta)
 
-    def forward_bins(self, bins: torch.Tensor, rank: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward_bins(self, bins: torch.Tensor, rank: torch.Tensor, mask: torch.Tensor,
+                     gene: torch.Tensor | None = None) -> torch.Tensor:
         """Expression (B,) from precomputed peak bins (the embedding cache path)."""
-        return self.forward_inputs(self._inputs(bins, rank, mask), mask)
+        return self.forward_inputs(self._inputs(bins, rank, mask), mask, gene)
 
-    def forward_inputs(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _with_gene(self, x: torch.Tensor, gene: torch.Tensor | None) -> torch.Tensor:
+        """Per-peak inputs plus the sample's gene vector (``model.gene_embedding``). Added here,
+        not in ``_inputs``, so a peak's input stays a function of its own bins and rank."""
+        if self.gene_emb is None:
+            return x
+        if gene is None:
+            raise ValueError("this Regulatory model was built with model.gene_embedding: pass each sample's gene_id")
+        return x + self.gene_emb(gene.long())[:, None, :]
+
+    def forward_inputs(self, x: torch.Tensor, mask: torch.Tensor, gene: torch.Tensor | None = None) -> torch.Tensor:
         """Expression (B,) from per-peak inputs (B, P, d) (``_inputs``): a peak's input depends on
-        its own bins and rank only, so a one-peak change can be made here without re-pooling."""
+        its own bins and rank only, so a one-peak change can be made here without re-pooling.
+        ``gene`` (B,): the samples' gene_id, needed with ``model.gene_embedding``."""
         p = mask.shape[1]
         if p > self.peak_m:
             raise ValueError(f"{p} peaks exceed data.regulatory.peak_m={self.peak_m}")
-        h = self.t3(x, key_padding=~mask) * mask[..., None]
+        h = self.t3(self._with_gene(x, gene), key_padding=~mask) * mask[..., None]
         return self.head(h).squeeze(-1)
 
-    def forward(self, dna: torch.Tensor, sig: torch.Tensor, rank: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """dna (B, P, 1024), sig (B, P, A, 1024), rank (B, P), mask (B, P) True for real peaks."""
-        return self.forward_bins(self.peak_bins(dna, sig, mask), rank, mask)
+    def forward(self, dna: torch.Tensor, sig: torch.Tensor, rank: torch.Tensor, mask: torch.Tensor,
+                gene: torch.Tensor | None = None) -> torch.Tensor:
+        """dna (B, P, 1024), sig (B, P, A, 1024), rank (B, P), mask (B, P) True for real peaks,
+        gene (B,) the samples' gene_id (with ``model.gene_embedding``)."""
+        return self.forward_bins(self.peak_bins(dna, sig, mask), rank, mask, gene)
 
     def loss(self, pred: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(pred, expression.float())
 
     @torch.no_grad()
     def attention_scores(self, bins: torch.Tensor, rank: torch.Tensor, mask: torch.Tensor,
-                         inputs: torch.Tensor | None = None) -> torch.Tensor:
+                         inputs: torch.Tensor | None = None, gene: torch.Tensor | None = None) -> torch.Tensor:
         """docs/design.md §7: first-layer softmax attention averaged over heads, summed over real queries i:
         score_j = sum_i A_ij (B, P); padded peaks score 0. ``inputs``: the batch's ``_inputs``
         when the caller already has them (atlas scoring shares one computation)."""
         x = self._inputs(bins, rank, mask) if inputs is None else inputs
-        att = self.t3.layers[0].attention_weights(x, key_padding=~mask).mean(1)  # (B, P, P)
+        att = self.t3.layers[0].attention_weights(self._with_gene(x, gene), key_padding=~mask).mean(1)  # (B, P, P)
         return (att * mask[:, :, None]).sum(1) * mask
 
 
@@ -141,8 +162,9 @@ class PeakSlotLinear(nn.Linear):
 class RegulatoryHead(Regulatory):
     """The trainable part alone, called on precomputed peak bins: what the ZeRO-3 engine wraps."""
 
-    def __init__(self, cfg: ModelConfig, peak_m: int = RegulatoryDataConfig.peak_m):
-        super().__init__(cfg, None, peak_m)
+    def __init__(self, cfg: ModelConfig, peak_m: int = RegulatoryDataConfig.peak_m, n_genes: int = 0):
+        super().__init__(cfg, None, peak_m, n_genes)
 
-    def forward(self, bins: torch.Tensor, rank: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return self.forward_bins(bins, rank, mask)
+    def forward(self, bins: torch.Tensor, rank: torch.Tensor, mask: torch.Tensor,  # type: ignore[override]
+                gene: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward_bins(bins, rank, mask, gene)
