@@ -61,7 +61,8 @@ def ablation(head, bins: torch.Tensor, rank: torch.Tensor, mask: torch.Tensor, p
         r, c = torch.from_numpy(rows[s:s + chunk]), torch.from_numpy(cols[s:s + chunk])
         xr = x[r].clone()
         xr[torch.arange(r.numel()), c] = x_zero[r, c]
-        out[rows[s:s + chunk], cols[s:s + chunk]] = (pred[r] - head.forward_inputs(xr, mask[r], None if gene is None else gene[r])).numpy()
+        gr = None if gene is None else gene[r]
+        out[rows[s:s + chunk], cols[s:s + chunk]] = (pred[r] - head.forward_inputs(xr, mask[r], gr)).numpy()
     return out
 
 

@@ -42,7 +42,8 @@ def export_weights(checkpoint_dir: Path, out: Path, cfg: Config, stage: str, met
         weights = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=state["tag"])
     out.mkdir(parents=True, exist_ok=True)
     path = out / "model.safetensors"
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(path), metadata={"stage": stage, "step": str(state["step"]), **(meta or {})})
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(path),
+              metadata={"stage": stage, "step": str(state["step"]), **(meta or {})})
     save_config(cfg, out / "config.yaml")
     (out / "meta.json").write_text(json.dumps({"stage": stage, "step": state["step"], "checkpoint": str(checkpoint_dir),
                                                "parameters": int(sum(v.numel() for v in weights.values())), **(meta or {})},
