@@ -112,5 +112,5 @@ def gene_digest(genes) -> str:
     order. A model with ``model.gene_embedding`` records it at export and is only run on shards
     whose genes have the same digest (its gene table is indexed by gene_id)."""
     order = np.argsort(np.asarray(genes["gene_id"]), kind="stable")
-    ids = [str(np.asarray(genes["gene"], dtype=object)[i]) for i in order]
-    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
+    names = np.asarray(genes["gene"], dtype=object)
+    return hashlib.sha256("\n".join(str(names[i]) for i in order).encode()).hexdigest()
