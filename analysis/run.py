@@ -9,7 +9,8 @@ from typing import Any
 
 import polars as pl
 
-from . import attention, cell_files, crispri, enhancers, exports, features, grn, master_tf, perturb, reduce, targets, transitions
+from . import (attention, cell_files, crispri, enhancers, exports, features, grn, master_tf, perturb, propagation, reduce, targets,
+               transitions)
 from .diagnostics import embedding_sensitivity
 from .report import write_report
 from .validate import scorecard
@@ -95,6 +96,8 @@ def run_analyses(p, stats: dict[str, Any], seconds: float) -> Path:
         results["crispri"] = cr
 
     # perturbations: per group effects, and the peaks each knockout acts through
+    tf_genes = {t.name: t.gene_id for t in tf_in}
+    effects = propagation.propagate(effects, tf_genes, a.ko_propagation)
     effects.write_parquet(out / "perturbation_effects.parquet")
     # the layouts CellOracle, SCENIC+ and scverse load
     links = exports.regulatory_links(elems, tables.genes, tables.peaks, a.tss_region_bp, a.high_attention_peaks)

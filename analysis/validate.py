@@ -25,7 +25,8 @@ value), `margin` (model − best baseline) and `met` (margin > 0).
 - knockout, knock_in — direction accuracy over responders (|true log2FC| ≥ 0.1 in a cell type)
   among the analysed (group, TF, gene) triples, direct and indirect reported apart, with the
   responder AUPRC by |prediction| and the Spearman correlation over all triples beside it; model:
-  the predicted log2FC; baselines: motif sign, signed TF–gene correlation where the motif is in
+  the predicted log2FC; variant: the same propagated through the model's own TF changes
+  (analysis.ko_propagation steps); baselines: motif sign, signed TF–gene correlation where the motif is in
   the window, the accessibility ridge with the TF's bound peaks zeroed (knock-in: raised),
   CellOracle-style ridge propagation, no change.
 - transition — for the planted triple (disease, driver knockout, normal): the share of disease
@@ -253,15 +254,17 @@ def enhancer_per_gene(scored: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame(rows, schema={"gene_id": pl.Int64, "pairs": pl.Int64, "positives": pl.Int64, **{k: pl.Float64 for k in names}})
 
 
-def perturbation_task(mode: str, triples: pl.DataFrame, predictions: dict[str, pl.DataFrame], readout: str) -> dict:
+def perturbation_task(mode: str, triples: pl.DataFrame, predictions: dict[str, pl.DataFrame], readout: str,
+                      variants: dict[str, pl.DataFrame] | None = None) -> dict:
     """``triples``: (cell_type, tf, gene_id, true_lfc, direct) for every analysed triple;
-    ``predictions``: name → (cell_type, tf, gene_id, pred) ('model' first). Direction accuracy over
-    responders is the metric; responder AUPRC and Spearman beside it."""
+    ``predictions``: name → (cell_type, tf, gene_id, pred) ('model' first, then the baselines);
+    ``variants``: other model readouts, scored alike and reported, never the model's score. Direction
+    accuracy over responders is the metric; responder AUPRC and Spearman beside it."""
     resp = triples["true_lfc"].abs().to_numpy() >= MIN_KO_EFFECT
     direct = triples["direct"].to_numpy()
     t = np.sign(triples["true_lfc"].to_numpy())
     acc, acc_direct, acc_indirect, resp_auprc, rho = {}, {}, {}, {}, {}
-    for name, p in predictions.items():
+    for name, p in {**predictions, **(variants or {})}.items():
         pred = triples.join(p, on=["cell_type", "tf", "gene_id"], how="left")["pred"].fill_null(0.0).to_numpy()
         right = np.sign(pred) == t
         acc[name] = float(right[resp].mean()) if resp.any() else float("nan")
@@ -270,11 +273,13 @@ def perturbation_task(mode: str, triples: pl.DataFrame, predictions: dict[str, p
         resp_auprc[name] = auprc(np.abs(pred), resp) if resp.any() else None
         rho[name] = spearman(pred, triples["true_lfc"].to_numpy())
     base = [n for n in predictions if n != "model"]
+
+    def split(by: dict) -> dict:
+        return {"model": by["model"], "baselines": {b: by[b] for b in base}, "variants": {v: by[v] for v in variants or {}}}
+
     return task(f"{mode} direction accuracy on responders", acc["model"], readout, {b: acc[b] for b in base},
-                direct={"model": acc_direct["model"], "baselines": {b: acc_direct[b] for b in base}},
-                indirect={"model": acc_indirect["model"], "baselines": {b: acc_indirect[b] for b in base}},
-                responder_auprc={"model": resp_auprc["model"], "baselines": {b: resp_auprc[b] for b in base}},
-                spearman={"model": rho["model"], "baselines": {b: rho[b] for b in base}},
+                {v: acc[v] for v in variants or {}},
+                direct=split(acc_direct), indirect=split(acc_indirect), responder_auprc=split(resp_auprc), spearman=split(rho),
                 triples=int(triples.height), responders=int(resp.sum()), direct_responders=int((resp & direct).sum()),
                 min_true_abs_log2fc=MIN_KO_EFFECT)
 
@@ -371,8 +376,14 @@ def scorecard(out: Path, truth: Path, k: int = 3) -> dict:
         per_gene.join(genes.select(pl.col("gene_id").cast(pl.Int64), "gene"), on="gene_id", how="left").write_parquet(
             out / "enhancer_per_gene.parquet")
     for mode, sign in (("KO", -1.0), ("KI", 1.0)):
-        model = effects.filter((pl.col("mode") == mode) & ~pl.col("condition").str.contains("+", literal=True)).select(
-            pl.col("group").alias("cell_type"), pl.col("condition").alias("tf"), "gene_id", pl.col("log2fc").alias("pred"))
+        single = effects.filter((pl.col("mode") == mode) & ~pl.col("condition").str.contains("+", literal=True))
+        model = single.select(pl.col("group").alias("cell_type"), pl.col("condition").alias("tf"), "gene_id",
+                              pl.col("log2fc").alias("pred"))
+        # a variant: the same read propagated through the model's own TF changes (analysis/propagation.py)
+        steps = cfg.analysis.ko_propagation if "log2fc_propagated" in single.columns else 0
+        propagated = {"model_propagated": single.select(
+            pl.col("group").alias("cell_type"), pl.col("condition").alias("tf"), "gene_id",
+            pl.col("log2fc_propagated").alias("pred"))} if steps else None
         triples = perturbation_truth(truth, mode, model.select("cell_type", "tf", "gene_id"), genes)
         keys = triples.select("cell_type", "tf", "gene_id")
         motif = keys.with_columns(pl.Series("pred", [sign if (t, g) in motif_in_window else 0.0
@@ -388,7 +399,8 @@ def scorecard(out: Path, truth: Path, k: int = 3) -> dict:
         name = "knockout" if mode == "KO" else "knock_in"
         card[name] = perturbation_task(mode, triples, {"model": model, "motif_sign": motif, "signed_correlation": signed,
                                                        "accessibility_regression": access, "celloracle_like": oracle,
-                                                       "no_change": none}, "predicted log2FC (group mean over cells)")
+                                                       "no_change": none},
+                                       "predicted log2FC (group mean over cells)", propagated)
         if mode == "KO" and (out / "ko_mediators.parquet").exists():
             scored = triples.join(model, on=["cell_type", "tf", "gene_id"]).filter(
                 (pl.col("true_lfc").abs() >= MIN_KO_EFFECT)).rename({"pred": "model_lfc"})

@@ -227,6 +227,9 @@ class AnalysisConfig:
     # ArchR's gene scores are; 50 kb summed other genes' elements in (demo master-TF top-3 0.5 vs 1.0)
     tss_region_bp: int = 2000
     ki_quantile: float = 0.9  # knock-in level: this quantile of the atlas's non-zero ATAC levels
+    # knockout / knock-in propagation steps through the model's own predicted TF changes (CellOracle's
+    # n_propagation, and its default; analysis/propagation.py): the scored perturbation readout; 0: one step
+    ko_propagation: int = 3
     source_group: str = ""  # transition source / disease group (default: first group)
     target_group: str = ""  # transition target / reference group (default: second group)
     workers: int = 2  # Ray Data actors running the model
@@ -447,6 +450,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"analysis.motif_pvalue={a.motif_pvalue} must lie in [0, 1) (0: use analysis.motif_threshold)")
     if not 0.0 < a.ki_quantile < 1.0:
         raise ConfigError(f"analysis.ki_quantile={a.ki_quantile} must lie in (0, 1)")
+    if a.ko_propagation < 0:
+        raise ConfigError(f"analysis.ko_propagation={a.ko_propagation}: the propagation steps must be ≥ 0 (0: the one-step read)")
     if a.driver_cells_per_group < 2:
         raise ConfigError(f"analysis.driver_cells_per_group={a.driver_cells_per_group} must be >= 2 (a classifier needs cells)")
     if a.cells_per_group < 0 or a.min_cells_per_group < 2:

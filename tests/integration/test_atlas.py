@@ -109,6 +109,10 @@ def test_atlas_grn_job_submit_outputs_and_resume(cluster, trained, sim_tiny, tmp
     bw.close()
     eff = pl.read_parquet(out / "perturbation_effects.parquet")
     assert {"KO", "KI"} == set(eff["mode"].unique()) and "TF01+TF02" in set(eff["condition"].unique())
+    # the propagated read (analysis.ko_propagation), reported beside the scored one-step read as a variant
+    assert eff["log2fc_propagated"].is_finite().all() and eff["log2fc_propagated"].null_count() == 0
+    for name in ("knockout", "knock_in"):
+        assert set(card[name]["variants"]) == {"model_propagated"} and "model_propagated" in card[name]["direct"]["variants"]
     med = pl.read_parquet(out / "ko_mediators.parquet")
     assert set(med["condition"].unique()) <= set(eff.filter(pl.col("mode") == "KO")["condition"].unique()) and med.height > 0
     assert {"right", "wrong"} <= set(card["knockout"]["decomposition"]) and "main_peak" in page

@@ -76,6 +76,10 @@ def test_perturbation_task_by_hand():
     assert t["responder_auprc"]["model"] == pytest.approx(1.0)
     assert t["spearman"]["model"] == pytest.approx(spearman(np.array([-0.8, -0.1, -0.2, 0.0, 0.01]),
                                                             np.array([-1.0, 0.5, -0.3, 0.05, 0.0])))
+    # a variant readout is scored alike and reported, and never becomes a baseline
+    v = perturbation_task("KO", triples, {"model": model, "motif_sign": motif}, "predicted log2FC", {"model_one_step": motif})
+    assert v["variants"] == {"model_one_step": pytest.approx(1 / 3)} and set(v["baselines"]) == {"motif_sign"}
+    assert v["direct"]["variants"]["model_one_step"] == pytest.approx(0.5) and v["margin"] == t["margin"]
 
 
 def test_transition_and_therapeutic_tasks_need_the_planted_groups():
