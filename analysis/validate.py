@@ -377,13 +377,15 @@ def scorecard(out: Path, truth: Path, k: int = 3) -> dict:
             out / "enhancer_per_gene.parquet")
     for mode, sign in (("KO", -1.0), ("KI", 1.0)):
         single = effects.filter((pl.col("mode") == mode) & ~pl.col("condition").str.contains("+", literal=True))
-        model = single.select(pl.col("group").alias("cell_type"), pl.col("condition").alias("tf"), "gene_id",
-                              pl.col("log2fc").alias("pred"))
+
+        def read(column: str) -> pl.DataFrame:
+            return single.select(pl.col("group").alias("cell_type"), pl.col("condition").alias("tf"), "gene_id",
+                                 pl.col(column).alias("pred"))
+
+        model = read("log2fc")
         # a variant: the same read propagated through the model's own TF changes (analysis/propagation.py)
         steps = cfg.analysis.ko_propagation if "log2fc_propagated" in single.columns else 0
-        propagated = {"model_propagated": single.select(
-            pl.col("group").alias("cell_type"), pl.col("condition").alias("tf"), "gene_id",
-            pl.col("log2fc_propagated").alias("pred"))} if steps else None
+        propagated = {"model_propagated": read("log2fc_propagated")} if steps else None
         triples = perturbation_truth(truth, mode, model.select("cell_type", "tf", "gene_id"), genes)
         keys = triples.select("cell_type", "tf", "gene_id")
         motif = keys.with_columns(pl.Series("pred", [sign if (t, g) in motif_in_window else 0.0

@@ -228,7 +228,8 @@ class AnalysisConfig:
     tss_region_bp: int = 2000
     ki_quantile: float = 0.9  # knock-in level: this quantile of the atlas's non-zero ATAC levels
     # knockout / knock-in propagation steps through the model's own predicted TF changes (CellOracle's
-    # n_propagation, and its default; analysis/propagation.py): the scored perturbation readout; 0: one step
+    # n_propagation, and its default; analysis/propagation.py): a variant reported beside the scored
+    # one-step read (docs/design.md §7); 0: none
     ko_propagation: int = 3
     source_group: str = ""  # transition source / disease group (default: first group)
     target_group: str = ""  # transition target / reference group (default: second group)
