@@ -36,7 +36,7 @@ def score_batch(head, cache, batch: dict[str, np.ndarray], values: np.ndarray) -
     gene = torch.from_numpy(batch["gene_id"].astype(np.int64))
     bins = cache.peak_bins(ids, atac, mask)
     x = head._inputs(bins, rank, mask)  # per-peak inputs, shared by the prediction, ablation and perturbations
-    pred = head.forward_inputs(x, mask, gene)
+    pred = head.forward_inputs(x, mask, gene, rank)
     att = head.attention_scores(bins, rank, mask, inputs=x, gene=gene)
     mass = values[batch["atac"]].mean(-1) * batch["mask"]
     return {"pred": pred.numpy().astype(np.float32), "attention": att.numpy().astype(np.float32),
@@ -62,7 +62,7 @@ def ablation(head, bins: torch.Tensor, rank: torch.Tensor, mask: torch.Tensor, p
         xr = x[r].clone()
         xr[torch.arange(r.numel()), c] = x_zero[r, c]
         gr = None if gene is None else gene[r]
-        out[rows[s:s + chunk], cols[s:s + chunk]] = (pred[r] - head.forward_inputs(xr, mask[r], gr)).numpy()
+        out[rows[s:s + chunk], cols[s:s + chunk]] = (pred[r] - head.forward_inputs(xr, mask[r], gr, rank[r])).numpy()
     return out
 
 

@@ -203,12 +203,12 @@ def load_models(elementary_weights: str, regulatory_weights: str, cfg: Config, t
         module.eval()
         for p in module.parameters():
             p.requires_grad_(False)
-    if mcfg.gene_embedding:
+    if mcfg.gene_embedding or mcfg.gene_peak_weights:
         with safe_open(str(paths["regulatory"]), "pt") as f:
             recorded = (f.metadata() or {}).get("genes_sha256")
         if recorded != gene_digest(tables.genes.select("gene_id", "gene").to_dict(as_series=False)):
             raise ConfigError(f"model artifact {paths['regulatory']} has a learned vector per gene of the shards it was trained "
-                              f"on (model.gene_embedding), and the shards at {tables.root} hold "
+                              f"on (model.gene_embedding, model.gene_peak_weights), and the shards at {tables.root} hold "
                               f"{'another gene list' if recorded else 'genes it cannot check (its header records none)'}; "
                               "run atlas_grn on the shards the model was trained on, or retrain on these")
     return Models(elementary, head, mcfg)

@@ -108,7 +108,8 @@ def perturbed_predictions(head, cache, bins, ids: np.ndarray, mask: np.ndarray, 
     slots = head._inputs(emb[torch.from_numpy(inverse)][None], rank[tr, tc][None], torch.ones(1, r.size, dtype=torch.bool))[0]
     x = inputs[torch.from_numpy(rows)].clone()
     x[torch.from_numpy(r), tc] = slots
-    pred = head.forward_inputs(x, torch.from_numpy(mask[rows]), None if gene is None else gene[torch.from_numpy(rows)])
+    at = torch.from_numpy(rows)
+    pred = head.forward_inputs(x, torch.from_numpy(mask[rows]), None if gene is None else gene[at], rank[at])
     return rows, pred.numpy().astype(np.float32)
 
 

@@ -110,6 +110,9 @@ class ModelConfig:
     n_tracks: int = 7
     local_kernel: int = 11  # width (bp) of the convolution over token embeddings before transformer-1; 0 = none
     gene_embedding: bool = True  # Regulatory: a learned vector per gene of the shard set, added to every peak's input
+    # Regulatory: a learned weight per (gene, TSS rank) times each peak's learned scalar activity,
+    # summed into the prediction beside the head (a per-gene cis term, as the accessibility regression has)
+    gene_peak_weights: bool = True
     dropout: float = 0.0
     activation_checkpointing: bool = False
 

@@ -12,7 +12,7 @@ from creformer.trainer.model.cache import EmbeddingCache
 def setup(seed=0, n_peaks=12, b=3, p=5):
     torch.manual_seed(seed)
     # the cache's own behaviour; the gene path is tested in test_models and test_analysis
-    cfg = load_config("tiny", ["model.gene_embedding=false"]).model
+    cfg = load_config("tiny", ["model.gene_embedding=false", "model.gene_peak_weights=false"]).model
     el, reg = build_models(cfg)
     reg.eval()
     rng = np.random.default_rng(seed)

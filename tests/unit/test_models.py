@@ -190,14 +190,52 @@ def test_gene_embedding_conditions_each_sample_on_its_gene():
     other = reg.forward_bins(bins, rank, mask, torch.tensor([1, 0]))
     assert other[0] != pred[0] and other[1] == pred[1]
     x = reg._inputs(bins, rank, mask)  # per-peak inputs carry no gene: ablations and knockouts edit them
-    assert torch.allclose(reg.forward_inputs(x, mask, GENE), pred, atol=1e-6)
+    assert torch.allclose(reg.forward_inputs(x, mask, GENE, rank), pred, atol=1e-6)
     with pytest.raises(ValueError, match="pass each sample's gene_id"):
         reg.forward_bins(bins, rank, mask)
     with pytest.raises(ValueError, match="gene count"):
         build_models(cfg)
-    off = tiny_cfg(gene_embedding="false")
+    off = tiny_cfg(gene_embedding="false", gene_peak_weights="false")
     _, plain = build_models(off)
     assert plain.gene_emb is None and "gene_emb.weight" not in plain.state_dict()
+
+
+def test_gene_peak_weights_add_a_per_gene_cis_term():
+    """model.gene_peak_weights: zero at the start (the same prediction as without it); a weight on
+    (gene, rank) moves only that gene's samples holding a peak at that rank, by weight x the peak's
+    activity; ablating the peak's signal changes the term; gene and rank are required."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg()  # on by default
+    _, reg = build_models(cfg, n_genes=N_GENES)
+    reg.eval()
+    dna, sig, rank, mask = regulatory_inputs()
+    bins = reg.peak_bins(dna, sig, mask)
+    x = reg._inputs(bins, rank, mask)
+    h = reg.t3(reg._with_gene(x, GENE), key_padding=~mask) * mask[..., None]
+    head_only = reg.head(h).squeeze(-1)
+    pred = reg.forward_bins(bins, rank, mask, GENE)
+    assert torch.allclose(pred, head_only, atol=1e-6)  # the table starts at zero
+    j = int(mask[0].nonzero()[0])
+    with torch.no_grad():
+        reg.gene_peak_w.weight[int(GENE[0]), int(rank[0, j]) + reg.peak_m] = 2.0
+    moved = reg.forward_bins(bins, rank, mask, GENE)
+    activity = reg.peak_activity(x[0, j]).squeeze()
+    assert torch.allclose(moved[0] - pred[0], 2.0 * activity, atol=1e-5) and moved[1] == pred[1]
+    assert torch.allclose(reg.forward_inputs(x, mask, GENE, rank), moved, atol=1e-6)
+    # the peak at zero signal: the term follows its input (what the ablation readout edits)
+    zero = reg._inputs(bins[:, :, 1:].expand(-1, -1, 2, -1, -1), rank, mask)
+    xz = x.clone()
+    xz[0, j] = zero[0, j]
+    assert torch.allclose(reg.cis(xz, mask, GENE, rank)[0], 2.0 * reg.peak_activity(zero[0, j]).squeeze(), atol=1e-5)
+    with pytest.raises(ValueError, match="tss_rank"):
+        reg.forward_inputs(x, mask, GENE)
+    with pytest.raises(ValueError, match="gene count"):
+        build_models(tiny_cfg(gene_peak_weights="true", gene_embedding="false"))
+    counts = parameter_counts(cfg, peak_m=reg.peak_m, n_genes=N_GENES)
+    assert counts["regulatory.gene_peak_weights"] == N_GENES * (2 * reg.peak_m + 1) + sum(
+        p.numel() for p in reg.peak_activity.parameters())
+    _, plain = build_models(tiny_cfg(gene_peak_weights="false"), n_genes=N_GENES)
+    assert plain.gene_peak_w is None and "gene_peak_w.weight" not in plain.state_dict()
 
 
 def test_frozen_elementary_gets_no_gradient():

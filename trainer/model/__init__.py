@@ -44,6 +44,8 @@ def parameter_counts(cfg: ModelConfig, peak_m: int = RegulatoryDataConfig.peak_m
         "regulatory.pool_and_rank": regulatory.pool_query.numel() + n(regulatory.rank_emb),
         "regulatory.gene_embedding": n(regulatory.gene_emb) if regulatory.gene_emb is not None else 0,
         "regulatory.signal_proj": n(regulatory.signal_proj),
+        "regulatory.gene_peak_weights": (n(regulatory.gene_peak_w) + n(regulatory.peak_activity)
+                                         if regulatory.gene_peak_w is not None else 0),
         "regulatory.transformer3": n(regulatory.t3),
         "regulatory.head": n(regulatory.head),
     }

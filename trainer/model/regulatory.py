@@ -56,6 +56,18 @@ class Regulatory(nn.Module):
         # which gene the window belongs to, so a peak can count for one gene and not for its
         # neighbour (design §5: every zero-shot score rose with it, science seed 0)
         self.gene_emb = nn.Embedding(n_genes, d) if cfg.gene_embedding else None
+        if cfg.gene_peak_weights and n_genes <= 0:
+            raise ValueError("model.gene_peak_weights needs the shard set's gene count (n_genes > 0); "
+                             "build the model with it or set model.gene_peak_weights=false")
+        # a per-gene linear cis term: weight[gene, rank] x activity(peak input), summed over peaks.
+        # Whether a peak drives *this* gene is a per-(gene, peak) fact that a per-gene regression
+        # learns directly and the head only through interactions (design §5). Zero at the start,
+        # so the model begins as it was without it.
+        self.peak_activity = (nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
+                              if cfg.gene_peak_weights else None)
+        self.gene_peak_w = nn.Embedding(n_genes, 2 * peak_m + 1) if cfg.gene_peak_weights else None
+        if self.gene_peak_w is not None:
+            nn.init.zeros_(self.gene_peak_w.weight)
         self.t3 = Encoder(cfg.n3, d, cfg.n_heads, cfg.ffn, cfg.dropout, cfg.activation_checkpointing)
         self.head = nn.Sequential(PeakSlotLinear(peak_m, d, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, 1))
 
@@ -102,7 +114,7 @@ class Regulatory(nn.Module):
     def forward_bins(self, bins: torch.Tensor, rank: torch.Tensor, mask: torch.Tensor,
                      gene: torch.Tensor | None = None) -> torch.Tensor:
         """Expression (B,) from precomputed peak bins (the embedding cache path)."""
-        return self.forward_inputs(self._inputs(bins, rank, mask), mask, gene)
+        return self.forward_inputs(self._inputs(bins, rank, mask), mask, gene, rank)
 
     def _with_gene(self, x: torch.Tensor, gene: torch.Tensor | None) -> torch.Tensor:
         """Per-peak inputs plus the sample's gene vector (``model.gene_embedding``). Added here,
@@ -113,15 +125,32 @@ class Regulatory(nn.Module):
             raise ValueError("this Regulatory model was built with model.gene_embedding: pass each sample's gene_id")
         return x + self.gene_emb(gene.long())[:, None, :]
 
-    def forward_inputs(self, x: torch.Tensor, mask: torch.Tensor, gene: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_inputs(self, x: torch.Tensor, mask: torch.Tensor, gene: torch.Tensor | None = None,
+                       rank: torch.Tensor | None = None) -> torch.Tensor:
         """Expression (B,) from per-peak inputs (B, P, d) (``_inputs``): a peak's input depends on
         its own bins and rank only, so a one-peak change can be made here without re-pooling.
-        ``gene`` (B,): the samples' gene_id, needed with ``model.gene_embedding``."""
+        ``gene`` (B,): the samples' gene_id, needed with ``model.gene_embedding`` or
+        ``model.gene_peak_weights``; ``rank`` (B, P): the peaks' TSS ranks, needed with the latter."""
         p = mask.shape[1]
         if p > self.peak_m:
             raise ValueError(f"{p} peaks exceed data.regulatory.peak_m={self.peak_m}")
         h = self.t3(self._with_gene(x, gene), key_padding=~mask) * mask[..., None]
-        return self.head(h).squeeze(-1)
+        out = self.head(h).squeeze(-1)
+        if self.gene_peak_w is not None:
+            out = out + self.cis(x, mask, gene, rank)
+        return out
+
+    def cis(self, x: torch.Tensor, mask: torch.Tensor, gene: torch.Tensor | None, rank: torch.Tensor | None) -> torch.Tensor:
+        """The per-gene linear cis term (B,) of ``model.gene_peak_weights``: Σ_j weight[gene, rank_j] ×
+        activity(x_j) over real peaks."""
+        if self.gene_peak_w is None or self.peak_activity is None:
+            raise RuntimeError("this Regulatory model was built without model.gene_peak_weights")
+        if gene is None or rank is None:
+            raise ValueError("this Regulatory model was built with model.gene_peak_weights: pass each sample's gene_id and "
+                             "its peaks' tss_rank")
+        r = rank.long().clamp(-self.peak_m, self.peak_m) + self.peak_m
+        w = self.gene_peak_w(gene.long()).gather(1, r)  # (B, P)
+        return (w * self.peak_activity(x).squeeze(-1) * mask).sum(1)
 
     def forward(self, dna: torch.Tensor, sig: torch.Tensor, rank: torch.Tensor, mask: torch.Tensor,
                 gene: torch.Tensor | None = None) -> torch.Tensor:
