@@ -50,15 +50,13 @@ class Regulatory(nn.Module):
         # 1 / typical size of the signal difference, measured on the data before training
         # (``signal_scale``); a buffer, so exports carry it.
         self.register_buffer("signal_scale", torch.ones(()))
-        if cfg.gene_embedding and n_genes <= 0:
-            raise ValueError("model.gene_embedding needs the shard set's gene count (n_genes > 0); "
-                             "build the model with it or set model.gene_embedding=false")
+        per_gene = [k for k in ("gene_embedding", "gene_peak_weights") if getattr(cfg, k)]
+        if per_gene and n_genes <= 0:
+            raise ValueError(f"model.{per_gene[0]} needs the shard set's gene count (n_genes > 0); "
+                             f"build the model with it or set {' and '.join(f'model.{k}=false' for k in per_gene)}")
         # which gene the window belongs to, so a peak can count for one gene and not for its
         # neighbour (design §5: every zero-shot score rose with it, science seed 0)
         self.gene_emb = nn.Embedding(n_genes, d) if cfg.gene_embedding else None
-        if cfg.gene_peak_weights and n_genes <= 0:
-            raise ValueError("model.gene_peak_weights needs the shard set's gene count (n_genes > 0); "
-                             "build the model with it or set model.gene_peak_weights=false")
         # a per-gene linear cis term: weight[gene, rank] x activity(peak input), summed over peaks.
         # Whether a peak drives *this* gene is a per-(gene, peak) fact that a per-gene regression
         # learns directly and the head only through interactions (design §5). Zero at the start,
@@ -103,10 +101,14 @@ class Regulatory(nn.Module):
         w = (bins @ self.pool_query / bins.shape[-1] ** 0.5).softmax(-1)
         return (w[..., None] * bins).sum(-2)
 
+    def _rank_index(self, rank: torch.Tensor) -> torch.Tensor:
+        """Signed TSS rank → row of the rank tables: clamped to [−peak_m, peak_m], shifted to 0.."""
+        return rank.long().clamp(-self.peak_m, self.peak_m) + self.peak_m
+
     def _inputs(self, bins: torch.Tensor, rank: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if bins.dim() != 5 or bins.shape[2] != 2:
             raise ValueError(f"peak bins must be (batch, peaks, 2, bins, d) [cell's signal, zero signal], got {tuple(bins.shape)}")
-        r = rank.long().clamp(-self.peak_m, self.peak_m) + self.peak_m
+        r = self._rank_index(rank)
         cell, zero = bins[:, :, 0], bins[:, :, 1]
         delta = (cell - zero).mean(-2) * self.signal_scale
         return self.pool(cell) + self.rank_emb(r) + self.signal_proj(delta)
@@ -143,13 +145,12 @@ class Regulatory(nn.Module):
     def cis(self, x: torch.Tensor, mask: torch.Tensor, gene: torch.Tensor | None, rank: torch.Tensor | None) -> torch.Tensor:
         """The per-gene linear cis term (B,) of ``model.gene_peak_weights``: Σ_j weight[gene, rank_j] ×
         activity(x_j) over real peaks."""
-        if self.gene_peak_w is None or self.peak_activity is None:
+        if self.gene_peak_w is None:  # built together with peak_activity
             raise RuntimeError("this Regulatory model was built without model.gene_peak_weights")
         if gene is None or rank is None:
             raise ValueError("this Regulatory model was built with model.gene_peak_weights: pass each sample's gene_id and "
                              "its peaks' tss_rank")
-        r = rank.long().clamp(-self.peak_m, self.peak_m) + self.peak_m
-        w = self.gene_peak_w(gene.long()).gather(1, r)  # (B, P)
+        w = self.gene_peak_w(gene.long()).gather(1, self._rank_index(rank))  # (B, P)
         return (w * self.peak_activity(x).squeeze(-1) * mask).sum(1)
 
     def forward(self, dna: torch.Tensor, sig: torch.Tensor, rank: torch.Tensor, mask: torch.Tensor,
