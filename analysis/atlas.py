@@ -47,7 +47,7 @@ def atlas_grn(cfg: Config) -> AtlasResult:
     config_path = p.out / "config.yaml"
     save_config(cfg, config_path)
     print(f"[atlas_grn] {p.chosen.height} cells in {p.chosen['group'].n_unique()} groups x {p.tables.genes.height} genes, "
-          f"{len(p.tfs)} TFs, {len(p.conditions)} perturbations (knock-in level {p.ki_level})"
+          f"{len(p.tfs)} TFs, {len(p.conditions)} perturbations ({p.knock_in.describe()})"
           + (f"; {len(p.not_perturbed)} TFs with a motif but no gene in the atlas are not perturbed (analysis.perturb=all "
              "perturbs them too)" if p.not_perturbed else ""), flush=True)
     ensure_ray(cfg.ray)

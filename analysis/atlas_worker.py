@@ -53,6 +53,7 @@ class AtlasWorker:
         self.tables = inputs.load_tables(plan["manifest"])
         self.models = inputs.load_models(plan["elementary_weights"], plan["regulatory_weights"], cfg, self.tables)
         self.values = inputs.level_values(self.tables.atac_cuts)
+        self.ki_profile = np.asarray(plan["ki_profile"], np.uint8)
         self.bound = np.load(self.work / "bound.npy")
         self.verified: set[Path] = set()
         self.slices = json.loads((self.work / "shared_slices.json").read_text())  # shared_items, peaks per slice
@@ -161,7 +162,7 @@ def run_partition(w: AtlasWorker, part: dict[str, Any]) -> dict[str, Any]:
             for name, mode, peaks in conds:
                 touched = mask & peaks[np.maximum(ids, 0)]
                 rows, pred = perturbed_predictions(w.models.head, w.cache, res["bins"], ids, mask, res["rank"], touched,
-                                                   mode, w.plan["ki_level"], joined["atac"].shape[-1], inputs=res["inputs"],
+                                                   mode, w.ki_profile, joined["atac"].shape[-1], inputs=res["inputs"],
                                                    gene=res["gene"])
                 if rows.size:
                     perturbed.append(pl.DataFrame({"cell_id": joined["cell_id"][rows], "gene_id": joined["gene_id"][rows],

@@ -37,7 +37,7 @@ def run_partitions(p: Prepared, config_path: Path) -> dict[str, Any]:
     items = partitions(p)
     fingerprint = content_hash({"schema": sorted(SCORE_SCHEMA), "manifest": p.tables.manifest.data["input_hash"],
                                 "weights": [inputs.file_id(p.elementary_weights), inputs.file_id(p.regulatory_weights)],
-                                "conditions": [c.__dict__ for c in p.conditions], "ki": p.ki_level,
+                                "conditions": [c.__dict__ for c in p.conditions], "ki": p.knock_in.tokens.tolist(),
                                 "bound": content_hash(p.bound.tolist()), "genes": p.genes, "items": [it["cells"] for it in items]})
     plan = {"config": str(config_path.resolve()), "manifest": str(p.tables.manifest.path.resolve()),
             "elementary_weights": str(Path(p.elementary_weights).resolve()),
@@ -45,7 +45,7 @@ def run_partitions(p: Prepared, config_path: Path) -> dict[str, Any]:
             "cache": a.cache, "cache_mb": a.cache_mb, "cache_dir": str((out / "embedding_cache").resolve()),
             "threads": a.threads_per_worker,
             "store_dir": str(store_root(p.cfg).resolve()) if a.cache and find_store(p.cfg, p.tables.manifest, p.elementary_weights) else None,
-            "batch_size": a.batch_size, "genes": p.genes, "ki_level": p.ki_level, "fingerprint": fingerprint,
+            "batch_size": a.batch_size, "genes": p.genes, "ki_profile": p.knock_in.tokens.tolist(), "fingerprint": fingerprint,
             "fail_at": a.fail_at,
             "conditions": [{"name": c.name, "mode": c.mode, "motifs": list(c.motifs)} for c in p.conditions]}
     todo = []

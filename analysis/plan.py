@@ -19,7 +19,7 @@ from creformer.engine.errors import InputError
 
 from . import inputs
 from .motif_stage import scan_peaks
-from .perturb import conditions, knock_in_level, perturbed_tfs
+from .perturb import KnockIn, conditions, knock_in_profile, perturbed_tfs
 
 
 @dataclass
@@ -34,7 +34,7 @@ class Prepared:
     bound: np.ndarray | None  # (n_peaks, n_motifs) motif sites present: the motif stage fills it, once Ray runs
     conditions: list
     not_perturbed: list[str]  # TFs with a motif but no condition (analysis.perturb), named in atlas.json
-    ki_level: int
+    knock_in: KnockIn
     elementary_weights: str
     regulatory_weights: str
     genes: list[int]  # analysed gene ids (empty: all)
@@ -65,10 +65,11 @@ def prepare(cfg: Config) -> Prepared:
     models = inputs.load_models(el, rg, cfg, tables)  # fails here, not in a worker, when artifacts do not fit
     perturbed, not_perturbed = perturbed_tfs(tfs, a.perturb, a.tfs)
     conds = conditions(perturbed, a.multi_tf, known=tfs)
-    sig0 = tables.manifest.data["tables"]["signal"][0]["file"]
-    tok = pq.read_table(tables.root / sig0, columns=["tok"]).column("tok").combine_chunks().values.to_numpy()
+    sig0 = pq.read_table(tables.root / tables.manifest.data["tables"]["signal"][0]["file"], columns=["pos", "tok"])
+    ki = knock_in_profile(sig0.column("tok").combine_chunks(), sig0.column("pos").combine_chunks(),
+                          inputs.level_values(tables.atac_cuts), tables.peak_dna.shape[1], a.ki_quantile)
     return Prepared(cfg, Path(a.out), tables, groups, chosen, tfs, motifs, None, conds, not_perturbed,
-                    knock_in_level(tok, a.ki_quantile), el, rg, genes, models)
+                    ki, el, rg, genes, models)
 
 
 

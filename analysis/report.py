@@ -258,7 +258,7 @@ def write_report(out: Path, p, view: dict[str, Any], gatt, masters, edges, effec
     pred_png = plot_prediction(view["scatter"], r, figs / "prediction.png")
     parts = [f"<h1>atlas_grn report</h1><p>{view['cells']:,} cells in {p.chosen['group'].n_unique()} "
              f"groups × {view['genes']} genes ({view['pairs']:,} cell × gene pairs); {len(p.tfs)} TFs; "
-             f"{len(p.conditions)} perturbations at knock-in level {p.ki_level}"
+             f"{len(p.conditions)} perturbations ({p.knock_in.describe()})"
              + (f" ({len(p.not_perturbed)} TFs with a motif but no gene among the atlas genes not perturbed: analysis.perturb="
                 f"{p.cfg.analysis.perturb})" if p.not_perturbed else "")
              + f". Model: <code>{html.escape(p.regulatory_weights)}</code>. "

@@ -77,7 +77,7 @@ def embed_slice(w: AtlasWorker, i: int) -> int:
     length = w.tables.peak_dna.shape[1]
     spec = w.slices[i]
     n = w.cache.ensure(spec["peaks"], perturbed_tokens("KO", 1, length))  # ensure runs without autograd
-    n += w.cache.ensure(spec["ki_peaks"], perturbed_tokens("KI", w.plan["ki_level"], length))
+    n += w.cache.ensure(spec["ki_peaks"], perturbed_tokens("KI", w.ki_profile, length))
     w.cache.flush(tag=SHARED_TAG)
     (w.work / "shared_done" / f"slice-{i:05d}").touch()  # its entries are on disk
     return n

@@ -229,7 +229,7 @@ class AnalysisConfig:
     # peaks summed into gene activity / the attention feature: promoter-proximal, as Signac's and
     # ArchR's gene scores are; 50 kb summed other genes' elements in (demo master-TF top-3 0.5 vs 1.0)
     tss_region_bp: int = 2000
-    ki_quantile: float = 0.9  # knock-in level: this quantile of the atlas's non-zero ATAC levels
+    ki_quantile: float = 0.9  # knock-in signal: an observed profile at this quantile of non-zero (cell, peak) ATAC masses
     # knockout / knock-in propagation steps through the model's own predicted TF changes (CellOracle's
     # n_propagation, and its default; analysis/propagation.py): a variant reported beside the scored
     # one-step read (docs/design.md §7); 0: none

@@ -218,10 +218,34 @@ def test_perturbation_changes_exactly_the_bound_real_peaks():
     ko, touched = perturb.perturb_atac(atac, ids, mask, bound, "KO")
     assert touched.tolist() == [[False, False, True], [True, False, False]]
     assert (ko[touched] == SIG_OFFSET).all() and (ko[~touched] == atac[~touched]).all()
-    ki, _ = perturb.perturb_atac(atac, ids, mask, bound, "KI", ki_level=20)
-    assert (ki[touched] == SIG_OFFSET + 20).all() and (ki[~touched] == atac[~touched]).all()
+    profile = np.full(16, SIG_OFFSET, np.uint8)
+    profile[[3, 4]] = SIG_OFFSET + 20
+    ki, _ = perturb.perturb_atac(atac, ids, mask, bound, "KI", profile)
+    assert (ki[touched] == profile).all() and (ki[~touched] == atac[~touched]).all()
     with pytest.raises(ValueError, match="KO or KI"):
         perturb.perturb_atac(atac, ids, mask, bound, "OE")
+    with pytest.raises(ValueError, match="16 tokens"):
+        perturb.perturb_atac(atac, ids, mask, bound, "KI")
+
+
+def test_knock_in_profile_is_the_observed_signal_at_the_mass_quantile():
+    import pyarrow as pa
+
+    values = np.arange(SIG_OFFSET + 36, dtype=np.float64)  # token id t is worth t (zero level: 2)
+    values[:SIG_OFFSET + 1] = 0.0
+    rows_pos = [[0, 1], [], [5], [2, 3, 9], [7]]
+    rows_tok = [[SIG_OFFSET + 10] * 2, [], [SIG_OFFSET + 20], [SIG_OFFSET + 30] * 3, [SIG_OFFSET + 1]]
+    tok = pa.array(rows_tok, pa.list_(pa.uint8()))
+    pos = pa.array(rows_pos, pa.list_(pa.uint16()))
+    masses = [24.0, 22.0, 96.0, 3.0]  # the non-empty rows
+    ki = perturb.knock_in_profile(tok, pos, values, 8, quantile=0.5)
+    assert np.quantile(masses, 0.5) == 23.0 and ki.mass == 24.0 and ki.quantile == 0.5  # row 0 (first of the nearest)
+    assert ki.tokens.tolist() == [SIG_OFFSET + 10] * 2 + [SIG_OFFSET] * 6
+    top = perturb.knock_in_profile(tok, pos, values, 8, quantile=0.99)
+    assert top.mass == 96.0 and top.tokens.tolist() == [SIG_OFFSET] * 2 + [SIG_OFFSET + 30] * 2 + [SIG_OFFSET] * 4  # position 9 cropped
+    assert "mass 96" in top.describe() and "2 open tokens" in top.describe()
+    with pytest.raises(ValueError, match="empty"):
+        perturb.knock_in_profile(pa.array([[]], pa.list_(pa.uint8())), pa.array([[]], pa.list_(pa.uint16())), values, 8)
 
 
 def test_conditions_and_unknown_multi_tf():
@@ -382,13 +406,15 @@ def test_perturbation_shortcut_equals_the_full_token_path(mode):
     bound = np.array([False, True, True, False, False, True])
     with torch.no_grad():
         bins = cache.peak_bins(torch.from_numpy(ids.clip(0)), torch.from_numpy(atac.astype(np.int64)), torch.from_numpy(mask))
-        new, touched = perturb.perturb_atac(atac, ids, mask, bound, mode, ki_level=20)
+        profile = np.full(1024, SIG_OFFSET, np.uint8)
+        profile[100:112] = SIG_OFFSET + 20
+        new, touched = perturb.perturb_atac(atac, ids, mask, bound, mode, profile)
         full_bins = cache.peak_bins(torch.from_numpy(ids.clip(0)), torch.from_numpy(new.astype(np.int64)), torch.from_numpy(mask))
         full = head.forward_bins(full_bins, rank, torch.from_numpy(mask), gene).numpy()
-        rows, fast = perturb.perturbed_predictions(head, cache, bins, ids, mask, rank, touched, mode, 20, 1024, gene=gene)
+        rows, fast = perturb.perturbed_predictions(head, cache, bins, ids, mask, rank, touched, mode, profile, 1024, gene=gene)
         # the batch's own per-peak inputs reused (atlas_grn's path): only the touched peaks' are recomputed
         inputs = head._inputs(bins, rank, torch.from_numpy(mask))
-        rows2, reused = perturb.perturbed_predictions(head, cache, bins, ids, mask, rank, touched, mode, 20, 1024,
+        rows2, reused = perturb.perturbed_predictions(head, cache, bins, ids, mask, rank, touched, mode, profile, 1024,
                                                       inputs=inputs, gene=gene)
     assert rows.tolist() == rows2.tolist() == [0, 1, 2]
     assert fast == pytest.approx(full[rows], abs=1e-5)
@@ -447,7 +473,7 @@ def test_each_shared_slice_is_computed_once_and_a_first_partition_waits_for_all(
             assert tag == atlas.SHARED_TAG
 
     slices = [{"peaks": [0, 1], "ki_peaks": [1]}, {"peaks": [2], "ki_peaks": []}, {"peaks": [3], "ki_peaks": [3]}, {"peaks": [4], "ki_peaks": []}]
-    w = SimpleNamespace(work=tmp_path, plan={"ki_level": 20}, slices=slices, cache=Cache(),
+    w = SimpleNamespace(work=tmp_path, ki_profile=np.full(1024, SIG_OFFSET + 20, np.uint8), slices=slices, cache=Cache(),
                         tables=SimpleNamespace(peak_dna=np.zeros((5, 1024), np.uint16)))
     assert atlas.claim_slice(tmp_path, 0) and atlas.claim_slice(tmp_path, 1)  # another worker took 0 (done) and 1 (running)
     assert not atlas.claim_slice(tmp_path, 0)
