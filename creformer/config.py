@@ -143,6 +143,9 @@ class RegulatoryTrainConfig(StageConfig):
     elementary_weights: str = ""  # exported Elementary safetensors (default: <storage_path>/elementary/export)
     holdout_cells: float = 0.1  # fraction of cells never trained on, scored after training
     eval_samples: int = 4096  # at most this many held-out (cell, gene) samples scored (0: skip the evaluation)
+    # learning-rate multiplier of the per-gene cis table (model.gene_peak_weights): it starts at zero
+    # and Adam moves a weight at most ~lr per step
+    cis_lr_scale: float = 1.0
 
 
 @dataclass
@@ -431,6 +434,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.malloc_heap_mb={cfg.train.malloc_heap_mb} must be >= 0 (0: glibc's defaults)")
     if cfg.train.torch_threads < 0:
         raise ConfigError(f"train.torch_threads={cfg.train.torch_threads} must be >= 0 (0: the CPUs Ray reserves per worker)")
+    if cfg.train.regulatory.cis_lr_scale <= 0:
+        raise ConfigError(f"train.regulatory.cis_lr_scale={cfg.train.regulatory.cis_lr_scale} must be positive "
+                          "(a multiplier of train.regulatory.lr)")
     if not 0 <= cfg.train.regulatory.holdout_cells < 1:
         raise ConfigError(f"train.regulatory.holdout_cells={cfg.train.regulatory.holdout_cells} must be in [0, 1) "
                           "(the fraction of cells held out)")

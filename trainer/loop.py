@@ -33,6 +33,9 @@ from .model.regulatory import RegulatoryHead
 STATE_FILE = "trainer_state.json"
 
 
+CIS_TABLE = "gene_peak_w."  # the per-gene cis table's parameter name (trainer/model/regulatory.py)
+
+
 def deepspeed_config(train: TrainConfig, stage: StageConfig) -> dict[str, Any]:
     """The DeepSpeed config generated from the typed config (nothing hand-written elsewhere)."""
     return {
@@ -158,6 +161,16 @@ def _my_batches(shard, cfg: Config, st: StageConfig, rank: int, world: int, step
                                "on this worker; use fewer workers, a smaller micro batch or more data")
 
 
+def param_groups(model: torch.nn.Module, st: StageConfig) -> list[dict[str, Any]]:
+    """AdamW's parameter groups: every trainable parameter at the stage's lr, except the per-gene
+    cis table (model.gene_peak_weights) at train.regulatory.cis_lr_scale x lr when that is not 1."""
+    scale = getattr(st, "cis_lr_scale", 1.0)
+    own = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    cis = [p for n, p in own if n.startswith(CIS_TABLE) and scale != 1.0]
+    rest = [p for n, p in own if not (n.startswith(CIS_TABLE) and scale != 1.0)]
+    return [{"params": rest, "lr": st.lr}] + ([{"params": cis, "lr": st.lr * scale}] if cis else [])
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     # DeepSpeed 0.19's ZeRO-3 still calls the collectives torch renamed (all_gather_into_tensor,
     # reduce_scatter_tensor); the FutureWarning each call raises buried the training log
@@ -173,8 +186,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     np.random.seed(cfg.train.seed + rank)
     stage = STAGES[config["stage"]](cfg, context)
     st = cfg.train.stage(config["stage"])
-    params = [p for p in stage.model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=st.lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(param_groups(stage.model, st), lr=st.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, st))
     engine, _, _, _ = deepspeed.initialize(model=stage.model, optimizer=opt, lr_scheduler=sched,
                                            config=deepspeed_config(cfg.train, st))

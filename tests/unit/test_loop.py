@@ -1,4 +1,5 @@
-"""Training progress lines reach the worker's stdout once, even under Ray Train v2's print patch."""
+"""The worker loop's parts: progress lines reach the worker's stdout once, even under Ray Train
+v2's print patch; the optimizer's parameter groups."""
 
 import builtins
 import io
@@ -6,8 +7,11 @@ import logging
 import sys
 
 import pytest
+import torch
 
+from creformer.config import load_config
 from creformer.trainer import loop
+from creformer.trainer.model.regulatory import RegulatoryHead
 
 
 def test_progress_line_once_under_train_print_patch(monkeypatch):
@@ -27,3 +31,18 @@ def test_progress_line_once_under_train_print_patch(monkeypatch):
     finally:
         root.removeHandler(handler)
     assert out.getvalue().count("[stage] step 10/100") == 1
+
+
+def test_the_cis_table_learns_at_its_own_rate_only_when_asked():
+    cfg = load_config("tiny")
+    head = RegulatoryHead(cfg.model, cfg.data.regulatory.peak_m, 3)
+    trainable = sum(p.numel() for p in head.parameters() if p.requires_grad)
+    st = cfg.train.regulatory
+    same = loop.param_groups(head, st)  # scale 1: one group, as before the knob
+    assert len(same) == 1 and same[0]["lr"] == st.lr and sum(p.numel() for p in same[0]["params"]) == trainable
+    st.cis_lr_scale = 10.0
+    rest, cis = loop.param_groups(head, st)
+    assert cis["params"] == [head.gene_peak_w.weight] and cis["lr"] == pytest.approx(10 * st.lr)
+    assert rest["lr"] == st.lr and sum(p.numel() for p in rest["params"]) == trainable - head.gene_peak_w.weight.numel()
+    opt = torch.optim.AdamW(loop.param_groups(head, st), lr=st.lr)  # what the loop builds: AdamW keeps each group's lr
+    assert [g["lr"] for g in opt.param_groups] == [st.lr, pytest.approx(10 * st.lr)]
