@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
@@ -25,9 +26,10 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return best
 
 
-def export_weights(checkpoint_dir: Path, out: Path, cfg: Config, stage: str, meta: dict[str, str] | None = None) -> Path:
+def export_weights(checkpoint_dir: Path, out: Path, cfg: Config, stage: str, meta: dict[str, Any] | None = None) -> Path:
     """Gather the ZeRO-3 partitions into one fp32 state dict and write safetensors + the config.
-    ``meta``: more facts for the safetensors header and meta.json (the gene list's digest).
+    ``meta``: more facts for the safetensors header (as strings, all it holds) and meta.json (as
+    given: the gene count stays a number).
 
     DeepSpeed's own checkpoint files are pickles (its format); the exported artifact that later
     stages and analyses load is safetensors only."""
@@ -43,7 +45,7 @@ def export_weights(checkpoint_dir: Path, out: Path, cfg: Config, stage: str, met
     out.mkdir(parents=True, exist_ok=True)
     path = out / "model.safetensors"
     save_file({k: v.contiguous() for k, v in weights.items()}, str(path),
-              metadata={"stage": stage, "step": str(state["step"]), **(meta or {})})
+              metadata={"stage": stage, "step": str(state["step"]), **{k: str(v) for k, v in (meta or {}).items()}})
     save_config(cfg, out / "config.yaml")
     (out / "meta.json").write_text(json.dumps({"stage": stage, "step": state["step"], "checkpoint": str(checkpoint_dir),
                                                "parameters": int(sum(v.numel() for v in weights.values())), **(meta or {})},

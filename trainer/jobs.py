@@ -131,7 +131,7 @@ def run_training(cfg: Config, stage: str, dataset, context: dict[str, Any]) -> P
     if result.checkpoint is None:
         raise RuntimeError(f"[{stage}] training finished without a checkpoint; see {run_dir}")
     export = export_weights(Path(result.checkpoint.path), run_dir / "export", cfg, stage,
-                            {k: str(context[k]) for k in EXPORTED_FACTS if k in context})
+                            {k: context[k] for k in EXPORTED_FACTS if k in context})
     plot_losses(run_dir / "metrics.jsonl", run_dir / "loss_curve.png", stage)
     print(f"[{stage}] done: weights {export}, metrics {run_dir / 'metrics.jsonl'}, curve {run_dir / 'loss_curve.png'}")
     return export

@@ -67,6 +67,8 @@ def test_regulatory_trains_on_frozen_elementary(trained_elementary, sim_tiny, tm
     assert rows[-1]["cache_hit_rate"] > 0.3  # most (cell, peak) pairs share the zero-signal embedding
     weights = load_file(out)
     assert not any(k.startswith("elementary.") for k in weights)  # the frozen part is not re-exported
+    meta = json.loads((out.parent / "meta.json").read_text())
+    assert isinstance(meta["n_genes"], int) and meta["n_genes"] == weights["gene_emb.weight"].shape[0]
     # held-out cells: never trained on, scored after training beside the gene-mean baseline
     ev = json.loads((tmp_path / "train" / "regulatory" / "eval.json").read_text())
     assert ev["samples"] > 0 and ev["holdout_cells_scored"] > 0 and ev["holdout_fraction"] == 0.1
