@@ -124,6 +124,12 @@ class KnockIn:
     mass: float  # its ATAC mass (sum of per-token values, as the baselines measure accessibility)
     quantile: float  # the quantile of the atlas's non-zero (cell, peak) masses it was chosen at
 
+    def record(self) -> dict:
+        """For atlas.json: the mass, the quantile and the open tokens (position, token id)."""
+        at = np.flatnonzero(self.tokens > SIG_OFFSET)
+        return {"mass": self.mass, "quantile": self.quantile, "length": int(self.tokens.size),
+                "open_positions": at.tolist(), "open_tokens": self.tokens[at].tolist()}
+
     def describe(self) -> str:
         return (f"knock-in: an observed profile of mass {self.mass:.0f} (the {self.quantile:g} quantile of non-zero "
                 f"cell x peak masses), {int((self.tokens > SIG_OFFSET).sum())} open tokens")

@@ -141,8 +141,7 @@ def run_analyses(p, stats: dict[str, Any], seconds: float) -> Path:
             "conditions": len(p.conditions), "perturb_rule": p.cfg.analysis.perturb,
             "not_perturbed": {"count": len(p.not_perturbed), "why": "a motif but no gene among the atlas genes (analysis.perturb)",
                               "tfs": p.not_perturbed},
-            "knock_in": {"mass": p.knock_in.mass, "quantile": p.knock_in.quantile,
-                          "tokens": p.knock_in.tokens.tolist()}, "stats": stats, "seconds": seconds, "sanity": results["sanity"],
+            "knock_in": p.knock_in.record(), "stats": stats, "seconds": seconds, "sanity": results["sanity"],
             "elementary_weights": p.elementary_weights, "regulatory_weights": p.regulatory_weights}
     (out / "atlas.json").write_text(json.dumps(meta, indent=1, default=str))
     (out / "targets.json").write_text(json.dumps(results["targets"], indent=1, default=str))

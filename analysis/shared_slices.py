@@ -76,7 +76,7 @@ def embed_slice(w: AtlasWorker, i: int) -> int:
     returns the entries computed."""
     length = w.tables.peak_dna.shape[1]
     spec = w.slices[i]
-    n = w.cache.ensure(spec["peaks"], perturbed_tokens("KO", 1, length))  # ensure runs without autograd
+    n = w.cache.ensure(spec["peaks"], perturbed_tokens("KO", None, length))  # ensure runs without autograd
     n += w.cache.ensure(spec["ki_peaks"], perturbed_tokens("KI", w.ki_profile, length))
     w.cache.flush(tag=SHARED_TAG)
     (w.work / "shared_done" / f"slice-{i:05d}").touch()  # its entries are on disk

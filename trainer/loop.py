@@ -165,9 +165,8 @@ def param_groups(model: torch.nn.Module, st: StageConfig) -> list[dict[str, Any]
     """AdamW's parameter groups: every trainable parameter at the stage's lr, except the per-gene
     cis table (model.gene_peak_weights) at train.regulatory.cis_lr_scale x lr when that is not 1."""
     scale = getattr(st, "cis_lr_scale", 1.0)
-    own = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    cis = [p for n, p in own if n.startswith(CIS_TABLE) and scale != 1.0]
-    rest = [p for n, p in own if not (n.startswith(CIS_TABLE) and scale != 1.0)]
+    own = [(n.startswith(CIS_TABLE) and scale != 1.0, p) for n, p in model.named_parameters() if p.requires_grad]
+    cis, rest = [p for apart, p in own if apart], [p for apart, p in own if not apart]
     return [{"params": rest, "lr": st.lr}] + ([{"params": cis, "lr": st.lr * scale}] if cis else [])
 
 

@@ -244,6 +244,7 @@ def test_knock_in_profile_is_the_observed_signal_at_the_mass_quantile():
     top = perturb.knock_in_profile(tok, pos, values, 8, quantile=0.99)
     assert top.mass == 96.0 and top.tokens.tolist() == [SIG_OFFSET] * 2 + [SIG_OFFSET + 30] * 2 + [SIG_OFFSET] * 4  # position 9 cropped
     assert "mass 96" in top.describe() and "2 open tokens" in top.describe()
+    assert top.record() == {"mass": 96.0, "quantile": 0.99, "length": 8, "open_positions": [2, 3], "open_tokens": [SIG_OFFSET + 30] * 2}
     with pytest.raises(ValueError, match="empty"):
         perturb.knock_in_profile(pa.array([[]], pa.list_(pa.uint8())), pa.array([[]], pa.list_(pa.uint16())), values, 8)
 
