@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -99,6 +100,18 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def code_version(repo: Path | None = None) -> str | None:
+    """The checkout's commit (short), "+dirty" when tracked files differ from it; None outside git.
+    Recorded so that a results page can say which code a science table came from."""
+    repo = repo or Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def run_science(out: Path, preset: str, seeds: list[int], overrides: tuple[str, ...] = (),
                 data_dir: Path | None = None) -> dict[str, Any]:
     """Run every seed (a finished seed is reused stage by stage, as the demo does), aggregate, write
@@ -118,7 +131,7 @@ def run_science(out: Path, preset: str, seeds: list[int], overrides: tuple[str, 
         evals[seed] = json.loads(ev.read_text()) if ev.exists() else {}
         atlas = json.loads((folder / "atlas" / "atlas.json").read_text())
         forwards[seed] = atlas.get("stats", {}).get("observed_forwards")
-    result = {"preset": preset, "seeds": seeds, "overrides": list(overrides), "seconds_per_seed": seconds,
+    result = {"preset": preset, "seeds": seeds, "overrides": list(overrides), "commit": code_version(), "seconds_per_seed": seconds,
               "seconds_total": round(sum(seconds.values()), 1), "cpu_cores": os.cpu_count(),
               "atlas_observed_forwards": forwards, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               **aggregate(cards, evals)}

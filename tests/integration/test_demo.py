@@ -19,7 +19,7 @@ def test_science_smoke_runs_the_demo_path_end_to_end_on_tiny(tmp_path, ray_local
                                                          "analysis.min_cells_per_group=8", "train.elementary.max_steps=10",
                                                          "train.regulatory.max_steps=10"), data_dir=shared_data_or_none)
     sci = json.loads((tmp_path / "science.json").read_text())
-    assert sci == json.loads(json.dumps(result)) and sci["seeds"] == [0]
+    assert sci == json.loads(json.dumps(result)) and sci["seeds"] == [0] and "commit" in sci
     assert {"master_tfs", "grn", "enhancer_gene", "knockout", "knock_in"} <= set(sci["tasks"])
     for t in sci["tasks"].values():
         assert t["model"]["n"] == 1 and t["best_baseline"]["name"] in t["baselines"]

@@ -2,6 +2,7 @@
 mean, the margin against each seed's own best baseline, the seeds won."""
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,10 @@ def test_enhancer_per_gene_auprc_is_aggregated_and_printed():
     # the per-gene line names the best baseline per gene (ridge), not the best global one (corr)
     assert science.best_per_gene(out["tasks"]["enhancer_gene"]) == "ridge" and out["tasks"]["enhancer_gene"]["best_baseline"]["name"] == "corr"
     assert "enhancer_gene per gene" in science.table(out) and "ridge 0.900 ± 0.000" in science.table(out)
+
+
+def test_the_result_names_the_code_it_ran(tmp_path):
+    version = science.code_version()
+    if (REPO / ".git").exists():
+        assert re.fullmatch(r"[0-9a-f]{7,}(\+dirty)?", version)
+    assert science.code_version(tmp_path) is None  # not a git checkout
