@@ -20,7 +20,7 @@ import polars as pl
 import pyarrow.parquet as pq
 from sklearn.linear_model import RidgeCV
 
-from .inputs import AtlasTables, level_values
+from .inputs import AtlasTables, level_values, row_masses
 
 RIDGE_ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0)
 CELLORACLE_STEPS = 3  # CellOracle's default n_propagation
@@ -49,8 +49,7 @@ def cell_data(tables: AtlasTables) -> CellData:
         if t.num_rows == 0:
             continue
         tok = t.column("tok").combine_chunks()
-        per_row = np.add.reduceat(values[tok.values.to_numpy()], tok.offsets.to_numpy()[:-1]) if len(tok.values) else 0
-        acc[t.column("cell").to_numpy(), t.column("peak").to_numpy()] = per_row
+        acc[t.column("cell").to_numpy(), t.column("peak").to_numpy()] = row_masses(tok, values)
     return CellData(np.arange(n_cells), expr, acc)
 
 

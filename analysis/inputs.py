@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -73,6 +74,17 @@ def level_values(cuts: np.ndarray) -> np.ndarray:
     for k in range(len(cuts) + 1):  # level 1 + k: between cuts[k-1] and cuts[k]
         values[SIG_OFFSET + 1 + k] = np.sqrt(edges[k] * edges[k + 1]) if k else cuts[0] / 2
     return values
+
+
+def row_masses(tok: pa.ListArray, values: np.ndarray) -> np.ndarray:
+    """The ATAC mass (sum of ``level_values``) of each sparse signal row of ``tok``; an empty row
+    has mass 0 (``np.add.reduceat`` alone would give it its next row's first value)."""
+    offsets = tok.offsets.to_numpy()
+    flat = tok.values.to_numpy()[offsets[0]:offsets[-1]]
+    if not len(flat):
+        return np.zeros(len(tok), np.float64)
+    mass = np.add.reduceat(np.r_[values[flat], 0.0], offsets[:-1] - offsets[0])
+    return np.where(np.diff(offsets) > 0, mass, 0.0)
 
 
 def cell_groups(tables: AtlasTables, groups_tsv: str, column: str, min_cells: int) -> pl.DataFrame:

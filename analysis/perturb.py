@@ -18,7 +18,7 @@ import torch
 
 from creformer.engine.tokenize import SIG_OFFSET
 
-from .inputs import TF
+from .inputs import TF, row_masses
 
 LN2 = float(np.log(2.0))
 
@@ -148,8 +148,7 @@ def knock_in_profile(tok: pa.ListArray, pos: pa.ListArray, values: np.ndarray, l
     if len(offsets) < 2:
         raise ValueError("no ATAC signal rows to choose a knock-in profile from")
     flat = tok.values.to_numpy()
-    mass = np.add.reduceat(np.r_[values[flat[offsets[0]:offsets[-1]]], 0.0], offsets[:-1] - offsets[0])
-    mass = np.where(np.diff(offsets) > 0, mass, 0.0)  # reduceat gives an empty row its next element
+    mass = row_masses(tok, values)
     if not (mass > 0).any():
         raise ValueError("every ATAC signal row of the block is empty: no knock-in profile to choose")
     target = float(np.quantile(mass[mass > 0], quantile))

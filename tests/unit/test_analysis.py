@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from creformer.analysis import enhancers, grn, master_tf, metrics, motif_scan, perturb, transitions
-from creformer.analysis.inputs import TF, level_values, resolve_tfs
+from creformer.analysis.inputs import TF, level_values, resolve_tfs, row_masses
 from creformer.engine.errors import InputError
 from creformer.engine.io.motifs import Motif
 from creformer.engine.tokenize import SIG_OFFSET, SIG_PAD, default_cutpoints, dna_tokens
@@ -117,6 +117,17 @@ def test_level_values_follow_the_cut_points():
     assert v[SIG_PAD] == 0 and v[SIG_OFFSET] == 0
     assert np.all(np.diff(v[SIG_OFFSET + 1:]) > 0)  # a higher level decodes to a higher value
     assert cuts[0] < v[SIG_OFFSET + 2] < cuts[1]
+
+
+def test_row_masses_sum_each_row_and_give_empty_rows_zero():
+    import pyarrow as pa
+
+    values = np.arange(10, dtype=np.float64)
+    # empty rows first, in the middle and last (np.add.reduceat alone would give them a neighbour's value)
+    tok = pa.array([[], [2, 3], [], [4], []], pa.list_(pa.uint8()))
+    assert row_masses(tok, values).tolist() == [0, 5, 0, 4, 0]
+    assert row_masses(tok.slice(1, 3), values).tolist() == [5, 0, 4]  # a slice keeps its own rows
+    assert row_masses(pa.array([[], []], pa.list_(pa.uint8())), values).tolist() == [0, 0]
 
 
 # --- attention scores -------------------------------------------------------------------------
