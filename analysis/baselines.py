@@ -20,9 +20,10 @@ import polars as pl
 import pyarrow.parquet as pq
 from sklearn.linear_model import RidgeCV
 
+from creformer.trainer.cis_refit import RIDGE_ALPHAS
+
 from .inputs import AtlasTables, level_values, row_masses
 
-RIDGE_ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0)
 CELLORACLE_STEPS = 3  # CellOracle's default n_propagation
 
 

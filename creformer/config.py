@@ -146,6 +146,9 @@ class RegulatoryTrainConfig(StageConfig):
     # learning-rate multiplier of the per-gene cis table (model.gene_peak_weights): it starts at zero
     # and Adam moves a weight at most ~lr per step
     cis_lr_scale: float = 1.0
+    # after training, refit that table and a per-gene intercept in closed form on the training cells
+    # (per-gene ridge on the model's own peak activities, the rest of the model fixed; trainer/cis_refit.py)
+    cis_refit: bool = False
 
 
 @dataclass
@@ -437,6 +440,9 @@ def validate(cfg: Config) -> None:
     if cfg.train.regulatory.cis_lr_scale <= 0:
         raise ConfigError(f"train.regulatory.cis_lr_scale={cfg.train.regulatory.cis_lr_scale} must be positive "
                           "(a multiplier of train.regulatory.lr)")
+    if cfg.train.regulatory.cis_refit and not cfg.model.gene_peak_weights:
+        raise ConfigError("train.regulatory.cis_refit=true refits the per-gene cis table, which this model lacks: "
+                          "set model.gene_peak_weights=true or train.regulatory.cis_refit=false")
     if not 0 <= cfg.train.regulatory.holdout_cells < 1:
         raise ConfigError(f"train.regulatory.holdout_cells={cfg.train.regulatory.holdout_cells} must be in [0, 1) "
                           "(the fraction of cells held out)")

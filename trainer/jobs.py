@@ -33,6 +33,7 @@ from creformer.engine.shards import Manifest
 from creformer.ray_utils import ensure_ray
 
 from .checkpoint import export_weights, latest_checkpoint, plot_losses
+from .cis_refit import refit_cis
 from .embedding_store import prepare_embeddings
 from .evaluate import evaluate_elementary, evaluate_holdout
 from .loop import train_loop_per_worker
@@ -179,6 +180,8 @@ def train_regulatory(cfg: Config) -> TrainResult:
     # data.embeddings says so; else each worker's online cache under the run folder
     store = prepare_embeddings(cfg, weights)
     export = run_training(cfg, "regulatory", ds, regulatory_context(cfg, man, weights, store, run_dir / "embedding_cache"))
+    if st.cis_refit:
+        refit_cis(cfg, manifest, weights, export, store)
     metrics = evaluate_holdout(cfg, manifest, weights, export, run_dir / "eval.json", store=store)
     return TrainResult(export, run_dir, metrics)
 

@@ -38,6 +38,7 @@ def test_dotted_overrides_are_typed():
     (["data.regulatory.window_bp=5"], "did you mean 'tss_window_bp'"),
     (["analysis.motif_pvalue=2"], r"motif_pvalue=2.0 must lie in \[0, 1\)"),
     (["analysis.ko_propagation=-1"], "propagation steps must be ≥ 0"),
+    (["train.regulatory.cis_refit=true", "model.gene_peak_weights=false"], "refits the per-gene cis table, which this model lacks"),
 ])
 def test_bad_overrides_are_explained(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -238,6 +238,26 @@ def test_gene_peak_weights_add_a_per_gene_cis_term():
     assert plain.gene_peak_w is None and "gene_peak_w.weight" not in plain.state_dict()
 
 
+def test_the_cis_intercept_is_per_gene_and_old_exports_load_it_as_zero():
+    """gene_bias (set only by train.regulatory.cis_refit): adds to its gene's samples alone, is no
+    parameter (SGD leaves it), and weights saved before it existed load with it at zero."""
+    torch.manual_seed(0)
+    _, reg = build_models(tiny_cfg(), n_genes=N_GENES)
+    reg.eval()
+    dna, sig, rank, mask = regulatory_inputs()
+    bins = reg.peak_bins(dna, sig, mask)
+    before = reg.forward_bins(bins, rank, mask, GENE)
+    assert "gene_bias" not in dict(reg.named_parameters()) and "gene_bias" in reg.state_dict()
+    with torch.no_grad():
+        reg.gene_bias[int(GENE[0])] = 1.5
+    after = reg.forward_bins(bins, rank, mask, GENE)
+    same = GENE == GENE[0]
+    assert torch.allclose(after[same], before[same] + 1.5, atol=1e-6) and torch.equal(after[~same], before[~same])
+    old = {k: v for k, v in reg.state_dict().items() if k != "gene_bias"}
+    reg.load_state_dict(old)  # strict: the hook supplies the missing intercept
+    assert torch.equal(reg.gene_bias, torch.zeros(N_GENES))
+
+
 def test_frozen_elementary_gets_no_gradient():
     cfg = tiny_cfg()
     el, reg = build_models(cfg, n_genes=N_GENES)

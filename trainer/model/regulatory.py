@@ -66,6 +66,10 @@ class Regulatory(nn.Module):
         self.gene_peak_w = nn.Embedding(n_genes, 2 * peak_m + 1) if cfg.gene_peak_weights else None
         if self.gene_peak_w is not None:
             nn.init.zeros_(self.gene_peak_w.weight)
+            # the cis term's per-gene intercept: zero unless the table is refit in closed form after
+            # training (train.regulatory.cis_refit, trainer/cis_refit.py); a buffer, so SGD leaves it
+            self.register_buffer("gene_bias", torch.zeros(n_genes))
+            self._register_load_state_dict_pre_hook(_zero_gene_bias)
         self.t3 = Encoder(cfg.n3, d, cfg.n_heads, cfg.ffn, cfg.dropout, cfg.activation_checkpointing)
         self.head = nn.Sequential(PeakSlotLinear(peak_m, d, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, 1))
 
@@ -144,14 +148,14 @@ class Regulatory(nn.Module):
 
     def cis(self, x: torch.Tensor, mask: torch.Tensor, gene: torch.Tensor | None, rank: torch.Tensor | None) -> torch.Tensor:
         """The per-gene linear cis term (B,) of ``model.gene_peak_weights``: Σ_j weight[gene, rank_j] ×
-        activity(x_j) over real peaks."""
+        activity(x_j) over real peaks, plus the gene's intercept (zero unless refit)."""
         if self.gene_peak_w is None:  # built together with peak_activity
             raise RuntimeError("this Regulatory model was built without model.gene_peak_weights")
         if gene is None or rank is None:
             raise ValueError("this Regulatory model was built with model.gene_peak_weights: pass each sample's gene_id and "
                              "its peaks' tss_rank")
         w = self.gene_peak_w(gene.long()).gather(1, self._rank_index(rank))  # (B, P)
-        return (w * self.peak_activity(x).squeeze(-1) * mask).sum(1)
+        return (w * self.peak_activity(x).squeeze(-1) * mask).sum(1) + self.gene_bias[gene.long()]
 
     def forward(self, dna: torch.Tensor, sig: torch.Tensor, rank: torch.Tensor, mask: torch.Tensor,
                 gene: torch.Tensor | None = None) -> torch.Tensor:
@@ -171,6 +175,13 @@ class Regulatory(nn.Module):
         x = self._inputs(bins, rank, mask) if inputs is None else inputs
         att = self.t3.layers[0].attention_weights(self._with_gene(x, gene), key_padding=~mask).mean(1)  # (B, P, P)
         return (att * mask[:, :, None]).sum(1) * mask
+
+
+def _zero_gene_bias(state: dict, prefix: str, *args) -> None:
+    """Weights exported before the cis term had an intercept load with it at zero, as it was."""
+    key = prefix + "gene_peak_w.weight"
+    if key in state and prefix + "gene_bias" not in state:
+        state[prefix + "gene_bias"] = torch.zeros(state[key].shape[0])
 
 
 class PeakSlotLinear(nn.Linear):
