@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -100,23 +99,12 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def code_version(repo: Path | None = None) -> str | None:
-    """The checkout's commit (short), "+dirty" when tracked files differ from it; None outside git.
-    Recorded so that a results page can say which code a science table came from."""
-    repo = repo or Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True)
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-
-
 def run_science(out: Path, preset: str, seeds: list[int], overrides: tuple[str, ...] = (),
                 data_dir: Path | None = None) -> dict[str, Any]:
     """Run every seed (a finished seed is reused stage by stage, as the demo does), aggregate, write
     ``out/science.json`` and return it."""
     from creformer.demo import run
+    from creformer.provenance import code_version
 
     out = out.resolve()
     cards, evals, seconds, forwards = {}, {}, {}, {}

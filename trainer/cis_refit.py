@@ -20,16 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from creformer.config import Config
-from creformer.engine.regulatory_batches import trim_peak_columns
-from creformer.engine.regulatory_stream import iter_regulatory_batches
 from creformer.engine.shards import Manifest
 
-from .model.cache import frozen_cache
-from .model.regulatory import RegulatoryHead
+from .peak_batches import iter_peak_batches, load_head, peak_cache
 
 # the penalties tried on standardized inputs, shared with the per-gene accessibility-regression
 # baseline (analysis/baselines.py): the model's refit and that baseline search the same grid
@@ -123,37 +120,30 @@ def refit_cis(cfg: Config, manifest: Path, elementary_weights: Path, head_weight
     training pair is embedded once by the frozen Elementary (an online cache)."""
     man = Manifest(manifest)
     n_genes = int(man.data["counts"]["genes"])
-    head = RegulatoryHead(cfg.model, cfg.data.regulatory.peak_m, n_genes)
-    state = load_file(str(head_weights))
-    head.load_state_dict(state)
-    head.eval()
-    cache = frozen_cache(cfg.model, elementary_weights, man.root, store_dir=store.parent if store else None)
+    head = load_head(cfg, n_genes, head_weights)
+    state = head.state_dict()
+    cache = peak_cache(cfg, man, elementary_weights, store)
     st = cfg.train.regulatory
-    holdout = (st.holdout_cells, cfg.train.seed, "train") if st.holdout_cells > 0 else None
     stats: dict[int, GeneStats] = {}
     sse_before: dict[int, float] = {}
     samples = 0
-    batch_size = st.micro_batch * 4
     total = int(man.data["records"] * (1 - max(0.0, st.holdout_cells)))
     with torch.no_grad(), tqdm(total=total, desc="cis refit: training samples", unit="sample", mininterval=5) as bar:
-        for batch in iter_regulatory_batches(man, batch_size=batch_size, holdout=holdout):
-            batch = trim_peak_columns(batch)
-            mask = torch.from_numpy(batch["mask"])
-            rank = torch.from_numpy(batch["tss_rank"].astype(np.int64))
-            gene = torch.from_numpy(batch["gene_id"].astype(np.int64))
-            bins = cache.peak_bins(torch.from_numpy(batch["peak_ids"].astype(np.int64)), torch.from_numpy(batch["atac"]), mask)
-            x = head._inputs(bins, rank, mask)
-            pred = head.forward_inputs(x, mask, gene, rank)
-            rest = (pred - head.cis(x, mask, gene, rank)).numpy()
-            act = torch.where(mask, head.peak_activity(x).squeeze(-1), 0.0)
+        for pb in iter_peak_batches(cfg, man, cache, "train", st.micro_batch * 4):
+            mask, rank, gene = pb.mask, pb.rank, pb.gene
+            x = head._inputs(pb.bins, rank, mask)
+            head_part = head.head_out(x, mask, gene)
+            act = torch.where(mask, head.peak_activity(x).squeeze(-1), 0.0)  # each peak's activity, once
+            pred = (head_part + head.cis(x, mask, gene, rank, activity=act)).numpy()
+            rest = head_part.numpy()
             slot = head._rank_index(rank)
             table = torch.zeros(len(gene), 2 * head.peak_m + 1).scatter_add_(1, slot, act).numpy()
             # added, not assigned: a padded peak's slot may be a real peak's too
             used = torch.zeros(len(gene), 2 * head.peak_m + 1).scatter_add_(1, slot, mask.float()).numpy() > 0
-            y = batch["expression"].astype(np.float64)
-            err = (pred.numpy() - y) ** 2
-            fold = batch["cell_id"].astype(np.int64) % FOLDS
-            genes = batch["gene_id"].astype(np.int64)
+            y = pb.columns["expression"].astype(np.float64)
+            err = (pred - y) ** 2
+            fold = pb.columns["cell_id"].astype(np.int64) % FOLDS
+            genes = gene.numpy()
             for g in np.unique(genes):
                 sel = genes == g
                 g_stats = stats.get(int(g))
@@ -171,7 +161,7 @@ def refit_cis(cfg: Config, manifest: Path, elementary_weights: Path, head_weight
     if not samples:
         raise ValueError(f"no training sample in {manifest} to refit the cis table on")
     w_table = state["gene_peak_w.weight"].clone()
-    bias = state.get("gene_bias", torch.zeros(n_genes)).clone()
+    bias = state["gene_bias"].clone()  # zero in exports written before it existed (a load hook)
     alphas: dict[str, int] = {}
     sse = [0.0, 0.0, 0.0]  # over the refit genes' samples: before, after, count
     refit, kept = 0, 0

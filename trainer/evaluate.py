@@ -22,15 +22,13 @@ from safetensors.torch import load_file
 
 from creformer.config import Config
 from creformer.engine.elementary_stream import iter_manifest_records
-from creformer.engine.regulatory_batches import is_holdout, trim_peak_columns
-from creformer.engine.regulatory_stream import iter_regulatory_batches
+from creformer.engine.regulatory_batches import is_holdout
 from creformer.engine.shards import Manifest
 from creformer.engine.tokenize import DNA_OFFSET, DNA_VOCAB, K
 
 from .masking import IGNORE, mask_batch
 from .model import Elementary
-from .model.cache import frozen_cache
-from .model.regulatory import RegulatoryHead
+from .peak_batches import iter_peak_batches, load_head, peak_cache
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -73,30 +71,16 @@ def predict_holdout(cfg: Config, manifest: Path, elementary_weights: Path, head_
     """Predicted and measured expression of up to ``max_samples`` held-out samples, cells taken in
     training's shuffled order (from all over the atlas, each with all its genes)."""
     man = Manifest(manifest)
-    head = RegulatoryHead(cfg.model, cfg.data.regulatory.peak_m, int(man.data["counts"]["genes"]))
-    head.load_state_dict(load_file(str(head_weights)))
-    head.eval()
-    cache = frozen_cache(cfg.model, elementary_weights, man.root, store_dir=store.parent if store else None)
+    head = load_head(cfg, int(man.data["counts"]["genes"]), head_weights)
+    cache = peak_cache(cfg, man, elementary_weights, store)
     out: dict[str, list[np.ndarray]] = {"cell_id": [], "gene_id": [], "pred": [], "expression": []}
-    n = 0
-    holdout = (cfg.train.regulatory.holdout_cells, cfg.train.seed, "holdout")
     with torch.no_grad():
         # in training's shuffled order: the first held-out cells of the file are often one cell type
-        for batch in iter_regulatory_batches(man, batch_size=cfg.train.regulatory.micro_batch * 4, holdout=holdout,
-                                             shuffle_seed=cfg.train.seed):
-            take = min(len(batch["cell_id"]), max_samples - n)
-            batch = trim_peak_columns({k: v[:take] for k, v in batch.items()})
-            mask = torch.from_numpy(batch["mask"])
-            bins = cache.peak_bins(torch.from_numpy(batch["peak_ids"].astype(np.int64)),
-                                   torch.from_numpy(batch["atac"]), mask)
-            pred = head(bins, torch.from_numpy(batch["tss_rank"].astype(np.int64)), mask,
-                        torch.from_numpy(batch["gene_id"].astype(np.int64)))
-            out["pred"].append(pred.numpy().astype(np.float32))
+        for b in iter_peak_batches(cfg, man, cache, "holdout", cfg.train.regulatory.micro_batch * 4, shuffle=True,
+                                   max_samples=max_samples):
+            out["pred"].append(head(b.bins, b.rank, b.mask, b.gene).numpy().astype(np.float32))
             for k in ("cell_id", "gene_id", "expression"):
-                out[k].append(batch[k])
-            n += take
-            if n >= max_samples:
-                break
+                out[k].append(b.columns[k])
     return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
 
 

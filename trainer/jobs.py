@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow.parquet as pq
 import ray.data
 import ray.train
@@ -28,7 +27,7 @@ from creformer.engine.errors import ShardError
 from creformer.engine.genes import gene_digest
 from creformer.engine.regulatory_batches import expression_mean
 from creformer.engine.regulatory_shards import prepare_regulatory
-from creformer.engine.regulatory_stream import iter_regulatory_batches, regulatory_dataset
+from creformer.engine.regulatory_stream import regulatory_dataset
 from creformer.engine.shards import Manifest
 from creformer.ray_utils import ensure_ray
 
@@ -38,8 +37,8 @@ from .embedding_store import prepare_embeddings
 from .evaluate import evaluate_elementary, evaluate_holdout
 from .loop import train_loop_per_worker
 from .model import Elementary
-from .model.cache import frozen_cache
 from .model.regulatory import measure_signal_scale
+from .peak_batches import iter_peak_batches, peak_cache
 
 
 @dataclass
@@ -202,11 +201,6 @@ def signal_scale(cfg: Config, man: Manifest, weights: Path, store: Path | None =
     """1 / RMS of the cell-signal difference of peak embeddings (``measure_signal_scale``),
     measured on the first ``samples`` training samples in training's order: every worker starts
     from the same value, and it is exported with the weights."""
-    cache = frozen_cache(cfg.model, weights, man.root, store_dir=store.parent if store else None)
-    st = cfg.train.regulatory
-    holdout = (st.holdout_cells, cfg.train.seed, "train") if st.holdout_cells > 0 else None
-    batch = next(iter_regulatory_batches(man, batch_size=samples, holdout=holdout, shuffle_seed=cfg.train.seed))
-    mask = torch.from_numpy(batch["mask"])
-    bins = cache.peak_bins(torch.from_numpy(batch["peak_ids"].astype(np.int64)),
-                           torch.from_numpy(batch["atac"]), mask)
-    return measure_signal_scale(bins, mask)  # a scalar: no head is built for it (at paper size, GBs)
+    cache = peak_cache(cfg, man, weights, store)
+    b = next(iter_peak_batches(cfg, man, cache, "train", samples, shuffle=True))
+    return measure_signal_scale(b.bins, b.mask)  # a scalar: no head is built for it (at paper size, GBs)

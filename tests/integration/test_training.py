@@ -92,25 +92,16 @@ def training_predictions(cfg, manifest, elementary, head_weights):
     """(gene_id, prediction, expression) of every training sample, recomputed from the weights file."""
     import numpy as np
 
-    from creformer.engine.regulatory_batches import trim_peak_columns
-    from creformer.engine.regulatory_stream import iter_regulatory_batches
-    from creformer.trainer.model.cache import frozen_cache
-    from creformer.trainer.model.regulatory import RegulatoryHead
+    from creformer.engine.shards import Manifest
+    from creformer.trainer.peak_batches import iter_peak_batches, load_head, peak_cache
 
-    n_genes = json.loads((head_weights.parent / "meta.json").read_text())["n_genes"]
-    head = RegulatoryHead(cfg.model, cfg.data.regulatory.peak_m, n_genes)
-    head.load_state_dict(load_file(head_weights))
-    head.eval()
-    cache = frozen_cache(cfg.model, elementary, manifest.parent)
+    man = Manifest(manifest)
+    head = load_head(cfg, json.loads((head_weights.parent / "meta.json").read_text())["n_genes"], head_weights)
     out = []
-    st = cfg.train.regulatory
     with torch.no_grad():
-        for b in iter_regulatory_batches(manifest, batch_size=256, holdout=(st.holdout_cells, cfg.train.seed, "train")):
-            b = trim_peak_columns(b)
-            mask = torch.from_numpy(b["mask"])
-            bins = cache.peak_bins(torch.from_numpy(b["peak_ids"].astype(np.int64)), torch.from_numpy(b["atac"]), mask)
-            pred = head(bins, torch.from_numpy(b["tss_rank"].astype(np.int64)), mask, torch.from_numpy(b["gene_id"].astype(np.int64)))
-            out.append((b["gene_id"], pred.numpy().astype(np.float64), b["expression"].astype(np.float64)))
+        for b in iter_peak_batches(cfg, man, peak_cache(cfg, man, elementary), "train", 256):
+            pred = head(b.bins, b.rank, b.mask, b.gene)
+            out.append((b.columns["gene_id"], pred.numpy().astype(np.float64), b.columns["expression"].astype(np.float64)))
     return tuple(np.concatenate(v) for v in zip(*out))
 
 

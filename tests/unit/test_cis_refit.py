@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import Ridge
 
-from creformer.trainer.cis_refit import FOLDS, RIDGE_ALPHAS, GeneStats, _ridge, _sse, fit_gene
+from creformer.trainer.cis_refit import FOLDS, RIDGE_ALPHAS, GeneStats, _ridge, _sse, _sums, fit_gene
 
 
 def stats_of(x: np.ndarray, y: np.ndarray, fold: np.ndarray, batches: int = 3) -> GeneStats:
@@ -44,14 +44,15 @@ def test_the_fit_from_sums_is_sklearns_ridge_on_standardized_inputs():
 
 def test_cross_validation_picks_little_penalty_for_signal_and_the_most_for_noise():
     x, y, fold = sample(500, 0.05)
-    assert fit_gene(stats_of(x, y, fold))[2] == min(RIDGE_ALPHAS)
+    signal = stats_of(x, y, fold)
+    w_signal, _, alpha, _ = fit_gene(signal)
+    assert alpha == min(RIDGE_ALPHAS)
     rng = np.random.default_rng(3)
-    noise = rng.normal(size=500)
-    w, _, alpha, _ = fit_gene(stats_of(x, noise, fold))
-    assert alpha == max(RIDGE_ALPHAS) and np.abs(w).max() < np.abs(fit_gene(stats_of(x, y, fold))[0]).max()
+    w, _, alpha, _ = fit_gene(stats_of(x, rng.normal(size=500), fold))
+    assert alpha == max(RIDGE_ALPHAS) and np.abs(w).max() < np.abs(w_signal).max()
     # a lone weight with no penalty is ordinary least squares
-    w1, b1 = _ridge(*(s.sum(0) for s in (stats_of(x, y, fold).xx, stats_of(x, y, fold).xy, stats_of(x, y, fold).x)),
-                    float(y.sum()), float(len(y)), 0.0)
+    xx, xy, xs, ys, _, n = _sums(signal, np.arange(FOLDS))
+    w1, b1 = _ridge(xx, xy, xs, ys, n, 0.0)
     ols = np.linalg.lstsq(np.c_[np.ones(len(y)), x[:, :5]], y, rcond=None)[0]
     assert np.allclose(w1[:5], ols[1:], atol=1e-6) and b1 == pytest.approx(ols[0], abs=1e-6)
 

@@ -55,7 +55,9 @@ def test_enhancer_per_gene_auprc_is_aggregated_and_printed():
 
 
 def test_the_result_names_the_code_it_ran(tmp_path):
-    version = science.code_version()
+    from creformer.provenance import code_version
+
+    version = code_version()
     if (REPO / ".git").exists():
         assert re.fullmatch(r"[0-9a-f]{7,}(\+dirty)?", version)
-    assert science.code_version(tmp_path) is None  # not a git checkout
+    assert code_version(tmp_path) is None  # not a git checkout

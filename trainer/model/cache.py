@@ -42,6 +42,11 @@ def signal_key(tokens: np.ndarray) -> bytes:
     """A short digest of one peak's signal tokens; all-zero-level signal shares ``ZERO_SIGNAL``."""
     if not (tokens != SIG_OFFSET).any():
         return ZERO_SIGNAL
+    return signal_digest(tokens)
+
+
+def signal_digest(tokens: np.ndarray) -> bytes:
+    """``signal_key`` of signal tokens known not to be all zero-level."""
     # Signal tokens are < 38, so uint8 holds them exactly; hashing them as uint8 gives one key
     # whatever integer dtype the caller holds them in.
     return hashlib.blake2b(np.ascontiguousarray(tokens, dtype=np.uint8).tobytes(), digest_size=12).digest()
@@ -247,8 +252,10 @@ class EmbeddingCache:
         m = mask.cpu().numpy()
         real = np.argwhere(m)
         # one vectorized test for the zero-signal pairs (most of them); a digest, once, only for the rest
-        has_signal = (sig[real[:, 0], real[:, 1]] != SIG_OFFSET).any(-1)
-        digests = {int(j): signal_key(sig[real[j, 0], real[j, 1]]) for j in np.flatnonzero(has_signal)}
+        rows = sig[real[:, 0], real[:, 1]]
+        has_signal = (rows != SIG_OFFSET).any(-1)
+        with_signal = np.flatnonzero(has_signal)
+        digests = {int(j): signal_digest(row) for j, row in zip(with_signal, np.ascontiguousarray(rows[with_signal], np.uint8))}
         on_disk, zero_on_disk = self._from_disk(out.numpy(), real, ids, digests)
         hit_at: list[int] = []
         hits: list[torch.Tensor] = []

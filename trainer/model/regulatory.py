@@ -137,25 +137,33 @@ class Regulatory(nn.Module):
         its own bins and rank only, so a one-peak change can be made here without re-pooling.
         ``gene`` (B,): the samples' gene_id, needed with ``model.gene_embedding`` or
         ``model.gene_peak_weights``; ``rank`` (B, P): the peaks' TSS ranks, needed with the latter."""
-        p = mask.shape[1]
-        if p > self.peak_m:
-            raise ValueError(f"{p} peaks exceed data.regulatory.peak_m={self.peak_m}")
-        h = self.t3(self._with_gene(x, gene), key_padding=~mask) * mask[..., None]
-        out = self.head(h).squeeze(-1)
+        out = self.head_out(x, mask, gene)
         if self.gene_peak_w is not None:
             out = out + self.cis(x, mask, gene, rank)
         return out
 
-    def cis(self, x: torch.Tensor, mask: torch.Tensor, gene: torch.Tensor | None, rank: torch.Tensor | None) -> torch.Tensor:
+    def head_out(self, x: torch.Tensor, mask: torch.Tensor, gene: torch.Tensor | None = None) -> torch.Tensor:
+        """The transformer and MLP head's part of the expression (B,): ``forward_inputs`` without
+        the cis term (what the cis refit regresses out)."""
+        p = mask.shape[1]
+        if p > self.peak_m:
+            raise ValueError(f"{p} peaks exceed data.regulatory.peak_m={self.peak_m}")
+        h = self.t3(self._with_gene(x, gene), key_padding=~mask) * mask[..., None]
+        return self.head(h).squeeze(-1)
+
+    def cis(self, x: torch.Tensor, mask: torch.Tensor, gene: torch.Tensor | None, rank: torch.Tensor | None,
+            activity: torch.Tensor | None = None) -> torch.Tensor:
         """The per-gene linear cis term (B,) of ``model.gene_peak_weights``: Σ_j weight[gene, rank_j] ×
-        activity(x_j) over real peaks, plus the gene's intercept (zero unless refit)."""
+        activity(x_j) over real peaks, plus the gene's intercept (zero unless refit). ``activity``:
+        the peaks' ``peak_activity(x)`` (B, P) when the caller has computed them already."""
         if self.gene_peak_w is None:  # built together with peak_activity
             raise RuntimeError("this Regulatory model was built without model.gene_peak_weights")
         if gene is None or rank is None:
             raise ValueError("this Regulatory model was built with model.gene_peak_weights: pass each sample's gene_id and "
                              "its peaks' tss_rank")
+        a = self.peak_activity(x).squeeze(-1) if activity is None else activity
         w = self.gene_peak_w(gene.long()).gather(1, self._rank_index(rank))  # (B, P)
-        return (w * self.peak_activity(x).squeeze(-1) * mask).sum(1) + self.gene_bias[gene.long()]
+        return (w * a * mask).sum(1) + self.gene_bias[gene.long()]
 
     def forward(self, dna: torch.Tensor, sig: torch.Tensor, rank: torch.Tensor, mask: torch.Tensor,
                 gene: torch.Tensor | None = None) -> torch.Tensor:
