@@ -134,16 +134,19 @@ class Elementary(nn.Module):
         b, length, _ = tokens.shape
         a = self.cfg.n_tracks
         out: dict[str, torch.Tensor] = {}
-        dna_logits = self.dna_head(tokens)
-        out["loss_dna"] = F.cross_entropy(dna_logits.view(-1, DNA_VOCAB), batch.dna_target.view(-1), ignore_index=IGNORE)
+        # the 4,096-way k-mer head only where DNA is masked (~15 % of positions): the same loss and
+        # gradients as scoring every position and ignoring the rest, for ~1/7 of the head's work
+        m = batch.dna_target != IGNORE
+        dna_logits = self.dna_head(tokens[m])
+        dna_target = batch.dna_target[m]
+        out["loss_dna"] = F.cross_entropy(dna_logits, dna_target) if dna_target.numel() else tokens.sum() * 0.0
         sig_logits = self.sig_head(tokens).view(b, length, a, N_LEVELS).permute(0, 2, 1, 3)
         out["loss_sig"] = _ce(sig_logits, batch.sig_target)
         bin_logits = self.bin_head(bins).view(b, -1, a, N_LEVELS).permute(0, 2, 1, 3)
         out["loss_bin"] = _ce(bin_logits, batch.bin_target)
         out["loss"] = out["loss_dna"] + out["loss_sig"] + out["loss_bin"]  # loss1 (masked) + loss2 (preserved)
         with torch.no_grad():
-            m = batch.dna_target != IGNORE
-            out["acc_dna"] = (dna_logits.argmax(-1)[m] == batch.dna_target[m]).float().mean() if m.any() else dna_logits.new_tensor(0.0)
+            out["acc_dna"] = (dna_logits.argmax(-1) == dna_target).float().mean() if dna_target.numel() else tokens.new_tensor(0.0)
         return out
 
 
