@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from creformer.config import ModelConfig
-from creformer.engine.tokenize import DNA_VOCAB, N_LEVELS, SIG_VOCAB
+from creformer.engine.tokenize import N_LEVELS, SIG_VOCAB
 
 from ..masking import IGNORE, MaskedBatch
 from .kmer import KmerEmbedding, KmerHead
