@@ -38,7 +38,7 @@ from .evaluate import evaluate_elementary, evaluate_holdout
 from .loop import train_loop_per_worker
 from .model import Elementary
 from .model.regulatory import measure_signal_scale
-from .peak_batches import iter_peak_batches, peak_cache
+from .peak_batches import iter_peak_batches, peak_cache, split
 
 
 @dataclass
@@ -170,9 +170,8 @@ def train_regulatory(cfg: Config) -> TrainResult:
     if man.data["options"]["peak_m"] != cfg.data.regulatory.peak_m:
         raise ConfigError(f"{manifest} holds up to {man.data['options']['peak_m']} peaks per gene but "
                           f"data.regulatory.peak_m={cfg.data.regulatory.peak_m}; rebuild the shards or set that key")
-    holdout = (st.holdout_cells, cfg.train.seed, "train") if st.holdout_cells > 0 else None
     # Held-out cells never reach the workers; they are scored after training (eval.json).
-    ds = regulatory_dataset(manifest, batch_size=st.micro_batch, with_dna=False, packed=True, holdout=holdout,
+    ds = regulatory_dataset(manifest, batch_size=st.micro_batch, with_dna=False, packed=True, holdout=split(cfg, "train"),
                             shuffle_seed=cfg.train.seed)
     run_dir = cfg.train.run_dir("regulatory")
     # the embedding store (every pair computed once, for every epoch and for atlas_grn) when

@@ -50,8 +50,8 @@ def peak_cache(cfg: Config, man: Manifest, elementary_weights: str | Path, store
 
 
 def split(cfg: Config, which: str) -> tuple[float, int, str] | None:
-    """The cell filter of ``which`` ("train" or "holdout") for the stream readers; None (every
-    cell) for the training split when no cell is held out."""
+    """The cell filter of ``which`` ("train" or "holdout") for the stream readers (training's
+    dataset too); None (every cell) for the training split when no cell is held out."""
     fraction = cfg.train.regulatory.holdout_cells
     if fraction <= 0 and which == "train":
         return None

@@ -117,7 +117,7 @@ def check_cis_refit(cfg, manifest, elementary, export, folder):
     summary = refit_cis(cfg, manifest, elementary, refit)
     assert summary["genes_refit"] > 0 and summary["genes_kept"] == 0
     assert summary == json.loads((folder / "meta.json").read_text())["cis_refit"]
-    gene, before, y = training_predictions(cfg, manifest, elementary, export)
+    _, before, y = training_predictions(cfg, manifest, elementary, export)
     _, after, _ = training_predictions(cfg, manifest, elementary, refit)
     assert summary["train_mse_before"] == pytest.approx(((before - y) ** 2).mean(), rel=1e-4)
     assert summary["train_mse_after"] == pytest.approx(((after - y) ** 2).mean(), rel=1e-4)
