@@ -55,7 +55,8 @@ def _environ(updates: dict[str, str]) -> Iterator[None]:
 
 def runtime_env(cfg: RayConfig) -> dict:
     # gloo picks the interface by hostname otherwise, which may resolve off loopback.
-    return {"env_vars": {"GLOO_SOCKET_IFNAME": cfg.gloo_socket_ifname, "DS_ACCELERATOR": cfg.ds_accelerator}}
+    return {"env_vars": {"GLOO_SOCKET_IFNAME": cfg.gloo_socket_ifname, "DS_ACCELERATOR": cfg.ds_accelerator,
+                         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(cfg.train_poll_s)}}
 
 
 def ensure_ray(cfg: RayConfig) -> None:

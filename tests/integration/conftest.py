@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from creformer.config import Config
 from creformer.ray_utils import free_loopback_port as free_port
+
+from ..conftest import tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "infra" / "local_cluster.sh"
@@ -50,3 +53,34 @@ def cluster(tmp_path_factory):
         yield c
     finally:
         c.script("stop")
+
+
+@dataclass
+class TinyModels:
+    """One Elementary and one Regulatory model trained on the tiny atlas, shared by the training
+    and atlas_grn tests (each training run costs ~40 s of Ray Train start-up alone)."""
+    root: Path  # shards/ (elementary), reg/ (regulatory shards), train/<stage> (the runs)
+    elementary: Path  # export/model.safetensors of each stage
+    regulatory: Path
+    regulatory_cfg: Config  # the config train_regulatory ran with
+
+
+@pytest.fixture(scope="session")
+def tiny_models(sim_tiny, tmp_path_factory, ray_local) -> TinyModels:
+    """train_elementary (100 steps, 1,024-bp crops, the planted-motif evaluation) then
+    train_regulatory (250 steps) on its export: enough training for the loss and held-out checks
+    in test_training, and real weights for atlas_grn."""
+    from creformer.trainer.jobs import train_elementary, train_regulatory
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    common = [f"data.genome={sim_tiny / 'genome.fa'}", f"train.storage_path={root / 'train'}", "train.log_every=5"]
+    el = train_elementary(tiny_config(
+        *common, f"data.samples={sim_tiny / 'samples.tsv'}", f"data.shards={root / 'shards'}", "data.crop_length=1024",
+        "train.elementary.max_steps=100", "train.elementary.checkpoint_every=50", "train.elementary.lr=3e-3",
+        "train.elementary.warmup_steps=10", f"train.elementary.eval_motifs={sim_tiny / 'truth' / 'motif_instances.tsv'}")).weights
+    cfg = tiny_config(
+        *common, f"data.regulatory.multiome={sim_tiny / 'multiome'}", f"data.regulatory.annotation={sim_tiny / 'genes.gtf'}",
+        f"data.regulatory.shards={root / 'reg'}", f"train.regulatory.elementary_weights={el}",
+        "train.regulatory.max_steps=250", "train.regulatory.checkpoint_every=125", "train.regulatory.micro_batch=16",
+        "train.regulatory.lr=1e-3", "train.regulatory.warmup_steps=5")
+    return TinyModels(root, el, train_regulatory(cfg).weights, cfg)

@@ -22,24 +22,14 @@ from creformer.cli import main as cli_main
 from creformer.config import ConfigError
 from creformer.engine.errors import InputError
 from creformer.engine.io.peaks import read_peaks
-from creformer.trainer.jobs import train_elementary, train_regulatory
 
 from ..conftest import tiny_config
 
 
 @pytest.fixture(scope="module")
-def trained(sim_tiny, tmp_path_factory, ray_local):
-    tmp = tmp_path_factory.mktemp("atlas_models")
-    cfg = tiny_config(f"train.storage_path={tmp / 'train'}", "train.log_every=5", f"data.samples={sim_tiny / 'samples.tsv'}",
-                      f"data.genome={sim_tiny / 'genome.fa'}", f"data.shards={tmp / 'shards'}", "data.crop_length=128",
-                      f"data.regulatory.multiome={sim_tiny / 'multiome'}", f"data.regulatory.annotation={sim_tiny / 'genes.gtf'}",
-                      f"data.regulatory.shards={tmp / 'reg'}",
-                      *[f"train.{stage}.{key}" for stage in ("elementary", "regulatory")
-                        for key in ("lr=1e-3", "warmup_steps=2", "max_steps=10", "checkpoint_every=10")],
-                      "train.regulatory.micro_batch=16")
-    el = train_elementary(cfg).weights
-    rg = train_regulatory(cfg).weights
-    return tmp, el, rg
+def trained(tiny_models):
+    """(folder holding reg/, the tiny atlas's regulatory shards; Elementary weights; Regulatory weights)."""
+    return tiny_models.root, tiny_models.elementary, tiny_models.regulatory
 
 
 def args(sim, tmp, el, rg, out, *extra):

@@ -25,17 +25,8 @@ def el_config(sim, tmp, *extra):
                        "train.log_every=5", *extra)
 
 
-@pytest.fixture(scope="module")
-def trained_elementary(sim_tiny, tmp_path_factory, ray_local):
-    tmp = tmp_path_factory.mktemp("el")
-    export = train_elementary(el_config(sim_tiny, tmp, "train.elementary.max_steps=100", "train.elementary.checkpoint_every=50",
-                                        "train.elementary.lr=3e-3", "data.crop_length=1024", "train.elementary.warmup_steps=10",
-                                        f"train.elementary.eval_motifs={sim_tiny / 'truth' / 'motif_instances.tsv'}")).weights
-    return tmp, export
-
-
-def test_elementary_trains_and_exports(trained_elementary):
-    tmp, export = trained_elementary
+def test_elementary_trains_and_exports(tiny_models):
+    tmp, export = tiny_models.root, tiny_models.elementary
     rows = losses(tmp / "train" / "elementary")
     assert rows[-1]["step"] == 100
     first, last = sum(r["loss"] for r in rows[:2]) / 2, sum(r["loss"] for r in rows[-2:]) / 2
@@ -54,16 +45,9 @@ def test_elementary_trains_and_exports(trained_elementary):
     assert ev["model"]["motif"] > ev["kmer_left_context"]["motif"]
 
 
-def test_regulatory_trains_on_frozen_elementary(trained_elementary, sim_tiny, tmp_path):
-    _, export = trained_elementary
-    cfg = tiny_config(
-        f"data.regulatory.multiome={sim_tiny / 'multiome'}", f"data.genome={sim_tiny / 'genome.fa'}",
-        f"data.regulatory.annotation={sim_tiny / 'genes.gtf'}", f"data.regulatory.shards={tmp_path / 'reg'}",
-        f"train.storage_path={tmp_path / 'train'}", f"train.regulatory.elementary_weights={export}",
-        "train.regulatory.max_steps=250", "train.regulatory.checkpoint_every=125", "train.regulatory.micro_batch=16",
-        "train.regulatory.lr=1e-3", "train.regulatory.warmup_steps=5", "train.log_every=5")
-    out = train_regulatory(cfg).weights
-    rows = losses(tmp_path / "train" / "regulatory")
+def test_regulatory_trains_on_frozen_elementary(tiny_models, tmp_path):
+    cfg, export, out, root = tiny_models.regulatory_cfg, tiny_models.elementary, tiny_models.regulatory, tiny_models.root
+    rows = losses(root / "train" / "regulatory")
     assert rows[-1]["step"] == 250
     assert rows[-1]["cache_hit_rate"] > 0.3  # most (cell, peak) pairs share the zero-signal embedding
     weights = load_file(out)
@@ -71,7 +55,7 @@ def test_regulatory_trains_on_frozen_elementary(trained_elementary, sim_tiny, tm
     meta = json.loads((out.parent / "meta.json").read_text())
     assert isinstance(meta["n_genes"], int) and meta["n_genes"] == weights["gene_emb.weight"].shape[0]
     # held-out cells: never trained on, scored after training beside the gene-mean baseline
-    ev = json.loads((tmp_path / "train" / "regulatory" / "eval.json").read_text())
+    ev = json.loads((root / "train" / "regulatory" / "eval.json").read_text())
     assert ev["samples"] > 0 and ev["holdout_cells_scored"] > 0 and ev["holdout_fraction"] == 0.1
     assert -1 <= ev["pearson_r"] <= 1 and -1 <= ev["baseline_gene_mean_r"] <= 1 and ev["mse"] >= 0
     # the output starts at the data's mean level (so the per-step loss starts low and stays noisy);
@@ -85,7 +69,7 @@ def test_regulatory_trains_on_frozen_elementary(trained_elementary, sim_tiny, tm
     assert ev["mse"] < ev["baseline_mean_mse"]
     assert ev["pearson_r"] >= 0.3
     assert -1 <= ev["within_gene_r"] <= 1
-    check_cis_refit(cfg, tmp_path / "reg" / "manifest.json", export, out, tmp_path / "refit")
+    check_cis_refit(cfg, root / "reg" / "manifest.json", export, out, tmp_path / "refit")
 
 
 def training_predictions(cfg, manifest, elementary, head_weights):
@@ -126,26 +110,16 @@ def check_cis_refit(cfg, manifest, elementary, export, folder):
     assert {k for k in new if not torch.equal(new[k], old.get(k, torch.zeros_like(new[k])))} == {"gene_peak_w.weight", "gene_bias"}
 
 
-def test_rerun_resumes_and_fault_recovers(sim_tiny, tmp_path, ray_local):
-    train_elementary(el_config(sim_tiny, tmp_path, "train.elementary.max_steps=10", "train.elementary.checkpoint_every=5"))
-    train_elementary(el_config(sim_tiny, tmp_path, "train.elementary.max_steps=20", "train.elementary.checkpoint_every=5",
-                             "train.fail_at_step=13", "train.max_failures=1"))
-    run = tmp_path / "train" / "elementary"
-    assert (run / "fault_injected").exists()
-    steps = [r["step"] for r in losses(run)]
-    # first run: 5, 10; rerun resumes at 11 (logs 15), fails at 13, restarts from the step-10 checkpoint
-    # (losing at most one checkpoint interval) and finishes at 20
-    assert steps[:2] == [5, 10] and steps[-1] == 20 and 10 not in steps[2:] and 5 not in steps[2:]
-
-
-def test_fault_run_equals_uninterrupted_run(sim_tiny, tmp_path, ray_local):
+def test_fault_run_equals_uninterrupted_run_and_a_rerun_resumes(sim_tiny, tmp_path, ray_local):
     """train.deterministic: a run that loses a worker at step 7 restarts from the step-4 checkpoint,
-    skips the batches consumed before it and ends with the weights of a run without the fault."""
-    common = ["train.elementary.max_steps=10", "train.elementary.checkpoint_every=4", "train.deterministic=true",
-              "train.elementary.micro_batch=2", "train.elementary.lr=1e-3", "train.elementary.warmup_steps=2",
-              f"data.shards={tmp_path / 'shards'}"]
-    a = train_elementary(el_config(sim_tiny, tmp_path / "a", *common, "train.fail_at_step=7", "train.max_failures=1")).weights
-    b = train_elementary(el_config(sim_tiny, tmp_path / "b", *common)).weights
+    skips the batches consumed before it and ends with the weights of a run without the fault.
+    Then a rerun of the finished run with more steps resumes from its last checkpoint and recovers
+    from a fault of its own."""
+    common = ["train.elementary.checkpoint_every=4", "train.deterministic=true", "train.elementary.micro_batch=2",
+              "train.elementary.lr=1e-3", "train.elementary.warmup_steps=2", f"data.shards={tmp_path / 'shards'}"]
+    a = train_elementary(el_config(sim_tiny, tmp_path / "a", *common, "train.elementary.max_steps=10",
+                                   "train.fail_at_step=7", "train.max_failures=1")).weights
+    b = train_elementary(el_config(sim_tiny, tmp_path / "b", *common, "train.elementary.max_steps=10")).weights
     assert (tmp_path / "a" / "train" / "elementary" / "fault_injected").exists()
     wa, wb = load_file(a), load_file(b)
     assert wa.keys() == wb.keys()
@@ -156,11 +130,21 @@ def test_fault_run_equals_uninterrupted_run(sim_tiny, tmp_path, ray_local):
     init = Elementary(load_config("tiny").model).state_dict()
     assert max(float((wb[k] - init[k]).abs().max()) for k in init) > 1e-3  # training moved the weights
 
+    # the rerun: checkpoints at 4, 8 and 10 (the last step); it resumes at 11, fails at 13, restarts
+    # from the step-12 checkpoint (losing at most one checkpoint interval) and finishes at 20
+    train_elementary(el_config(sim_tiny, tmp_path / "b", *common, "train.elementary.max_steps=20",
+                               "train.fail_at_step=13", "train.max_failures=1"))
+    run = tmp_path / "b" / "train" / "elementary"
+    assert (run / "fault_injected").exists()
+    # logged every 5 steps and at the last: a restart from an older checkpoint would log 10 again
+    assert [r["step"] for r in losses(run)] == [5, 10, 15, 20]
+    assert json.loads((run / "export" / "meta.json").read_text())["step"] == 20
 
-def test_bad_configs_fail_before_workers(sim_tiny, tmp_path, trained_elementary):
+
+def test_bad_configs_fail_before_workers(sim_tiny, tmp_path, tiny_models):
     with pytest.raises(ConfigError, match="do not exist; run train_elementary first"):
         train_regulatory(tiny_config(f"train.regulatory.elementary_weights={tmp_path / 'none.safetensors'}"))
-    _, export = trained_elementary
+    export = tiny_models.elementary
     with pytest.raises(ConfigError, match="does not match the model config"):
         train_regulatory(tiny_config("model.d_model=32", "model.n_heads=4", f"train.regulatory.elementary_weights={export}"))
     with pytest.raises(ShardError, match="no elementary shards"):
