@@ -158,7 +158,8 @@ def test_atlas_grn_bad_inputs_fail_before_ray_work(trained, sim_tiny, tmp_path):
 @pytest.fixture(scope="module")
 def h5ad_run(trained, sim_tiny, tmp_path_factory, ray_local):
     """`creformer run` on data as users often have it: RNA as .h5ad, fragments, a peak BED;
-    pretrained Elementary weights (so train_elementary is skipped). Returns (exit code, run folder)."""
+    pretrained Elementary weights (so train_elementary is skipped); the cis table refit after
+    training (train.regulatory.cis_refit). Returns (exit code, run folder)."""
     from creformer.engine.io.multiome import read_10x_h5
 
     tmp, el, _ = trained
@@ -174,7 +175,8 @@ def h5ad_run(trained, sim_tiny, tmp_path_factory, ray_local):
                 f"data.regulatory.fragments={mo.fragments}", f"data.regulatory.peaks={tmp_path / 'peaks.bed'}",
                 f"data.regulatory.annotation={sim_tiny / 'genes.gtf'}", f"data.regulatory.shards={out / 'reg'}",
                 f"train.storage_path={out / 'train'}", f"train.regulatory.elementary_weights={el}",
-                *[f"train.regulatory.{k}" for k in ("lr=1e-3", "warmup_steps=2", "max_steps=10", "checkpoint_every=10", "micro_batch=16")],
+                *[f"train.regulatory.{k}" for k in ("lr=1e-3", "warmup_steps=2", "max_steps=10", "checkpoint_every=10", "micro_batch=16",
+                                                    "cis_refit=true")],
                 f"analysis.out={out / 'atlas'}", f"analysis.motifs={sim_tiny / 'motifs.meme'}",
                 f"analysis.groups={sim_tiny / 'truth' / 'cells.tsv'}", "analysis.cells_per_group=4", "analysis.min_cells_per_group=5",
                 "analysis.cells_per_partition=8"]
@@ -187,6 +189,9 @@ def test_creformer_run_on_h5ad_fragments_and_own_peaks(h5ad_run, trained):
     assert code == 0
     assert not (out / "train" / "elementary").exists()  # pretrained weights given: no Elementary training
     assert (out / "train" / "regulatory" / "export" / "model.safetensors").exists()
+    # train.regulatory.cis_refit=true refits the export in place before atlas_grn reads it (test_training checks the refit)
+    refit = json.loads((out / "train" / "regulatory" / "export" / "meta.json").read_text())["cis_refit"]
+    assert refit["genes_refit"] > 0 and refit["train_mse_after"] < refit["train_mse_before"]
     for name in ("report.html", "atlas.h5mu", "grn/celloracle_base_grn.parquet", "grn/scenicplus_eregulons.tsv"):
         assert (out / "atlas" / name).exists(), name
     # the same cells and genes as the ARC folder; the BED's overlapping peaks merged (bedtools merge)
