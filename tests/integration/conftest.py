@@ -58,7 +58,8 @@ def cluster(tmp_path_factory):
 @dataclass
 class TinyModels:
     """One Elementary and one Regulatory model trained on the tiny atlas, shared by the training
-    and atlas_grn tests (each training run costs ~40 s of Ray Train start-up alone)."""
+    and atlas_grn tests (a 10-step training run of the tiny preset takes ~35 s, nearly all of it
+    shard building and Ray Train / DeepSpeed start-up)."""
     root: Path  # shards/ (elementary), reg/ (regulatory shards), train/<stage> (the runs)
     elementary: Path  # export/model.safetensors of each stage
     regulatory: Path
