@@ -170,6 +170,17 @@ def param_groups(model: torch.nn.Module, st: StageConfig) -> list[dict[str, Any]
     return [{"params": rest, "lr": st.lr}] + ([{"params": cis, "lr": st.lr * scale}] if cis else [])
 
 
+def skip_shm_comm_op() -> None:
+    """Keep DeepSpeed from JIT-compiling its shared-memory all-reduce op (``deepspeed_shm_comm``)
+    when ``deepspeed.initialize`` creates its CPU communication backend. Only tensor-parallel
+    inference (``inference_all_reduce``) uses the op; ZeRO-3 training goes through
+    torch.distributed (gloo). The compile took 38 s alone on this 2-core machine, ~60 s inside
+    the first training run on a fresh machine (the demo from scratch, CI). DeepSpeed reads the op's
+    compatibility from one module-level table (``deepspeed.ops.__compatible_ops__``) that it keeps
+    so that edits to it persist; an op marked incompatible is not built."""
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     # DeepSpeed 0.19's ZeRO-3 still calls the collectives torch renamed (all_gather_into_tensor,
     # reduce_scatter_tensor); the FutureWarning each call raises buried the training log
@@ -189,6 +200,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # tokens/s at the science preset on CPU; the same update)
     opt = torch.optim.AdamW(param_groups(stage.model, st), lr=st.lr, weight_decay=0.01, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, st))
+    skip_shm_comm_op()
     engine, _, _, _ = deepspeed.initialize(model=stage.model, optimizer=opt, lr_scheduler=sched,
                                            config=deepspeed_config(cfg.train, st))
     step = 0

@@ -1,5 +1,5 @@
 """The worker loop's parts: progress lines reach the worker's stdout once, even under Ray Train
-v2's print patch; the optimizer's parameter groups."""
+v2's print patch; the optimizer's parameter groups; DeepSpeed compiles no op training does not use."""
 
 import builtins
 import io
@@ -46,3 +46,13 @@ def test_the_cis_table_learns_at_its_own_rate_only_when_asked():
     assert rest["lr"] == st.lr and sum(p.numel() for p in rest["params"]) == trainable - head.gene_peak_w.weight.numel()
     opt = torch.optim.AdamW(loop.param_groups(head, st), lr=st.lr)  # what the loop builds: AdamW keeps each group's lr
     assert [g["lr"] for g in opt.param_groups] == [st.lr, pytest.approx(10 * st.lr)]
+
+
+def test_deepspeed_builds_no_shm_comm_op_for_training(monkeypatch, tmp_path):
+    # A fresh extensions folder: were the op still built, DeepSpeed would compile it here (~40 s).
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    from deepspeed.comm.torch import build_shm_op
+
+    loop.skip_shm_comm_op()
+    assert build_shm_op() is None
+    assert not any(tmp_path.iterdir())
