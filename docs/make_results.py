@@ -84,6 +84,24 @@ def flatten(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix, obj)]
 
 
+SCIENCE_HEADING = "## Science benchmark (`make science`)"
+
+
+def previous_section(page: Path, heading: str) -> list[str]:
+    """The lines of ``heading``'s section in an earlier results page, up to the next ``## ``
+    heading (none when the page or the section is missing): a science run takes over an hour and
+    its JSON stays under runs/, so regenerating the page after a demo keeps the last science table
+    rather than dropping it."""
+    if not page.exists():
+        return []
+    lines = page.read_text().splitlines()
+    if heading not in lines:
+        return []
+    start = lines.index(heading) + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return lines[start:end]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--demo", default="runs/demo", help="a `creformer demo` output folder")
@@ -97,8 +115,12 @@ def main() -> None:
              "do not edit by hand; rerun `make results` after `make demo` (and pass benchmark JSON files with `--bench`).", ""]
     sci = Path(args.science)
     if sci.exists():
-        lines += ["## Science benchmark (`make science`)", "", f"From `{sci}`.", ""]
+        lines += [SCIENCE_HEADING, "", f"From `{sci}`.", ""]
         lines += science_section(json.loads(sci.read_text())) + [""]
+    elif kept := previous_section(Path(args.out), SCIENCE_HEADING):
+        lines += [SCIENCE_HEADING, "", f"Kept from the previous {args.out} (no `{sci}` in this checkout; "
+                  "the run's own line below gives its date and commit)."]
+        lines += [x for x in kept if not x.startswith("Kept from the previous")]
     card_path = demo / "scorecard.json"
     if card_path.exists():
         lines += ["## Demo scorecard (smoke-level: the demo's 15-minute budget)", "",

@@ -61,3 +61,22 @@ def test_the_result_names_the_code_it_ran(tmp_path):
     if (REPO / ".git").exists():
         assert re.fullmatch(r"[0-9a-f]{7,}(\+dirty)?", version)
     assert code_version(tmp_path) is None  # not a git checkout
+
+
+def test_the_results_page_keeps_its_science_table_when_no_science_json_is_at_hand(tmp_path, monkeypatch):
+    # `make results` after a demo, on a checkout whose runs/ holds no science.json: the last table stays
+    spec = importlib.util.spec_from_file_location("make_results", REPO / "docs" / "make_results.py")
+    mr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mr)
+    page = tmp_path / "results.md"
+    table = ["Preset `science`, seeds [0, 1, 2], 73.4 min in all", "", "| task | model |", "|---|---|", "| knockout | 0.816 |", ""]
+    page.write_text("\n".join(["# Results", "", mr.SCIENCE_HEADING, "", "From `runs/science/science.json`.", "", *table,
+                               "## Demo scorecard", "", "old demo"]))
+    for _ in range(2):  # twice: the note on where it came from is not repeated
+        monkeypatch.setattr("sys.argv", ["make_results.py", "--demo", str(tmp_path / "no_demo"),
+                                         "--science", str(tmp_path / "none.json"), "--out", str(page)])
+        mr.main()
+        text = page.read_text()
+        assert text.count(mr.SCIENCE_HEADING) == 1 and text.count("Kept from the previous") == 1
+        assert "| knockout | 0.816 |" in text and "73.4 min in all" in text and "old demo" not in text
+    assert mr.previous_section(tmp_path / "absent.md", mr.SCIENCE_HEADING) == []
