@@ -117,10 +117,11 @@ def main() -> None:
     if sci.exists():
         lines += [SCIENCE_HEADING, "", f"From `{sci}`.", ""]
         lines += science_section(json.loads(sci.read_text())) + [""]
-    elif kept := previous_section(Path(args.out), SCIENCE_HEADING):
+    elif kept := [x for x in previous_section(Path(args.out), SCIENCE_HEADING) if not x.startswith("Kept from the previous")]:
+        while kept and not kept[0]:
+            kept.pop(0)
         lines += [SCIENCE_HEADING, "", f"Kept from the previous {args.out} (no `{sci}` in this checkout; "
-                  "the run's own line below gives its date and commit)."]
-        lines += [x for x in kept if not x.startswith("Kept from the previous")]
+                  "the run's own line below gives its date and commit).", "", *kept]
     card_path = demo / "scorecard.json"
     if card_path.exists():
         lines += ["## Demo scorecard (smoke-level: the demo's 15-minute budget)", "",

@@ -79,4 +79,5 @@ def test_the_results_page_keeps_its_science_table_when_no_science_json_is_at_han
         text = page.read_text()
         assert text.count(mr.SCIENCE_HEADING) == 1 and text.count("Kept from the previous") == 1
         assert "| knockout | 0.816 |" in text and "73.4 min in all" in text and "old demo" not in text
+        assert "\n\n\n" not in text
     assert mr.previous_section(tmp_path / "absent.md", mr.SCIENCE_HEADING) == []
