@@ -12,6 +12,7 @@ from creformer.analysis.baselines import (
     celloracle_perturbation,
     enhancer_baselines,
     motif_deviations,
+    ridge_cv,
 )
 from creformer.analysis.transitions import fraction_closer
 from creformer.analysis.validate import (
@@ -162,3 +163,20 @@ def test_master_tf_task_scores_the_model_beside_every_baseline(tmp_path):
     assert t["model"] == 1.0 and t["variants"] == {"attention_feature": 0.25}
     assert t["baselines"] == {"gene_activity": 0.25, "tf_expression": 0.25, "motif_accessibility": 0.75}
     assert t["best_baseline"] == {"name": "motif_accessibility", "value": 0.75} and t["met"]
+
+
+@pytest.mark.parametrize("n,p", [(203, 12), (57, 80), (40, 1)])
+def test_the_ridge_baselines_fit_what_sklearns_ridgecv_fits(n, p):
+    from sklearn.linear_model import RidgeCV
+
+    from creformer.trainer.cis_refit import RIDGE_ALPHAS
+
+    rng = np.random.default_rng(n)
+    for trial in range(20):  # rows not a multiple of 5, more columns than rows, a constant column
+        x = rng.normal(size=(n, p)) * rng.exponential(1.0, p)
+        x[:, -1] = 0.0 if p > 1 and trial % 2 else x[:, -1]
+        y = x[:, :3].sum(1) * rng.normal() + rng.exponential(2.0) * rng.normal(size=n)
+        ref, got = RidgeCV(alphas=RIDGE_ALPHAS, cv=5).fit(x, y), ridge_cv(x, y)
+        assert got.alpha_ == ref.alpha_
+        assert np.allclose(got.coef_, ref.coef_, rtol=1e-9, atol=1e-12) and got.intercept_ == pytest.approx(ref.intercept_, rel=1e-9, abs=1e-12)
+        assert np.allclose(got.predict(x[:5]), ref.predict(x[:5]), rtol=1e-9, atol=1e-12)
