@@ -72,12 +72,13 @@ class RidgeModel:
         return x @ self.coef_ + self.intercept_
 
 
-def _ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
-    """Ridge with an unpenalized intercept: centre, then solve (XᵀX + αI) w = Xᵀy."""
+def _ridge(x: np.ndarray, y: np.ndarray, alphas: tuple[float, ...]) -> list[tuple[np.ndarray, float]]:
+    """Ridge with an unpenalized intercept for each penalty: centre once, then solve
+    (XᵀX + αI) w = Xᵀy per α on the same Gram matrix."""
     xm, ym = x.mean(0), y.mean()
     xc = x - xm
-    w = np.linalg.solve(xc.T @ xc + alpha * np.eye(x.shape[1]), xc.T @ (y - ym))
-    return w, float(ym - xm @ w)
+    gram, xy, eye = xc.T @ xc, xc.T @ (y - ym), np.eye(x.shape[1])
+    return [(w, float(ym - xm @ w)) for w in (np.linalg.solve(gram + alpha * eye, xy) for alpha in alphas)]
 
 
 def _r2(y: np.ndarray, pred: np.ndarray) -> float:
@@ -89,18 +90,18 @@ def _r2(y: np.ndarray, pred: np.ndarray) -> float:
 def ridge_cv(x: np.ndarray, y: np.ndarray, alphas: tuple[float, ...] = RIDGE_ALPHAS, folds: int = 5) -> RidgeModel:
     """What sklearn's ``RidgeCV(alphas, cv=folds)`` fits (unshuffled K-fold over rows, mean R² over
     the folds, the first best penalty, then a refit on every row), without its per-fit input checks
-    and search machinery: on the demo's atlas (13,950 small fits) they were ~70 % of
-    ``creformer validate`` (75.7 s with RidgeCV, 20.7 s with this; the same scorecard)."""
+    and search machinery, and with one Gram matrix per fold for all penalties: ``creformer validate``
+    on the demo's atlas (13,950 small fits) took 56.6 s with RidgeCV, 9.4 s with this (alone on
+    2 cores; the same scorecard)."""
     n = x.shape[0]
     bounds = np.cumsum([0] + [n // folds + (1 if f < n % folds else 0) for f in range(folds)])
     scores = np.zeros((len(alphas), folds))
     for f, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
         train = np.r_[0:lo, hi:n]
-        for a, alpha in enumerate(alphas):
-            w, b = _ridge(x[train], y[train], alpha)
+        for a, (w, b) in enumerate(_ridge(x[train], y[train], alphas)):
             scores[a, f] = _r2(y[lo:hi], x[lo:hi] @ w + b)
     alpha = alphas[int(np.argmax(scores.mean(1)))]  # the first of equal means, as GridSearchCV ranks them
-    w, b = _ridge(x, y, alpha)
+    (w, b), = _ridge(x, y, (alpha,))
     return RidgeModel(w, b, alpha)
 
 
