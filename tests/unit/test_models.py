@@ -157,6 +157,68 @@ def test_head_reads_filled_peak_slots_as_the_zero_padded_linear_would():
     assert layer.weight.shape == (5, slots * d)  # the checkpoint layout of nn.Linear(peak_m * d, hidden)
 
 
+def _ragged_padding(b=45, t=13, seed=0):
+    """A key-padding mask (True = padding) of ``b`` samples of different widths: real tokens first,
+    one sample with a hole, one with no real token, one full; enough samples for several width groups."""
+    g = torch.Generator().manual_seed(seed)
+    widths = torch.randint(1, t + 1, (b,), generator=g)
+    widths[0], widths[1] = t, 0
+    pad = torch.arange(t)[None] >= widths[:, None]
+    pad[2, 0] = True  # a hole before the sample's last real token
+    return pad
+
+
+def test_encoder_on_grouped_real_tokens_equals_the_padded_computation():
+    """With a key-padding mask the encoder runs on width groups (layers.Packing): the real tokens'
+    outputs and every gradient equal the plain padded pass (float64), padded outputs are zero."""
+    from creformer.trainer.model.layers import Encoder, width_group
+
+    torch.manual_seed(0)
+    pad = _ragged_padding()
+    assert -(-pad.shape[0] // width_group(pad.shape[0])) > 1  # several groups
+    enc = Encoder(2, 16, 4, 32).double()
+    x = torch.randn(*pad.shape, 16, dtype=torch.float64, requires_grad=True)
+    real = ~pad
+
+    def padded_pass(x):  # the layers on the whole padded batch, as before packing
+        h = x
+        for layer in enc.layers:
+            h = layer(h, pad)
+        return enc.norm(h) * real[..., None]
+
+    want, got = padded_pass(x), enc(x, pad)
+    assert torch.allclose(got, want, atol=1e-12) and (got[pad] == 0).all() and got[real].abs().min() > 0
+    weights = torch.randn_like(want)
+    grads_want = torch.autograd.grad((want * weights).sum(), [x, *enc.parameters()])
+    grads_got = torch.autograd.grad((enc(x, pad) * weights).sum(), [x, *enc.parameters()])
+    for a, b in zip(grads_want, grads_got):
+        assert torch.allclose(a, b, atol=1e-10)
+    enc.checkpointing = True  # activation checkpointing takes the same path
+    assert torch.allclose(enc(x, pad), want, atol=1e-12)
+
+
+def test_head_with_widths_meets_only_each_samples_slots():
+    """PeakSlotLinear with per-sample widths (width groups, ``_SlotStairs``): the same output and
+    weight and bias gradients as the plain layer on the zero-padded batch (float64), and the same
+    input gradient on every sample's own slots."""
+    from creformer.trainer.model.regulatory import PeakSlotLinear
+
+    torch.manual_seed(0)
+    pad = _ragged_padding()
+    real = ~pad
+    widths = (torch.arange(1, pad.shape[1] + 1) * real).amax(1)
+    layer = PeakSlotLinear(20, 3, 7).double()
+    h = (torch.randn(*pad.shape, 3, dtype=torch.float64) * real[..., None]).requires_grad_()
+    want, got = layer(h), layer(h, widths)
+    assert torch.allclose(got, want, atol=1e-12)
+    weights = torch.randn_like(want)
+    gw = torch.autograd.grad((want * weights).sum(), [h, layer.weight, layer.bias])
+    gg = torch.autograd.grad((got * weights).sum(), [h, layer.weight, layer.bias])
+    assert torch.allclose(gg[0][real], gw[0][real], atol=1e-12)
+    assert torch.allclose(gg[1], gw[1], atol=1e-12) and torch.allclose(gg[2], gw[2], atol=1e-12)
+    assert torch.allclose(layer(h[1:2], widths[1:2]), layer.bias[None])  # no real slot: the bias alone
+
+
 def test_cell_signal_enters_as_scaled_difference_from_zero_signal():
     cfg, el, reg, (dna, sig, rank, mask), bins = eval_regulatory_with_bins()
     assert bins.shape == (2, 5, 2, 8, cfg.d_model)

@@ -17,7 +17,7 @@ from creformer.config import ModelConfig, RegulatoryDataConfig
 from creformer.engine.tokenize import SIG_OFFSET, SIG_PAD
 
 from .elementary import Elementary
-from .layers import Encoder
+from .layers import Encoder, width_group
 
 
 def measure_signal_scale(bins: torch.Tensor, mask: torch.Tensor) -> float:
@@ -148,8 +148,10 @@ class Regulatory(nn.Module):
         p = mask.shape[1]
         if p > self.peak_m:
             raise ValueError(f"{p} peaks exceed data.regulatory.peak_m={self.peak_m}")
-        h = self.t3(self._with_gene(x, gene), key_padding=~mask) * mask[..., None]
-        return self.head(h).squeeze(-1)
+        h = self.t3(self._with_gene(x, gene), key_padding=~mask)  # zero at padded slots
+        first, act, last = self.head
+        widths = (torch.arange(1, p + 1, device=mask.device) * mask).amax(1)
+        return last(act(first(h, widths))).squeeze(-1)
 
     def cis(self, x: torch.Tensor, mask: torch.Tensor, gene: torch.Tensor | None, rank: torch.Tensor | None,
             activity: torch.Tensor | None = None) -> torch.Tensor:
@@ -197,15 +199,58 @@ class PeakSlotLinear(nn.Linear):
     slots, called on (B, P, d) with P <= peak_m: the P filled slots meet the first P x d weight
     columns only. The same output and gradients as zero-padding to peak_m and flattening, without
     the multiply-adds of the empty slots (a small-preset batch fills ~65 of 150, so ~57 % of this
-    layer's work was zeros). Its own module, so ZeRO-3 gathers the weight around this forward."""
+    layer's work was zeros). Its own module, so ZeRO-3 gathers the weight around this forward.
+
+    ``widths`` (B,): each sample's filled slots (one past its last real peak). With them a sample
+    meets only the weight columns of its own width, rounded up to its group of samples of similar
+    width (``layers.width_group``, ``_SlotStairs``): a batch is as wide as its widest gene, and on the
+    simulated atlas ~28 % of a batch's slots are padding."""
 
     def __init__(self, slots: int, d: int, out: int):
         super().__init__(slots * d, out)
         self.d = d
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, h: torch.Tensor, widths: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
         p = h.shape[1]
-        return F.linear(h.flatten(1), self.weight[:, :p * self.d], self.bias)
+        if widths is None:
+            return F.linear(h.flatten(1), self.weight[:, :p * self.d], self.bias)
+        order = torch.argsort(widths, descending=True, stable=True)
+        # group g (samples [g G, (g+1) G) of the order) is as wide as its first sample; the slots
+        # between the next group's width and its own are met by it and every wider group
+        size = width_group(len(order))
+        tops = widths[order][::size].tolist() + [0]
+        cuts = [(min((g + 1) * size, len(order)), tops[g + 1] * self.d, tops[g] * self.d)
+                for g in range(len(tops) - 1) if tops[g] > tops[g + 1]]
+        return _SlotStairs.apply(h[order].flatten(1), self.weight, self.bias, cuts)[order.argsort()]
+
+
+class _SlotStairs(torch.autograd.Function):
+    """y = bias + Σ over cuts (rows_end, lo, hi): x[:rows_end, lo:hi] @ weight[:, lo:hi]ᵀ, with
+    x's rows sorted by width, widest first, so each column block is multiplied only by the rows
+    that reach it. Gradients are written into one full-size buffer each; the plain autograd
+    of weight slices would allocate a zeroed weight-sized gradient per block."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, cuts: list) -> torch.Tensor:
+        out = bias.expand(x.shape[0], weight.shape[0]).clone()
+        for end, lo, hi in cuts:
+            out[:end].addmm_(x[:end, lo:hi], weight[:, lo:hi].t())
+        ctx.save_for_backward(x, weight)
+        ctx.cuts = cuts
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        gx = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
+        gw = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+        for end, lo, hi in ctx.cuts:
+            if gx is not None:
+                gx[:end, lo:hi] = grad[:end] @ weight[:, lo:hi]
+            if gw is not None:
+                gw[:, lo:hi] = grad[:end].t() @ x[:end, lo:hi]
+        gb = grad.sum(0) if ctx.needs_input_grad[2] else None
+        return gx, gw, gb, None
 
 
 class RegulatoryHead(Regulatory):
