@@ -201,12 +201,14 @@ def test_head_with_widths_meets_only_each_samples_slots():
     """PeakSlotLinear with per-sample widths (width groups, ``_SlotStairs``): the same output and
     weight and bias gradients as the plain layer on the zero-padded batch (float64), and the same
     input gradient on every sample's own slots."""
+    from creformer.trainer.model.layers import slot_widths
     from creformer.trainer.model.regulatory import PeakSlotLinear
 
     torch.manual_seed(0)
     pad = _ragged_padding()
     real = ~pad
-    widths = (torch.arange(1, pad.shape[1] + 1) * real).amax(1)
+    widths = slot_widths(real)
+    assert widths[0] == pad.shape[1] and widths[1] == 0  # a full sample, one with no real slot
     layer = PeakSlotLinear(20, 3, 7).double()
     h = (torch.randn(*pad.shape, 3, dtype=torch.float64) * real[..., None]).requires_grad_()
     want, got = layer(h), layer(h, widths)

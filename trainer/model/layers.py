@@ -33,6 +33,12 @@ def width_group(batch: int) -> int:
     return max(8, -(-batch // WIDTH_GROUPS))
 
 
+def slot_widths(keep: torch.Tensor) -> torch.Tensor:
+    """(B,) each sample's width: one past its last real slot of ``keep`` (B, T), 0 when it has none,
+    so a sample with holes still fits the slots its width covers."""
+    return (torch.arange(1, keep.shape[1] + 1, device=keep.device) * keep).amax(1)
+
+
 @dataclass
 class Packing:
     """A padded (B, T) batch regrouped by width: its samples sorted by width and cut into groups
@@ -50,8 +56,7 @@ class Packing:
         keep = ~key_padding
         b, t = keep.shape
         dev = keep.device
-        # a sample's width is one past its last real token, so a sample with holes still fits its group
-        ends = (torch.arange(1, t + 1, device=dev) * keep).amax(1)
+        ends = slot_widths(keep)
         order = torch.argsort(ends, stable=True)
         index, groups = [], []
         for rows in order.split(width_group(b)):

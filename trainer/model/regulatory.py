@@ -17,7 +17,7 @@ from creformer.config import ModelConfig, RegulatoryDataConfig
 from creformer.engine.tokenize import SIG_OFFSET, SIG_PAD
 
 from .elementary import Elementary
-from .layers import Encoder, width_group
+from .layers import Encoder, slot_widths, width_group
 
 
 def measure_signal_scale(bins: torch.Tensor, mask: torch.Tensor) -> float:
@@ -150,8 +150,7 @@ class Regulatory(nn.Module):
             raise ValueError(f"{p} peaks exceed data.regulatory.peak_m={self.peak_m}")
         h = self.t3(self._with_gene(x, gene), key_padding=~mask)  # zero at padded slots
         first, act, last = self.head
-        widths = (torch.arange(1, p + 1, device=mask.device) * mask).amax(1)
-        return last(act(first(h, widths))).squeeze(-1)
+        return last(act(first(h, slot_widths(mask)))).squeeze(-1)
 
     def cis(self, x: torch.Tensor, mask: torch.Tensor, gene: torch.Tensor | None, rank: torch.Tensor | None,
             activity: torch.Tensor | None = None) -> torch.Tensor:
