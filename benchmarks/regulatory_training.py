@@ -19,9 +19,13 @@ Steps are the same batches, so the tokens/s ratio is the steps/s ratio. Also rep
 forwards each run made (the store's should be 0).
 
 Inputs: the demo's Regulatory shards and Elementary weights (`make demo` builds them).
+--config picks the preset whose model and training knobs the runs use (the demo's by default; the
+science preset is the one that trains from the store: its 512-wide head, 128 samples per worker
+step and 1 torch thread, unless --batch / --threads say otherwise).
 
 Usage: python benchmarks/regulatory_training.py [--shards runs/demo/shards/regulatory]
        [--elementary runs/demo/train/elementary/export/model.safetensors] [--steps 200] [--batch 32]
+       [--config demo|science]
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 def run(name: str, work: Path, shards: Path, elementary: Path, steps: int, batch: int, packed: bool, threads: int,
-        store: Path | None = None) -> dict:
+        store: Path | None = None, preset: str = "demo") -> dict:
     from creformer.config import load_config
     from creformer.engine.regulatory_stream import regulatory_dataset
     from creformer.engine.shards import Manifest
@@ -46,7 +50,7 @@ def run(name: str, work: Path, shards: Path, elementary: Path, steps: int, batch
 
     storage = work / name
     shutil.rmtree(storage, ignore_errors=True)
-    cfg = load_config("demo", [f"data.regulatory.shards={shards}", f"train.storage_path={storage}",
+    cfg = load_config(preset, [f"data.regulatory.shards={shards}", f"train.storage_path={storage}",
                                f"train.regulatory.elementary_weights={elementary}", f"train.regulatory.max_steps={steps}",
                                f"train.regulatory.checkpoint_every={steps}", f"train.regulatory.micro_batch={batch}",
                                f"train.torch_threads={threads}", "train.log_every=10"])
@@ -75,10 +79,17 @@ def main() -> None:
     ap.add_argument("--work", default="runs/bench/regulatory_training")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--warm", type=int, default=40, help="logged rates up to this step are left out (start-up)")
-    ap.add_argument("--batch", type=int, default=32, help="samples per worker step (the demo's)")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads per worker in run 3 (and in --what store)")
+    ap.add_argument("--batch", type=int, default=None, help="samples per worker step (default: the preset's)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads per worker in run 3 (and in --what store; default: the preset's)")
     ap.add_argument("--what", choices=["stream", "store"], default="stream")
+    ap.add_argument("--config", default="demo", help="preset of the model and training knobs (demo or science)")
     args = ap.parse_args()
+    from creformer.config import load_config
+
+    preset = load_config(args.config)
+    args.batch = args.batch or preset.train.regulatory.micro_batch
+    args.threads = args.threads or preset.train.torch_threads
     shards, elementary = Path(args.shards).resolve(), Path(args.elementary).resolve()
     if not (shards / "manifest.json").exists() or not elementary.exists():
         sys.exit(f"needs Regulatory shards ({shards}) and Elementary weights ({elementary}): run `make demo` first, "
@@ -94,8 +105,11 @@ def main() -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
     if args.what == "store":
         return compare_store(args, work, shards, elementary)
-    plan = [("dense_1_thread", False, 1), ("packed_1_thread", True, 1), (f"packed_{args.threads}_threads", True, args.threads)]
-    runs = {name: run(name, work, shards, elementary, args.steps, args.batch, packed, threads) for name, packed, threads in plan}
+    plan = [("dense_1_thread", False, 1), ("packed_1_thread", True, 1)]
+    if args.threads != 1:
+        plan.append((f"packed_{args.threads}_threads", True, args.threads))
+    runs = {name: run(name, work, shards, elementary, args.steps, args.batch, packed, threads, preset=args.config)
+            for name, packed, threads in plan}
     base = steady(runs["dense_1_thread"]["rows"], args.warm)
     result = {"cpu_cores": os.cpu_count(), "steps": args.steps, "samples_per_worker_step": args.batch,
               "runs": {name: {"steady_tokens_per_s": round(steady(r["rows"], args.warm)), "wall_s": round(r["wall_s"], 1),
@@ -108,16 +122,18 @@ def compare_store(args: argparse.Namespace, work: Path, shards: Path, elementary
     from creformer.config import load_config
     from creformer.trainer.embedding_store import prepare_embeddings
 
-    cfg = load_config("demo", [f"data.regulatory.shards={shards}"])
+    cfg = load_config(args.config, [f"data.regulatory.shards={shards}"])
     t0 = time.perf_counter()
     store = prepare_embeddings(cfg, elementary, force=True)  # reused when `prepare embeddings` wrote it before
     build_s = time.perf_counter() - t0
     manifest = json.loads((store / "manifest.json").read_text())
-    runs = {"online_cache": run("online_cache", work, shards, elementary, args.steps, args.batch, True, args.threads),
-            "warm_store": run("warm_store", work, shards, elementary, args.steps, args.batch, True, args.threads, store)}
+    runs = {"online_cache": run("online_cache", work, shards, elementary, args.steps, args.batch, True, args.threads,
+                                preset=args.config),
+            "warm_store": run("warm_store", work, shards, elementary, args.steps, args.batch, True, args.threads, store,
+                              preset=args.config)}
     base = steady(runs["online_cache"]["rows"], args.warm)
-    result = {"cpu_cores": os.cpu_count(), "steps": args.steps, "samples_per_worker_step": args.batch,
-              "torch_threads": args.threads,
+    result = {"cpu_cores": os.cpu_count(), "config": args.config, "steps": args.steps,
+              "samples_per_worker_step": args.batch, "torch_threads": args.threads,
               "store": {"pairs": manifest["pairs"], "bytes": manifest["bytes"], "build_s": manifest["seconds"],
                         "this_call_s": round(build_s, 1)},
               "runs": {name: {"steady_tokens_per_s": round(steady(r["rows"], args.warm)), "wall_s": round(r["wall_s"], 1),
