@@ -35,6 +35,14 @@ value), `margin` (model − best baseline) and `met` (margin > 0).
 - therapeutic_target — 1 / rank of the planted driver among the knockouts ranked by how far they
   move disease cells toward normal (hit at 1 and at 3 beside it); baseline: TFs ranked by
   disease-vs-normal differential expression.
+
+Cells: the baselines' models are fitted on every grouped cell, as the model was trained on the
+atlas's cells, and the baselines that predict what the model predicts per cell are read on the
+cells the model's readouts were read on: a perturbation's group mean and the transition share are
+over the cells atlas_grn analysed (all grouped cells unless analysis.cells_per_group sampled them).
+Differential expression and the master-TF regressions are statistics of the data itself and use
+every grouped cell. With a sample, the knockout and knock-in tasks also report the accessibility
+regression read over every grouped cell (`all_cells_reference`), never as the baseline.
 """
 
 from __future__ import annotations
@@ -63,7 +71,7 @@ from .baselines import (
     window_models,
 )
 from .grn import pair_scores
-from .inputs import TF, cell_groups, load_tables
+from .inputs import TF, cell_groups, load_tables, sample_cells
 from .master_tf import master_tfs
 from .metrics import auprc, precision_at_recall, top_k_precision
 from .transitions import fraction_closer
@@ -327,6 +335,18 @@ def therapeutic_task(ranking: pl.DataFrame, disease: dict, groups: dict, de_rank
 # The scorecard
 # ---------------------------------------------------------------------------------------------
 
+def read_cells(every: pl.DataFrame, per_group: int, seed: int, analysed: int) -> pl.DataFrame:
+    """The (cell_id, barcode, group) rows atlas_grn analysed: its own seeded sample of ``every``
+    grouped cell (analysis.cells_per_group, analysis.seed; all of them when 0), as analysis/plan.py
+    draws it. ``analysed``: the cell count atlas.json recorded, which must match."""
+    cells = sample_cells(every, per_group, seed)
+    if cells.height != analysed:
+        raise InputError(f"atlas_grn analysed {analysed} cells but its config's sample (analysis.cells_per_group="
+                         f"{per_group}, analysis.seed={seed}) has {cells.height}: the atlas folder's config.yaml does "
+                         "not match its outputs; rerun atlas_grn")
+    return cells
+
+
 def scorecard(out: Path, truth: Path, k: int = 3) -> dict:
     """Read atlas_grn's tables from ``out``, compute the baselines from its shard set, score both
     against ``truth``; writes ``out/scorecard.json``."""
@@ -341,8 +361,11 @@ def scorecard(out: Path, truth: Path, k: int = 3) -> dict:
     tables = load_tables(meta["manifest"])
     genes = tables.genes
     data = cell_data(tables)
-    groups = cell_groups(tables, cfg.analysis.groups, cfg.analysis.group_column, 2)
+    every = cell_groups(tables, cfg.analysis.groups, cfg.analysis.group_column, 2)
+    groups = read_cells(every, cfg.analysis.cells_per_group, cfg.analysis.seed,
+                        meta.get("sampling", {}).get("analysed_cells", meta["cells"]))
     group_cells = {g: np.sort(df["cell_id"].to_numpy()) for (g,), df in groups.group_by("group")}
+    every_cells = {g: np.sort(df["cell_id"].to_numpy()) for (g,), df in every.group_by("group")}
     tf_genes = {n: int(genes.filter(pl.col("name") == n)["gene_id"][0]) for n in meta["tfs"] if n in set(genes["name"].to_list())}
     bound = np.load(out / "work" / "bound.npy")
     bound_by_tf = {n: bound[:, m] for n, m in zip(meta["tfs"], meta["tf_motifs"]) if n in tf_genes}
@@ -370,7 +393,7 @@ def scorecard(out: Path, truth: Path, k: int = 3) -> dict:
         r_signed.update({(t, g): float(r[g]) for g in range(genes.height)})
     masters = pl.read_parquet(out / "master_tfs.parquet")
     enhancer, per_gene = enhancer_tasks(elab)
-    card: dict[str, Any] = {"master_tfs": master_tf_task(masters, truth, k, master_baselines(masters, data, groups, bound_by_tf)),
+    card: dict[str, Any] = {"master_tfs": master_tf_task(masters, truth, k, master_baselines(masters, data, every, bound_by_tf)),
                             "grn": grn_task(scores, tfgene, truth), **enhancer}
     if per_gene.height:  # the report's gene-by-gene plot
         per_gene.join(genes.select(pl.col("gene_id").cast(pl.Int64), "gene"), on="gene_id", how="left").write_parquet(
@@ -403,6 +426,12 @@ def scorecard(out: Path, truth: Path, k: int = 3) -> dict:
                                                        "accessibility_regression": access, "celloracle_like": oracle,
                                                        "no_change": none},
                                        "predicted log2FC (group mean over cells)", propagated)
+        if groups.height < every.height:  # a sample of cells: the strongest baseline's read on all of them, for reference
+            ref = accessibility_perturbation(data, windows, bound_by_tf, every_cells, level, access_models).rename(
+                {"group": "cell_type", "log2fc": "pred"})
+            card[name]["all_cells_reference"] = {
+                "accessibility_regression": perturbation_task(mode, triples, {"model": ref}, "")["model"],
+                "note": f"read over all {every.height} grouped cells instead of the {groups.height} analysed ones"}
         if mode == "KO" and (out / "ko_mediators.parquet").exists():
             scored = triples.join(model, on=["cell_type", "tf", "gene_id"]).filter(
                 (pl.col("true_lfc").abs() >= MIN_KO_EFFECT)).rename({"pred": "model_lfc"})
@@ -421,7 +450,9 @@ def scorecard(out: Path, truth: Path, k: int = 3) -> dict:
         for g, v in zip(oracle["gene_id"], oracle["log2fc"]):
             delta[g] = v * np.log(2)
         co_fraction = fraction_closer(data.expression[dis], data.expression[nor], data.expression[dis] + delta)
-        de = {t: abs(float(data.expression[dis, g].mean() - data.expression[nor, g].mean())) for t, g in tf_genes.items()}
+        # differential expression is a statistic of the data, not a read of predictions: every grouped cell
+        dis_all, nor_all = every_cells[disease["disease"]], every_cells[disease["normal"]]
+        de = {t: abs(float(data.expression[dis_all, g].mean() - data.expression[nor_all, g].mean())) for t, g in tf_genes.items()}
         de_rank = sorted(de, key=de.get, reverse=True).index(disease["driver"]) + 1
     tr = transition_task(pl.read_parquet(out / "transitions.parquet"), disease, tgroups, co_fraction)
     th = therapeutic_task(pl.read_parquet(out / "therapeutic_targets.parquet"), disease, tgroups, de_rank) if de_rank else None

@@ -103,6 +103,8 @@ def test_atlas_grn_job_submit_outputs_and_resume(cluster, trained, sim_tiny, tmp
     assert eff["log2fc_propagated"].is_finite().all() and eff["log2fc_propagated"].null_count() == 0
     for name in ("knockout", "knock_in"):
         assert set(card[name]["variants"]) == {"model_propagated"} and "model_propagated" in card[name]["direct"]["variants"]
+        # 6 of each group's cells were analysed: the baselines read those, the strongest one also all of them
+        assert 0 <= card[name]["all_cells_reference"]["accessibility_regression"] <= 1
     med = pl.read_parquet(out / "ko_mediators.parquet")
     assert set(med["condition"].unique()) <= set(eff.filter(pl.col("mode") == "KO")["condition"].unique()) and med.height > 0
     assert {"right", "wrong"} <= set(card["knockout"]["decomposition"]) and "main_peak" in page

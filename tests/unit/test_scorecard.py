@@ -20,6 +20,7 @@ from creformer.analysis.validate import (
     enhancer_tasks,
     master_tf_task,
     perturbation_task,
+    read_cells,
     spearman,
     task,
     therapeutic_task,
@@ -180,3 +181,18 @@ def test_the_ridge_baselines_fit_what_sklearns_ridgecv_fits(n, p):
         assert got.alpha_ == ref.alpha_
         assert np.allclose(got.coef_, ref.coef_, rtol=1e-9, atol=1e-12) and got.intercept_ == pytest.approx(ref.intercept_, rel=1e-9, abs=1e-12)
         assert np.allclose(got.predict(x[:5]), ref.predict(x[:5]), rtol=1e-9, atol=1e-12)
+
+
+def test_baselines_read_the_cells_atlas_grn_analysed():
+    """read_cells: atlas_grn's own seeded sample (analysis/plan.py's call), every grouped cell at 0,
+    and an error naming the mismatch when atlas.json counted other cells."""
+    from creformer.analysis.inputs import sample_cells
+
+    every = pl.DataFrame({"cell_id": np.arange(60), "barcode": [f"b{i}" for i in range(60)],
+                          "group": ["A"] * 25 + ["B"] * 35})
+    sampled = read_cells(every, 10, 3, 20)
+    assert sampled.equals(sample_cells(every, 10, 3))
+    assert sampled.group_by("group").len().sort("group")["len"].to_list() == [10, 10]
+    assert read_cells(every, 0, 3, 60).height == 60  # 0: every grouped cell
+    with pytest.raises(InputError, match="analysed 21 cells"):
+        read_cells(every, 10, 3, 21)
