@@ -111,7 +111,7 @@ def main() -> None:
     runs = {name: run(name, work, shards, elementary, args.steps, args.batch, packed, threads, preset=args.config)
             for name, packed, threads in plan}
     base = steady(runs["dense_1_thread"]["rows"], args.warm)
-    result = {"cpu_cores": os.cpu_count(), "steps": args.steps, "samples_per_worker_step": args.batch,
+    result = {"cpu_cores": os.cpu_count(), "config": args.config, "steps": args.steps, "samples_per_worker_step": args.batch,
               "runs": {name: {"steady_tokens_per_s": round(steady(r["rows"], args.warm)), "wall_s": round(r["wall_s"], 1),
                               "over_dense_1_thread": round(steady(r["rows"], args.warm) / base, 3)} for name, r in runs.items()}}
     print(json.dumps(result, indent=1))
