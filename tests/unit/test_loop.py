@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from creformer.config import load_config
+from creformer.config import ConfigError, load_config
 from creformer.trainer import loop
 from creformer.trainer.model.regulatory import RegulatoryHead
 
@@ -44,8 +44,18 @@ def test_the_cis_table_learns_at_its_own_rate_only_when_asked():
     rest, cis = loop.param_groups(head, st)
     assert cis["params"] == [head.gene_peak_w.weight] and cis["lr"] == pytest.approx(10 * st.lr)
     assert rest["lr"] == st.lr and sum(p.numel() for p in rest["params"]) == trainable - head.gene_peak_w.weight.numel()
-    opt = torch.optim.AdamW(loop.param_groups(head, st), lr=st.lr)  # what the loop builds: AdamW keeps each group's lr
+    opt = loop.optimizer(head, st)  # what the loop builds: AdamW keeps each group's lr
     assert [g["lr"] for g in opt.param_groups] == [st.lr, pytest.approx(10 * st.lr)]
+    assert [g["weight_decay"] for g in opt.param_groups] == [st.weight_decay] * 2 == [0.01] * 2
+
+
+def test_weight_decay_is_the_stage_config_s():
+    cfg = load_config("tiny", ["train.regulatory.weight_decay=0.1", "train.elementary.weight_decay=0"])
+    head = RegulatoryHead(cfg.model, cfg.data.regulatory.peak_m, 3)
+    assert {g["weight_decay"] for g in loop.optimizer(head, cfg.train.regulatory).param_groups} == {0.1}
+    assert {g["weight_decay"] for g in loop.optimizer(head, cfg.train.elementary).param_groups} == {0.0}
+    with pytest.raises(ConfigError, match=r"train.regulatory.weight_decay=-1.0 must be 0"):
+        load_config("tiny", ["train.regulatory.weight_decay=-1"])
 
 
 def test_deepspeed_builds_no_shm_comm_op_for_training(monkeypatch, tmp_path):
