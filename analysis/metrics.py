@@ -75,3 +75,9 @@ def top_k_precision(ranked: list[str], truth: set[str], k: int = 3) -> float:
     if not truth:
         raise ValueError("empty truth set")
     return len(set(ranked[:k]) & truth) / min(k, len(truth))
+
+
+def r_precision(ranked: list[str], truth: set[str]) -> float:
+    """Hits among the top |truth| over |truth|: the top-k precision at k = the number of true items,
+    so no slot is left over for a decoy (a type-specific non-master TF) to sit in unpunished."""
+    return top_k_precision(ranked, truth, len(truth))

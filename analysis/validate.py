@@ -5,8 +5,9 @@ object: `model` (the readout fixed in docs/design.md §7), `variants` (the paper
 readouts and other model readouts, reported, never scored), `baselines`, `best_baseline` (name,
 value), `margin` (model − best baseline) and `met` (margin > 0).
 
-- master_tfs — top-3 precision per cell type (hits over min(3, #master TFs)), the disease type's
-  driver included; model: each cell's knockout shift per TF + logistic regression; variant: the
+- master_tfs — R-precision per cell type (hits among its top |master TFs| over |master TFs|; the
+  top-3 precision beside it), the disease type's driver included; simulator v4's passenger TFs
+  (as active in one type as its masters, no targets) are what a ranking must leave out; model: each cell's knockout shift per TF + logistic regression; variant: the
   paper's attention features; baselines: gene activity, TF expression and chromVAR-style motif
   accessibility, each with the same one-vs-rest regression.
 - grn — AUPRC of every (TF, gene) pair against the direct edges (the TF binds a causal element
@@ -73,7 +74,7 @@ from .baselines import (
 from .grn import pair_scores
 from .inputs import TF, cell_groups, load_tables, sample_cells
 from .master_tf import master_tfs
-from .metrics import auprc, precision_at_recall, top_k_precision
+from .metrics import auprc, precision_at_recall, r_precision, top_k_precision
 from .transitions import fraction_closer
 
 MIN_KO_EFFECT = 0.1
@@ -88,7 +89,7 @@ def check_truth(truth: Path) -> None:
     version = (truth / "VERSION").read_text().strip() if (truth / "VERSION").exists() else "1"
     if version != str(SIMULATOR_VERSION):
         raise InputError(f"{truth} comes from simulator v{version}; this scorecard needs simulator v{SIMULATOR_VERSION} "
-                         "truth (repressors, cascades, a disease state): simulate again with `creformer simulate`")
+                         "truth (repressors, cascades, a disease state, passenger TFs): simulate again with `creformer simulate`")
 
 
 def task(metric: str, model: float, readout: str, baselines: dict[str, float], variants: dict[str, float] | None = None,
@@ -177,18 +178,35 @@ def ko_decomposition(scored: pl.DataFrame, mediators: pl.DataFrame, labels: pl.D
 
 def master_tf_task(masters: pl.DataFrame, truth: Path, k: int = 3, extra: dict[str, pl.DataFrame] | None = None) -> dict:
     """``masters``: atlas_grn's master_tfs.parquet (method model, attention_feature, gene_activity,
-    tf_expression); ``extra``: baseline rankings computed here (method name -> (group, tf, rank))."""
-    true = {r[0]: set(str(r[1]).split(",")) for r in _truth(truth, "cell_types.tsv").iter_rows()}
+    tf_expression); ``extra``: baseline rankings computed here (method name -> (group, tf, rank)).
+    Scored: R-precision per cell type (hits among its top |masters| over |masters|), meaned over
+    the types; the top-``k`` precision (hits over min(k, |masters|)) beside it, and per method the
+    share of types whose passenger TF (simulator v4: as active there as the masters, no targets)
+    sits among that top |masters|."""
+    rows = list(_truth(truth, "cell_types.tsv").iter_rows(named=True))
+    true = {r["cell_type"]: set(str(r["master_tfs"]).split(",")) for r in rows}
+    decoy = {r["cell_type"]: r["passenger_tfs"] for r in rows if r.get("passenger_tfs")}
     tables = {m: masters.filter(pl.col("method") == m) for m in masters["method"].unique().to_list()} | (extra or {})
-    per = {m: {g: top_k_precision(tab.filter(pl.col("group") == g).sort("rank")["tf"].to_list(), true[g], k)
-               for g in tab["group"].unique().sort().to_list() if g in true} for m, tab in tables.items()}
-    if not per.get("model"):
+    ranked = {m: {g: tab.filter(pl.col("group") == g).sort("rank")["tf"].to_list() for g in tab["group"].unique().sort().to_list() if g in true}
+              for m, tab in tables.items()}
+    if not ranked.get("model"):
         raise InputError(f"no analysed group matches a simulated cell type ({sorted(true)}); group cells by truth/cells.tsv")
-    mean = {m: float(np.mean(list(v.values()))) if v else None for m, v in per.items()}
+
+    def mean(score) -> dict[str, float | None]:
+        return {m: float(np.mean([score(r, g) for g, r in by.items()])) if by else None for m, by in ranked.items()}
+
+    per = {m: {g: r_precision(r, true[g]) for g, r in by.items()} for m, by in ranked.items()}
+    r_prec = mean(lambda r, g: r_precision(r, true[g]))
+    top_k = mean(lambda r, g: top_k_precision(r, true[g], k))
+    passenger = {m: float(np.mean([decoy[g] in r[:len(true[g])] for g, r in by.items() if g in decoy]))
+                 for m, by in ranked.items() if any(g in decoy for g in by)}
     base = [m for m in ("gene_activity", "tf_expression", "motif_accessibility") if m in per]
-    return task("top-3 precision", mean["model"], "knockout shift per cell + logistic regression", {m: mean[m] for m in base},
-                {m: mean[m] for m in ("attention_feature",) if m in per},
-                per_group=per["model"], per_group_baselines={m: per[m] for m in base}, k=k)
+    variants = [m for m in ("attention_feature",) if m in per]
+    split = lambda by: {"model": by.get("model"), "baselines": {m: by.get(m) for m in base}, "variants": {m: by.get(m) for m in variants}}  # noqa: E731
+    return task("R-precision (top |masters| per cell type)", r_prec["model"], "knockout shift per cell + logistic regression",
+                {m: r_prec[m] for m in base}, {m: r_prec[m] for m in variants},
+                per_group=per["model"], per_group_baselines={m: per[m] for m in base},
+                top_k_precision={"k": k, **split(top_k)}, **({"passenger_in_top": split(passenger)} if passenger else {}))
 
 
 def master_baselines(masters: pl.DataFrame, data: CellData, groups: pl.DataFrame,

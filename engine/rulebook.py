@@ -17,7 +17,7 @@ import numpy as np
 from .io.motifs import Motif
 
 BIN = 10  # bigWig resolution of simulated tracks (bp)
-VERSION = 3  # written to truth/VERSION; `creformer validate` refuses truth of another version
+VERSION = 4  # written to truth/VERSION; `creformer validate` refuses truth of another version
 # An allele of a fully active element is open in this share of cells (the mean state of an element
 # is OPEN_MAX x its openness; simulate_cells.py draws each cell's states around it).
 OPEN_MAX = 0.85
@@ -34,16 +34,21 @@ BASES = np.frombuffer(b"ACGT", dtype=np.uint8)
 class SimPreset:
     n_chroms: int
     chrom_len: int
-    n_tfs: int
+    n_tfs: int  # regulators: each cell type's two masters among them, cycling through all
     n_cell_types: int
     gene_spacing: int  # mean bp between TSSs
     n_cells: int  # single cells (Regulatory engine)
+    # passenger TFs (v4), after the regulators: passenger i is as active in cell type i as its
+    # masters and regulates no gene, so activity alone cannot tell the masters from it
+    n_passengers: int = 0
 
 
 PRESETS = {
-    "tiny": SimPreset(n_chroms=2, chrom_len=300_000, n_tfs=6, n_cell_types=3, gene_spacing=30_000, n_cells=300),
-    "small": SimPreset(n_chroms=3, chrom_len=1_000_000, n_tfs=10, n_cell_types=5, gene_spacing=30_000, n_cells=2_000),
-    "large": SimPreset(n_chroms=8, chrom_len=4_000_000, n_tfs=16, n_cell_types=8, gene_spacing=30_000, n_cells=100_000),
+    "tiny": SimPreset(n_chroms=2, chrom_len=300_000, n_tfs=6, n_cell_types=3, gene_spacing=30_000, n_cells=300, n_passengers=3),
+    "small": SimPreset(n_chroms=3, chrom_len=1_000_000, n_tfs=10, n_cell_types=5, gene_spacing=30_000, n_cells=2_000,
+                       n_passengers=5),
+    "large": SimPreset(n_chroms=8, chrom_len=4_000_000, n_tfs=16, n_cell_types=8, gene_spacing=30_000, n_cells=100_000,
+                       n_passengers=8),
 }
 
 
@@ -95,6 +100,7 @@ class Rulebook:
     tf_role: list[str] = field(default_factory=list)  # activator | repressor | dual, per TF
     normal: int = 0  # the cell type the disease type derives from
     driver: int = 0  # the TF switched on in the disease type
+    passengers: list[int] = field(default_factory=list)  # per normal cell type: its passenger TF, or -1
     activity: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (cell types, TFs) at steady state
     repressed: list[set[int]] = field(default_factory=list)  # per cell type: silent gene indices
 
@@ -284,6 +290,8 @@ def make_rulebook(preset: str | SimPreset, seed: int = 0) -> Rulebook:
             e.tf = stand_in
         if e.gene == driver_gene and e.partner == book.driver:
             e.partner = (stand_in + 1) % p.n_tfs
+    add_passengers(book, p.n_passengers, seed)
+    inputs = book.inputs
     book._cache = None  # element arrays are built lazily; drop any built before this change
     disease = inputs[book.normal].copy()
     disease[book.driver] = 1.0
@@ -293,6 +301,45 @@ def make_rulebook(preset: str | SimPreset, seed: int = 0) -> Rulebook:
     expr = book.mean_expression(book.activity)
     book.repressed = [set(np.flatnonzero(expr[c] < np.quantile(expr[c], 0.25)).tolist()) for c in range(expr.shape[0])]
     return book
+
+
+def add_passengers(book: Rulebook, n: int, seed: int) -> None:
+    """Simulator v4: passenger TFs, after the regulators (and before CTCF's motif). Passenger i gets
+    the external input of a master (1.0) in cell type i, signal-activated as the disease driver is
+    (its activity does not need its mRNA), one gene of its own among the genes least expressed in
+    every cell type (so its activity stays low elsewhere, from its own expression), and the primary
+    motif of a share of the inert and decoy elements: open where it is active, driving nothing. It
+    regulates no gene, so its motif accessibility is as type-specific as a master's and only what
+    its knockout does (nothing) tells it apart.
+
+    Why (v3's known failure, docs/design.md §8): masters were simply each type's most active TFs, so
+    chromVAR-style motif accessibility found every one of them. Drawn from their own seeded stream,
+    so the regulators, genes and causal elements of a seed stay v3's."""
+    if n <= 0:
+        return
+    n_types = book.inputs.shape[0]
+    if n > n_types:
+        raise ValueError(f"{n} passenger TFs for {n_types} cell types: at most one per cell type")
+    rng = np.random.default_rng([seed, 4])
+    n_reg = len(book.tfs)
+    candidates = np.arange(n_reg, len(book.genes))
+    peak = book.mean_expression(book.steady_activity(book.inputs)).max(0)[candidates]
+    genes = [int(g) for g in candidates[np.argsort(peak, kind="stable")[:n]]]
+    ctcf = book.motifs.pop()
+    for i, gi in enumerate(genes):
+        name = f"TF{n_reg + i + 1:02d}"
+        book.tfs.append(name)
+        book.motifs.append(Motif(f"SIM{n_reg + i + 1:04d}.1", name, _pwm(rng, int(rng.integers(8, 13)))))
+        book.tf_role.append("activator")
+        book.genes[gi].name = name
+    book.motifs.append(ctcf)
+    share = n / (n_reg + n)  # each passenger's motif in about as many inert and decoy elements as a regulator's
+    for e in book.elements:
+        if e.kind in ("inert", "decoy") and rng.random() < share:
+            e.tf = n_reg + int(rng.integers(0, n))
+    book.inputs = np.hstack([book.inputs, np.zeros((n_types, n))])
+    book.inputs[np.arange(n), n_reg + np.arange(n)] = 1.0
+    book.passengers = [n_reg + c if c < n else -1 for c in range(n_types)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -155,12 +155,19 @@ def write_truth(out: Path, book: Rulebook, instances) -> None:
     truth = out / "truth"
     truth.mkdir(parents=True, exist_ok=True)
     (truth / "VERSION").write_text(f"{VERSION}\n")
-    write_tsv(truth / "tfs.tsv", ["tf", "motif_id", "gene_id", "role"],
-               [(tf, book.motifs[i].id, book.genes[i].gene_id, book.tf_role[i]) for i, tf in enumerate(book.tfs)])
+    tf_gene = book._arrays()["tf_gene"]
+    passenger = set(book.passengers)
+    write_tsv(truth / "tfs.tsv", ["tf", "motif_id", "gene_id", "role", "kind"],
+               [(tf, book.motifs[i].id, book.genes[tf_gene[i]].gene_id, book.tf_role[i], "passenger" if i in passenger else "regulator")
+                for i, tf in enumerate(book.tfs)])
     write_tsv(truth / "disease.tsv", ["disease", "normal", "driver"],
                [(book.cell_types[-1], book.cell_types[book.normal], book.tfs[book.driver])])
-    write_tsv(truth / "cell_types.tsv", ["cell_type", "master_tfs"],
-               [(ct, ",".join(book.tfs[m] for m in book.masters[c])) for c, ct in enumerate(book.cell_types)])
+    # passenger_tfs: as active here as the masters, regulating no gene (v4); the
+    # disease type inherits its normal type's
+    own = book.passengers + [book.passengers[book.normal]] if book.passengers else []
+    write_tsv(truth / "cell_types.tsv", ["cell_type", "master_tfs", "passenger_tfs"],
+               [(ct, ",".join(book.tfs[m] for m in book.masters[c]), book.tfs[own[c]] if own and own[c] >= 0 else "")
+                for c, ct in enumerate(book.cell_types)])
     write_tsv(truth / "tf_activity.tsv", ["cell_type", *book.tfs],
                [(ct, *[f"{v:.3f}" for v in book.activity[c]]) for c, ct in enumerate(book.cell_types)])
     name = lambda i: book.tfs[i] if i >= 0 else ("CTCF" if i == -1 else "")  # noqa: E731

@@ -63,11 +63,18 @@ def test_atlas_grn_job_submit_outputs_and_resume(cluster, trained, sim_tiny, tmp
         t = card[name]
         assert set(t["baselines"]) == baselines and 0.0 <= t["model"] <= 1.0, (name, t)
         assert t["margin"] == pytest.approx(t["model"] - t["best_baseline"]["value"]) and t["met"] == (t["margin"] > 0)
-        # simulator v3: no baseline is trivial, except its known failure (docs/design.md §8): motif accessibility
-        # finds the master TFs, which are each type's most active TFs
-        exempt = {"motif_accessibility"} if name == "master_tfs" else set()
+        # no baseline is trivial (simulator v4: passenger TFs keep motif accessibility from finding every
+        # master, docs/design.md §8). Differential expression is exempt here only: on this tiny atlas (~75
+        # cells per group, 9 TFs) it ranks the signal-activated driver by chance (seed 0 of v4: 0.87 against
+        # TF04's 0.84, where the mean-level truth gives the driver 0.06 and TF04 0.48; tests/unit/test_simulate.py
+        # holds the mean-level invariant that it is not first)
+        exempt = {"differential_expression"} if name == "therapeutic_target" else set()
         assert all(v is None or v < 1.0 for b, v in t["baselines"].items() if b not in exempt), (name, t)
     assert set(card["master_tfs"]["variants"]) == {"attention_feature"}
+    # R-precision is scored; the top-3 precision and where each method ranks the passengers sit beside it
+    masters = card["master_tfs"]
+    assert masters["top_k_precision"]["k"] == 3 and set(masters["passenger_in_top"]["baselines"]) == expected["master_tfs"]
+    assert all(masters["top_k_precision"][m] >= masters[m] for m in ("model",))  # a longer list finds at least as many
     per_gene = pl.read_parquet(out / "enhancer_per_gene.parquet")  # the gene-by-gene diagnostic and its plot
     assert per_gene.filter(pl.col("task") == "enhancer_gene").height == card["enhancer_gene"]["per_gene_genes"] > 0
     assert card["enhancer_gene"]["per_gene_auprc"]["ablation_abs"] == pytest.approx(

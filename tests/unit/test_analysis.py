@@ -39,6 +39,12 @@ def test_top_k_precision_counts_possible_hits():
     assert metrics.top_k_precision(["a", "x", "c"], {"a", "x"}, 3) == 1.0
 
 
+def test_r_precision_leaves_no_slot_for_a_decoy():
+    assert metrics.top_k_precision(["a", "p", "x"], {"a", "x"}, 3) == 1.0
+    assert metrics.r_precision(["a", "p", "x"], {"a", "x"}) == 0.5
+    assert metrics.r_precision(["x", "a", "p"], {"a", "x"}) == 1.0
+
+
 # --- motif scanning ---------------------------------------------------------------------------
 def test_decode_dna_roundtrip_and_scan_both_strands():
     rng = np.random.default_rng(1)

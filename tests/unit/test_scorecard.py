@@ -98,12 +98,12 @@ def test_transition_and_therapeutic_tasks_need_the_planted_groups():
 
 def test_truth_of_another_simulator_version_is_refused(tmp_path):
     (tmp_path / "truth").mkdir()
-    with pytest.raises(InputError, match="simulator v1; this scorecard needs simulator v3"):
-        check_truth(tmp_path / "truth")
-    (tmp_path / "truth" / "VERSION").write_text("2\n")
-    with pytest.raises(InputError, match="simulator v2; this scorecard needs simulator v3"):
+    with pytest.raises(InputError, match="simulator v1; this scorecard needs simulator v4"):
         check_truth(tmp_path / "truth")
     (tmp_path / "truth" / "VERSION").write_text("3\n")
+    with pytest.raises(InputError, match="simulator v3; this scorecard needs simulator v4"):
+        check_truth(tmp_path / "truth")
+    (tmp_path / "truth" / "VERSION").write_text("4\n")
     check_truth(tmp_path / "truth")
     with pytest.raises(InputError, match="does not exist"):
         check_truth(tmp_path / "nope")
@@ -153,17 +153,26 @@ def test_motif_deviations_by_hand():
 def test_master_tf_task_scores_the_model_beside_every_baseline(tmp_path):
     truth = tmp_path / "truth"
     truth.mkdir()
-    pl.DataFrame({"cell_type": ["X", "Y"], "master_tfs": ["A,B", "C"]}).write_csv(truth / "cell_types.tsv", separator="\t")
+    pl.DataFrame({"cell_type": ["X", "Y"], "master_tfs": ["A,B", "C"], "passenger_tfs": ["P", None]}).write_csv(
+        truth / "cell_types.tsv", separator="\t")
+
     def ranking(method, x, y):
-        return pl.DataFrame({"group": ["X"] * 3 + ["Y"] * 3, "tf": x + y, "coef": [3.0, 2.0, 1.0] * 2, "rank": [1, 2, 3] * 2,
-                             "method": [method] * 6})
-    masters = pl.concat([ranking("model", ["A", "B", "C"], ["C", "A", "B"]), ranking("attention_feature", ["A", "C", "B"], ["A", "B", "C"]),
-                         ranking("gene_activity", ["C", "A", "B"], ["A", "B", "C"]), ranking("tf_expression", ["C", "B", "A"], ["B", "A", "C"])])
-    extra = {"motif_accessibility": ranking("x", ["A", "C", "B"], ["C", "A", "B"]).drop("method")}
-    t = master_tf_task(masters, truth, k=2, extra=extra)  # hits among the top 2 over min(2, |truth|)
-    assert t["model"] == 1.0 and t["variants"] == {"attention_feature": 0.25}
-    assert t["baselines"] == {"gene_activity": 0.25, "tf_expression": 0.25, "motif_accessibility": 0.75}
+        return pl.DataFrame({"group": ["X"] * 4 + ["Y"] * 4, "tf": x + y, "coef": [4.0, 3.0, 2.0, 1.0] * 2,
+                             "rank": [1, 2, 3, 4] * 2, "method": [method] * 8})
+    masters = pl.concat([ranking("model", list("ABPC"), list("CPAB")), ranking("attention_feature", list("CPAB"), list("BAPC")),
+                         ranking("gene_activity", list("PCAB"), list("ACBP")), ranking("tf_expression", list("BACP"), list("ABCP"))])
+    extra = {"motif_accessibility": ranking("x", list("APBC"), list("CABP")).drop("method")}
+    t = master_tf_task(masters, truth, k=3, extra=extra)
+    # R-precision: X's top 2 against {A, B}, Y's top 1 against {C}
+    assert t["model"] == 1.0 and t["variants"] == {"attention_feature": 0.0}
+    assert t["baselines"] == {"gene_activity": 0.0, "tf_expression": 0.5, "motif_accessibility": 0.75}
     assert t["best_baseline"] == {"name": "motif_accessibility", "value": 0.75} and t["met"]
+    # the top-3 precision beside it leaves a slot for X's passenger: motif accessibility's 1.0 ties the model
+    assert t["top_k_precision"] == {"k": 3, "model": 1.0, "baselines": {"gene_activity": 0.75, "tf_expression": 1.0, "motif_accessibility": 1.0},
+                                    "variants": {"attention_feature": 0.25}}
+    assert t["passenger_in_top"] == {"model": 0.0, "baselines": {"gene_activity": 1.0, "tf_expression": 0.0, "motif_accessibility": 1.0},
+                                     "variants": {"attention_feature": 1.0}}
+    assert t["per_group"] == {"X": 1.0, "Y": 1.0}
 
 
 @pytest.mark.parametrize("n,p", [(203, 12), (57, 80), (40, 1)])

@@ -6,7 +6,7 @@ import pytest
 
 from creformer.engine.io.fasta import Genome
 from creformer.engine.io.motifs import read_meme
-from creformer.engine.rulebook import make_rulebook
+from creformer.engine.rulebook import PRESETS, make_rulebook
 
 
 def rows(path):
@@ -19,7 +19,7 @@ def test_files_are_real_and_readable(sim_tiny):
     assert g.lengths == {"chr1": 300_000, "chr2": 300_000}
     assert (sim_tiny / "genome.fa.fai").exists()
     motifs = read_meme(sim_tiny / "motifs.meme")
-    assert [m.name for m in motifs][-1] == "CTCF" and len(motifs) == 7
+    assert [m.name for m in motifs][-1] == "CTCF" and len(motifs) == 10  # 6 regulators, 3 passengers (v4), CTCF
     tracks = rows(sim_tiny / "samples.tsv")
     assert len(tracks) == 4 * 7 and {r["assay"] for r in tracks} == {"ATAC", "H3K4me1", "H3K4me3", "H3K27ac", "H3K27me3", "H3K36me3", "CTCF"}
     gtf = (sim_tiny / "genes.gtf").read_text().splitlines()
@@ -170,13 +170,47 @@ def test_v2_invariants(preset):
 
 
 def test_v2_truth_files(sim_tiny):
-    assert (sim_tiny / "truth" / "VERSION").read_text().strip() == "3"
+    assert (sim_tiny / "truth" / "VERSION").read_text().strip() == "4"
     dis = rows(sim_tiny / "truth" / "disease.tsv")
     assert len(dis) == 1 and dis[0]["disease"] == "DIS" and dis[0]["normal"] == "CT0"
     pert = rows(sim_tiny / "truth" / "perturbations.tsv")
     assert {r["direct"] for r in pert} == {"true", "false"}
     assert {r["sign"] for r in rows(sim_tiny / "truth" / "tf_targets.tsv")} == {"1", "-1"}
     assert {r["cell_type"] for r in rows(sim_tiny / "truth" / "cells.tsv")} == {"CT0", "CT1", "CT2", "DIS"}
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_v4_passengers_are_as_active_as_masters_and_regulate_no_gene(preset):
+    """Simulator v4: passenger i is as active in cell type i as its masters and at most half as active
+    in the other normal types, its motif opens inert elements, it binds no causal element, and its
+    knockout moves no gene's expression. On the small
+    preset, ranking each type's TFs by activity there minus elsewhere (what chromVAR-style motif
+    accessibility reads) no longer finds every master in the top |masters|."""
+    p = PRESETS[preset]
+    r_prec = []
+    for seed in range(3):
+        book = make_rulebook(preset, seed)
+        n_reg = p.n_tfs
+        assert len(book.tfs) == n_reg + p.n_passengers and book.passengers[:p.n_passengers] == list(range(n_reg, len(book.tfs)))
+        tf_gene = book._arrays()["tf_gene"]
+        targets = {t: {g for (u, g) in book.direct_edges() if u == t} for t in range(len(book.tfs))}
+        base = np.log2(book.mean_expression(book.activity) + 1)
+        for c, t in enumerate(book.passengers):
+            if t < 0:
+                continue
+            act = book.activity
+            assert act[c, t] == 1.0 and all(act[c, m] == 1.0 for m in book.masters[c])
+            others = [o for o in range(len(book.cell_types) - 1) if o != c and (o != book.normal or c != book.normal)]
+            assert act[others, t].max() <= 0.5  # type-specific, as a master is
+            assert not targets[t] and book.tf_role[t] == "activator" and book.genes[tf_gene[t]].name == book.tfs[t]
+            assert any(e.kind == "inert" and e.tf == t for e in book.elements)
+            shift = lambda u: float(np.linalg.norm(np.log2(book.mean_expression(book.steady_activity(book.inputs[c], {u: 0.0})) + 1) - base[c]))  # noqa: E731
+            assert shift(t) < 1e-9 < min(shift(m) for m in book.masters[c])
+        act = book.activity
+        spec = act - (act.sum(0) - act) / (len(act) - 1)
+        r_prec.append(np.mean([len(set(np.argsort(-spec[c])[:len(m)].tolist()) & set(m)) / len(m) for c, m in enumerate(book.masters)]))
+    if preset == "small":
+        assert max(r_prec) < 1.0
 
 
 @pytest.mark.parametrize("preset", ["tiny", "small"])
