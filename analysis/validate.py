@@ -7,9 +7,10 @@ value), `margin` (model − best baseline) and `met` (margin > 0).
 
 - master_tfs — R-precision per cell type (hits among its top |master TFs| over |master TFs|; the
   top-3 precision beside it), the disease type's driver included; simulator v4's passenger TFs
-  (as active in one type as its masters, no targets) are what a ranking must leave out; model: each cell's knockout shift per TF + logistic regression; variant: the
-  paper's attention features; baselines: gene activity, TF expression and chromVAR-style motif
-  accessibility, each with the same one-vs-rest regression.
+  (as active in one type as its masters, no targets) are what a ranking must leave out; model:
+  each cell's knockout shift per TF + logistic regression; variant: the paper's attention features;
+  baselines: gene activity, TF expression and chromVAR-style motif accessibility, each with the
+  same one-vs-rest regression.
 - grn — AUPRC of every (TF, gene) pair against the direct edges (the TF binds a causal element
   of the gene); model: the knockout read (the target's largest |predicted log2FC| over groups
   under the TF's knockout); variants: attention-peak motif enrichment and its ablation ranking;
@@ -192,12 +193,9 @@ def master_tf_task(masters: pl.DataFrame, truth: Path, k: int = 3, extra: dict[s
     if not ranked.get("model"):
         raise InputError(f"no analysed group matches a simulated cell type ({sorted(true)}); group cells by truth/cells.tsv")
 
-    def mean(score) -> dict[str, float | None]:
-        return {m: float(np.mean([score(r, g) for g, r in by.items()])) if by else None for m, by in ranked.items()}
-
     per = {m: {g: r_precision(r, true[g]) for g, r in by.items()} for m, by in ranked.items()}
-    r_prec = mean(lambda r, g: r_precision(r, true[g]))
-    top_k = mean(lambda r, g: top_k_precision(r, true[g], k))
+    r_prec = {m: float(np.mean(list(v.values()))) if v else None for m, v in per.items()}
+    top_k = {m: float(np.mean([top_k_precision(r, true[g], k) for g, r in by.items()])) if by else None for m, by in ranked.items()}
     passenger = {m: float(np.mean([decoy[g] in r[:len(true[g])] for g, r in by.items() if g in decoy]))
                  for m, by in ranked.items() if any(g in decoy for g in by)}
     base = [m for m in ("gene_activity", "tf_expression", "motif_accessibility") if m in per]
