@@ -17,6 +17,11 @@ from creformer.analysis.report import training_checks
 from creformer.provenance import code_version
 
 
+def _cell(text: str) -> str:
+    """Text for a markdown table cell: a metric's own "|" (R-precision's |masters|) would end the cell."""
+    return str(text).replace("|", "\\|")
+
+
 def _fmt(v: Any) -> str:
     return "–" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
@@ -31,7 +36,7 @@ def scorecard_section(card: dict) -> list[str]:
             lines.append(f"| {name} | not scored: {t.get('not_scored', '')} | | | | | | |")
             continue
         best = t["best_baseline"]
-        lines.append(f"| {name} | {t['metric']} | {_fmt(t['model'])} | {best['name']} {_fmt(best['value'])} | "
+        lines.append(f"| {name} | {_cell(t['metric'])} | {_fmt(t['model'])} | {best['name']} {_fmt(best['value'])} | "
                      f"{t['margin']:+.3f} | {'yes' if t['met'] else 'no'} | "
                      + ", ".join(f"{k} {_fmt(v)}" for k, v in t["variants"].items()) + " | "
                      + ", ".join(f"{k} {_fmt(v)}" for k, v in t["baselines"].items()) + " |")
@@ -53,7 +58,7 @@ def science_section(sci: dict) -> list[str]:
              "| task | metric | model | best baseline (highest mean) | margin | won | variants |", "|---|---|---|---|---|---|---|"]
     for name, t in sci["tasks"].items():
         b = t["best_baseline"]
-        lines.append(f"| {name} | {t['metric']} | {_pm(t['model'])} | {b['name'] + ' ' + _pm(b) if b else '–'} | "
+        lines.append(f"| {name} | {_cell(t['metric'])} | {_pm(t['model'])} | {b['name'] + ' ' + _pm(b) if b else '–'} | "
                      f"{_pm(t['margin'])} | {t['seeds_won']}/{t['model']['n']} | "
                      + ", ".join(f"{k} {_pm(v)}" for k, v in t["variants"].items()) + " |")
     per_gene = [f"{name}: model {_pm(t['per_gene_auprc']['ablation_abs'])}, best baseline {b} {_pm(t['per_gene_auprc'][b])}"

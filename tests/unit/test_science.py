@@ -81,3 +81,15 @@ def test_the_results_page_keeps_its_science_table_when_no_science_json_is_at_han
         assert "| knockout | 0.816 |" in text and "73.4 min in all" in text and "old demo" not in text
         assert "\n\n\n" not in text
     assert mr.previous_section(tmp_path / "absent.md", mr.SCIENCE_HEADING) == []
+
+
+def test_a_metric_with_a_bar_stays_in_its_table_cell():
+    spec = importlib.util.spec_from_file_location("make_results", REPO / "docs" / "make_results.py")
+    mr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mr)
+    card = {"master_tfs": {"metric": "R-precision (top |masters| per cell type)", "model": 1.0, "variants": {},
+                           "baselines": {"motif_accessibility": 0.9}, "best_baseline": {"name": "motif_accessibility", "value": 0.9},
+                           "margin": 0.1, "met": True}}
+    header, _, row = mr.scorecard_section(card)
+    cells = re.split(r"(?<!\\)\|", row)  # markdown splits cells at bars that are not escaped
+    assert len(cells) == len(header.split("|")) and cells[2].strip() == "R-precision (top \\|masters\\| per cell type)"
