@@ -49,7 +49,7 @@ def test_the_cis_table_learns_at_its_own_rate_only_when_asked():
     assert [g["weight_decay"] for g in opt.param_groups] == [st.weight_decay] * 2 == [0.01] * 2
 
 
-def test_weight_decay_is_the_stage_config_s():
+def test_each_stage_sets_its_own_weight_decay():
     cfg = load_config("tiny", ["train.regulatory.weight_decay=0.1", "train.elementary.weight_decay=0"])
     head = RegulatoryHead(cfg.model, cfg.data.regulatory.peak_m, 3)
     assert {g["weight_decay"] for g in loop.optimizer(head, cfg.train.regulatory).param_groups} == {0.1}
