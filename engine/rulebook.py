@@ -100,7 +100,7 @@ class Rulebook:
     tf_role: list[str] = field(default_factory=list)  # activator | repressor | dual, per TF
     normal: int = 0  # the cell type the disease type derives from
     driver: int = 0  # the TF switched on in the disease type
-    passengers: list[int] = field(default_factory=list)  # per normal cell type: its passenger TF, or -1
+    passengers: list[int] = field(default_factory=list)  # per cell type (as masters): its passenger TF, or -1
     activity: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (cell types, TFs) at steady state
     repressed: list[set[int]] = field(default_factory=list)  # per cell type: silent gene indices
 
@@ -297,6 +297,7 @@ def make_rulebook(preset: str | SimPreset, seed: int = 0) -> Rulebook:
     disease[book.driver] = 1.0
     book.inputs = np.vstack([inputs, disease])
     book.masters = masters + [sorted(masters[book.normal] + [book.driver])]
+    book.passengers = book.passengers + [book.passengers[book.normal]] if book.passengers else []  # DIS keeps its normal type's
     book.activity = book.steady_activity(book.inputs)
     expr = book.mean_expression(book.activity)
     book.repressed = [set(np.flatnonzero(expr[c] < np.quantile(expr[c], 0.25)).tolist()) for c in range(expr.shape[0])]

@@ -162,11 +162,10 @@ def write_truth(out: Path, book: Rulebook, instances) -> None:
                 for i, tf in enumerate(book.tfs)])
     write_tsv(truth / "disease.tsv", ["disease", "normal", "driver"],
                [(book.cell_types[-1], book.cell_types[book.normal], book.tfs[book.driver])])
-    # passenger_tfs: as active here as the masters, regulating no gene (v4); the
-    # disease type inherits its normal type's
-    own = book.passengers + [book.passengers[book.normal]] if book.passengers else []
+    # passenger_tfs: as active here as the masters, regulating no gene (v4)
     write_tsv(truth / "cell_types.tsv", ["cell_type", "master_tfs", "passenger_tfs"],
-               [(ct, ",".join(book.tfs[m] for m in book.masters[c]), book.tfs[own[c]] if own and own[c] >= 0 else "")
+               [(ct, ",".join(book.tfs[m] for m in book.masters[c]),
+                 book.tfs[book.passengers[c]] if book.passengers and book.passengers[c] >= 0 else "")
                 for c, ct in enumerate(book.cell_types)])
     write_tsv(truth / "tf_activity.tsv", ["cell_type", *book.tfs],
                [(ct, *[f"{v:.3f}" for v in book.activity[c]]) for c, ct in enumerate(book.cell_types)])
