@@ -308,13 +308,15 @@ def test_holdout_split_is_stable_and_disjoint(sim_tiny, tmp_path):
 
 def test_training_order_is_shuffled_complete_and_seeded(sim_tiny, tmp_path, monkeypatch):
     """Shards are cell-major and the simulated cells are sorted by type: training reads row groups
-    in a seeded random order and visits their cells in random order (each cell's genes together,
-    shuffled), so every sample still comes exactly once, cells come from all over the file, and
-    one seed gives one order."""
-    from creformer.engine import sample_shards
+    in a seeded random order, cuts their cells (in random order) into groups of CELLS_PER_GROUP
+    and takes each group's rows together in random order, so every sample still comes exactly
+    once, a batch mixes several cells from all over the file, a cell's rows stay within its group,
+    and one seed gives one order."""
+    from creformer.engine import regulatory_stream, sample_shards
     from creformer.engine.regulatory_stream import iter_regulatory_batches
 
     monkeypatch.setattr(sample_shards, "SAMPLE_ROW_GROUP", 500)  # several row groups in the tiny shard
+    monkeypatch.setattr(regulatory_stream, "CELLS_PER_GROUP", 4)
     res = prepare_regulatory(regulatory_config(sim_tiny / "multiome", sim_tiny / "genome.fa", sim_tiny / "genes.gtf", tmp_path / "reg", min_cells_per_gene=1, executor="local"))
 
     def order(seed):
@@ -324,11 +326,17 @@ def test_training_order_is_shuffled_complete_and_seeded(sim_tiny, tmp_path, monk
     plain, a, b, other = order(None), order(7), order(7), order(8)
     assert sorted(a) == sorted(plain) and len(set(a)) == len(a)
     assert a == b and a != other and a != plain
-    visits = [c for i, (c, _) in enumerate(a) if i == 0 or a[i - 1][0] != c]
-    n_cells = len({c for c, _ in plain})
-    assert len(visits) <= n_cells + 10  # a cell's genes stay together (only row-group edges split one)
-    assert max(visits[:10]) - min(visits[:10]) > n_cells // 3  # the first cells come from all over the file
-    genes = [g for c, g in a if c == visits[0]]
+    n_cells, n_genes = len({c for c, _ in plain}), len({g for _, g in plain})
+    first = [c for c, _ in a[:16]]
+    assert 1 < len(set(first)) <= 4  # the first batch mixes cells of one group
+    visits = list(dict.fromkeys(c for c, _ in a))[:16]
+    assert max(visits) - min(visits) > n_cells // 3  # the first groups' cells come from all over the file
+    pos = {}
+    for i, (c, _) in enumerate(a):
+        pos.setdefault(c, []).append(i)
+    # a cell's rows lie within its group's stretch (4 cells' rows; row-group edges may split a cell)
+    assert np.median([p[-1] - p[0] for p in pos.values()]) < 4 * n_genes
+    genes = [g for c, g in a if c == first[0]]
     assert genes != sorted(genes)  # and its genes in random order
 
 

@@ -71,7 +71,13 @@ class Regulatory(nn.Module):
             self.register_buffer("gene_bias", torch.zeros(n_genes))
             self._register_load_state_dict_pre_hook(_zero_gene_bias)
         self.t3 = Encoder(cfg.n3, d, cfg.n_heads, cfg.ffn, cfg.dropout, cfg.activation_checkpointing)
-        self.head = nn.Sequential(PeakSlotLinear(peak_m, d, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, 1))
+        # LayerNorm before the GELU: the first layer's fan-in is peak_m x d (9,600 in the demo), so one
+        # Adam step can shift every hidden unit's input by units, and a loss spike had pushed all of
+        # them below zero for good: the demo's head on simulator v4 (train.seed 0) ended with 99.7 %
+        # of pre-activations negative (mean -7.4) and an output that ignored the cell (design §5).
+        # Normalized per sample over the units, about half of them stay on.
+        self.head = nn.Sequential(PeakSlotLinear(peak_m, d, cfg.head_hidden), nn.LayerNorm(cfg.head_hidden), nn.GELU(),
+                                  nn.Linear(cfg.head_hidden, 1))
 
     def train(self, mode: bool = True) -> "Regulatory":
         super().train(mode)
@@ -149,8 +155,8 @@ class Regulatory(nn.Module):
         if p > self.peak_m:
             raise ValueError(f"{p} peaks exceed data.regulatory.peak_m={self.peak_m}")
         h = self.t3(self._with_gene(x, gene), key_padding=~mask)  # zero at padded slots
-        first, act, last = self.head
-        return last(act(first(h, slot_widths(mask)))).squeeze(-1)
+        first, norm, act, last = self.head
+        return last(act(norm(first(h, slot_widths(mask))))).squeeze(-1)
 
     def cis(self, x: torch.Tensor, mask: torch.Tensor, gene: torch.Tensor | None, rank: torch.Tensor | None,
             activity: torch.Tensor | None = None) -> torch.Tensor:
