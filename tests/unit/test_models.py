@@ -246,6 +246,27 @@ def test_cell_signal_enters_as_scaled_difference_from_zero_signal():
         reg.forward_bins(bins[:, :, 0], rank, mask)
 
 
+def test_head_hidden_units_stay_on_when_the_first_layer_drifts_negative():
+    """The head normalizes its first layer's outputs per sample before the GELU: a drift that
+    would put every hidden unit below zero (the demo's head on simulator v4 ended at a mean
+    pre-activation of -7.4, 99.7 % negative) leaves about half of them on, and the output still
+    follows the cell's peaks."""
+    cfg, _, reg, (_, _, rank, mask), bins = eval_regulatory_with_bins()
+    first, norm, act, last = reg.head
+    assert isinstance(norm, torch.nn.LayerNorm) and isinstance(act, torch.nn.GELU)
+    x = reg._inputs(bins, rank, mask)
+    h = reg.t3(reg._with_gene(x, GENE), key_padding=~mask)
+    other = bins.clone()
+    other[0, 0, 0] += 1.0  # another cell signal in one peak of sample 0
+    before = reg.forward_bins(other, rank, mask, GENE) - reg.forward_bins(bins, rank, mask, GENE)
+    with torch.no_grad():
+        first.bias.sub_(10.0)  # every unit's input shifted far below zero
+    on = (norm(first(h * mask[..., None])) > 0).float().mean()
+    assert (first(h * mask[..., None]) < 0).all() and 0.3 < on < 0.7
+    after = reg.forward_bins(other, rank, mask, GENE) - reg.forward_bins(bins, rank, mask, GENE)
+    assert after[0].abs() > 1e-4 and torch.allclose(after, before, atol=1e-5)  # a shift of every unit is normalized away
+
+
 def test_gene_embedding_conditions_each_sample_on_its_gene():
     """model.gene_embedding: the same peaks predict differently for another gene; the gene id is
     required, and the table needs the shard set's gene count."""
