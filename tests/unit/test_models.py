@@ -265,6 +265,10 @@ def test_head_hidden_units_stay_on_when_the_first_layer_drifts_negative():
     assert (first(h * mask[..., None]) < 0).all() and 0.3 < on < 0.7
     after = reg.forward_bins(other, rank, mask, GENE) - reg.forward_bins(bins, rank, mask, GENE)
     assert after[0].abs() > 1e-4 and torch.allclose(after, before, atol=1e-5)  # a shift of every unit is normalized away
+    old = {("head.2." + k[len("head.3."):] if k.startswith("head.3.") else k): v
+           for k, v in reg.state_dict().items() if not k.startswith("head.1.")}  # the layout before the norm
+    with pytest.raises(ValueError, match="predate the head's LayerNorm"):
+        reg.load_state_dict(old)
 
 
 def test_gene_embedding_conditions_each_sample_on_its_gene():

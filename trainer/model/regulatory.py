@@ -78,6 +78,7 @@ class Regulatory(nn.Module):
         # Normalized per sample over the units, about half of them stay on.
         self.head = nn.Sequential(PeakSlotLinear(peak_m, d, cfg.head_hidden), nn.LayerNorm(cfg.head_hidden), nn.GELU(),
                                   nn.Linear(cfg.head_hidden, 1))
+        self._register_load_state_dict_pre_hook(_reject_head_without_norm)
 
     def train(self, mode: bool = True) -> "Regulatory":
         super().train(mode)
@@ -190,6 +191,15 @@ class Regulatory(nn.Module):
         x = self._inputs(bins, rank, mask) if inputs is None else inputs
         att = self.t3.layers[0].attention_weights(self._with_gene(x, gene), key_padding=~mask).mean(1)  # (B, P, P)
         return (att * mask[:, :, None]).sum(1) * mask
+
+
+def _reject_head_without_norm(state: dict, prefix: str, *args) -> None:
+    """Weights exported before the head's LayerNorm (2026-12-07) hold their output layer at
+    ``head.2``: they computed another function, so they are refused by name, not loaded."""
+    if prefix + "head.2.weight" in state:
+        raise ValueError("these Regulatory weights predate the head's LayerNorm (2026-12-07, docs/design.md §5): "
+                         "their head has no normalization before its GELU, so this version cannot run them; "
+                         "retrain them with train_regulatory (the Elementary weights stay valid)")
 
 
 def _zero_gene_bias(state: dict, prefix: str, *args) -> None:
