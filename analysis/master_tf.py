@@ -1,8 +1,14 @@
-"""Master TFs per cell group: one-vs-rest logistic regression on TF genes' features (docs/design.md §7).
+"""Master TFs per cell group, two rankings of one per-cell feature per TF (docs/design.md §7).
 
-The same function runs on the model's per-cell knockout shifts (the scored readout), its attention
-features (a variant), gene activity, TF expression and chromVAR-style motif accessibility (the
-baselines), so the rankings differ only in their input. Features are standardized per TF; L2-regularized.
+- ``group_mean_difference``: the group's mean feature minus its mean over every cell given. It keeps
+  the feature's size, so a TF whose knockout moves its type's cells a little, but only there, does
+  not look like one that moves them a lot. The scored readout on the model's per-cell knockout shifts.
+- ``master_tfs``: one-vs-rest logistic regression on the features standardized per TF,
+  L2-regularized; it finds the TFs whose feature tells the group apart, whatever their size.
+
+Both run on the model's knockout shifts (the mean difference scored, the regression a variant),
+its attention features (a variant), and on gene activity, TF expression and chromVAR-style motif
+accessibility (the baselines, each under both rankings), so the rankings differ only in their input.
 """
 
 from __future__ import annotations
@@ -28,6 +34,24 @@ def master_tfs(features: np.ndarray, groups: np.ndarray, tf_names: list[str], *,
         coef = model.coef_[0]
         order = np.argsort(-coef, kind="stable")
         rows += [(str(g), tf_names[j], float(coef[j]), r + 1) for r, j in enumerate(order)]
+    return pl.DataFrame(rows, schema={"group": pl.Utf8, "tf": pl.Utf8, "coef": pl.Float64, "rank": pl.Int64}, orient="row")
+
+
+def group_mean_difference(features: np.ndarray, groups: np.ndarray, tf_names: list[str]) -> pl.DataFrame:
+    """features (cells, TFs), groups (cells,) → (group, tf, coef, rank): coef = the group's mean
+    feature minus the mean over all cells, rank 1 = largest; ties keep the TFs' order."""
+    if features.shape != (len(groups), len(tf_names)):
+        raise ValueError(f"features {features.shape} do not match {len(groups)} cells x {len(tf_names)} TFs")
+    x = features.astype(np.float64)
+    overall = x.mean(0)
+    rows = []
+    for g in sorted(set(groups.tolist())):
+        y = groups == g
+        if y.all() or not y.any():
+            raise ValueError(f"group {g!r}: a group's difference needs cells inside and outside the group")
+        diff = x[y].mean(0) - overall
+        order = np.argsort(-diff, kind="stable")
+        rows += [(str(g), tf_names[j], float(diff[j]), r + 1) for r, j in enumerate(order)]
     return pl.DataFrame(rows, schema={"group": pl.Utf8, "tf": pl.Utf8, "coef": pl.Float64, "rank": pl.Int64}, orient="row")
 
 

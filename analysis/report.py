@@ -72,17 +72,18 @@ def plot_master_dotplot(masters: pl.DataFrame, path: Path) -> Path:
         t = masters.filter(pl.col("method") == m)
         groups = sorted(t["group"].unique().to_list())
         tfs = sorted(t["tf"].unique().to_list())
+        lim = max(float(t["coef"].abs().max() or 0.0), 1e-9)  # the two rankings' scores differ in scale
         for gi, g in enumerate(groups):
             sub = t.filter(pl.col("group") == g)
             coef = dict(zip(sub["tf"].to_list(), sub["coef"].to_list()))
             rank = dict(zip(sub["tf"].to_list(), sub["rank"].to_list()))
             xs = np.arange(len(tfs))
             sizes = [max(10.0, 220.0 / rank[tf]) for tf in tfs]
-            sc = ax.scatter(xs, [gi] * len(tfs), s=sizes, c=[coef[tf] for tf in tfs], cmap="RdBu_r", vmin=-3, vmax=3)
+            sc = ax.scatter(xs, [gi] * len(tfs), s=sizes, c=[coef[tf] for tf in tfs], cmap="RdBu_r", vmin=-lim, vmax=lim)
         ax.set_xticks(np.arange(len(tfs)), tfs, rotation=90, fontsize=7)
         ax.set_yticks(np.arange(len(groups)), groups)
         ax.set_title(f"master TFs: {'knockout shifts (model)' if m == 'model' else 'gene activity (baseline)'}")
-        fig.colorbar(sc, ax=ax, label="one-vs-rest coefficient")
+        fig.colorbar(sc, ax=ax, label="group mean − all cells' mean (knockout shift)" if m == "model" else "one-vs-rest coefficient")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -59,16 +59,21 @@ def run_analyses(p, stats: dict[str, Any], seconds: float) -> Path:
     tf_in = [t for t in p.tfs if t.gene_id is not None and t.gene_id in seen]
     results["tfs_without_gene"] = [t.name for t in p.tfs if t not in tf_in]
 
-    # master TFs: the model's knockout shifts (the fixed readout, docs/design.md §7) and its attention
-    # features (the paper's readout, a variant) vs gene activity and TF expression (baselines)
+    # master TFs (docs/design.md §7): the model's knockout shifts ranked by group mean difference (the
+    # fixed readout) and by regression, its attention features (the paper's readout): variants; gene
+    # activity and TF expression under both rankings: baselines
     masters = None
     if tf_in and len(names) >= 2:
         mats, groups = features.sample_matrices(sp.sample, sample, [t.gene_id for t in tf_in])
         tfn = [t.name for t in tf_in]
         mats["knockout_shift"] = features.knockout_matrix(sp.ko_shift, sample, tfn)
-        masters = pl.concat([master_tf.master_tfs(mats[col], groups, tfn, seed=a.seed).with_columns(pl.lit(method).alias("method"))
-                             for method, col in (("model", "knockout_shift"), ("attention_feature", "attention_feature"),
-                                                 ("gene_activity", "activity"), ("tf_expression", "expression"))])
+        regression = lambda x: master_tf.master_tfs(x, groups, tfn, seed=a.seed)  # noqa: E731
+        difference = lambda x: master_tf.group_mean_difference(x, groups, tfn)  # noqa: E731
+        masters = pl.concat([rank(mats[col]).with_columns(pl.lit(method).alias("method")) for method, rank, col in (
+            ("model", difference, "knockout_shift"), ("knockout_regression", regression, "knockout_shift"),
+            ("attention_feature", regression, "attention_feature"),
+            ("gene_activity", regression, "activity"), ("gene_activity_mean_difference", difference, "activity"),
+            ("tf_expression", regression, "expression"), ("tf_expression_mean_difference", difference, "expression"))])
         masters.write_parquet(out / "master_tfs.parquet")
 
     # GRN edges (+ SCENIC+/CellOracle layouts) and the all-pairs score table with baselines

@@ -8,9 +8,10 @@ value), `margin` (model − best baseline) and `met` (margin > 0).
 - master_tfs — R-precision per cell type (hits among its top |master TFs| over |master TFs|; the
   top-3 precision beside it), the disease type's driver included; simulator v4's passenger TFs
   (as active in one type as its masters, no targets) are what a ranking must leave out; model:
-  each cell's knockout shift per TF + logistic regression; variant: the paper's attention features;
-  baselines: gene activity, TF expression and chromVAR-style motif accessibility, each with the
-  same one-vs-rest regression.
+  each cell's knockout shift per TF, ranked by the group's mean minus the mean over all analysed
+  cells; variants: the same shifts and the paper's attention features ranked by one-vs-rest
+  logistic regression; baselines: gene activity, TF expression and chromVAR-style motif
+  accessibility, each under both rankings.
 - grn — AUPRC of every (TF, gene) pair against the direct edges (the TF binds a causal element
   of the gene); model: the knockout read (the target's largest |predicted log2FC| over groups
   under the TF's knockout); variants: attention-peak motif enrichment and its ablation ranking;
@@ -74,7 +75,7 @@ from .baselines import (
 )
 from .grn import pair_scores
 from .inputs import TF, cell_groups, load_tables, sample_cells
-from .master_tf import master_tfs
+from .master_tf import group_mean_difference, master_tfs
 from .metrics import auprc, precision_at_recall, r_precision, top_k_precision
 from .transitions import fraction_closer
 
@@ -198,10 +199,11 @@ def master_tf_task(masters: pl.DataFrame, truth: Path, k: int = 3, extra: dict[s
     top_k = {m: float(np.mean([top_k_precision(r, true[g], k) for g, r in by.items()])) if by else None for m, by in ranked.items()}
     passenger = {m: float(np.mean([decoy[g] in r[:len(true[g])] for g, r in by.items() if g in decoy]))
                  for m, by in ranked.items() if any(g in decoy for g in by)}
-    base = [m for m in ("gene_activity", "tf_expression", "motif_accessibility") if m in per]
-    variants = [m for m in ("attention_feature",) if m in per]
+    base = [m + how for m in ("gene_activity", "tf_expression", "motif_accessibility") for how in ("", "_mean_difference")
+            if m + how in per]
+    variants = [m for m in ("knockout_regression", "attention_feature") if m in per]
     split = lambda by: {"model": by.get("model"), "baselines": {m: by.get(m) for m in base}, "variants": {m: by.get(m) for m in variants}}  # noqa: E731
-    return task("R-precision (top |masters| per cell type)", r_prec["model"], "knockout shift per cell + logistic regression",
+    return task("R-precision (top |masters| per cell type)", r_prec["model"], "knockout shift per cell, group mean difference",
                 {m: r_prec[m] for m in base}, {m: r_prec[m] for m in variants},
                 per_group=per["model"], per_group_baselines={m: per[m] for m in base},
                 top_k_precision={"k": k, **split(top_k)}, **({"passenger_in_top": split(passenger)} if passenger else {}))
@@ -209,17 +211,19 @@ def master_tf_task(masters: pl.DataFrame, truth: Path, k: int = 3, extra: dict[s
 
 def master_baselines(masters: pl.DataFrame, data: CellData, groups: pl.DataFrame,
                      bound_by_tf: dict[str, np.ndarray]) -> dict[str, pl.DataFrame]:
-    """chromVAR-style motif accessibility of the model's TFs over every grouped cell, ranked by the
-    same one-vs-rest regression as atlas_grn's master TFs (master_tf.py). Columns follow the atlas's
-    TF order (``bound_by_tf``), never the model's ranking, which would otherwise break the
-    baseline's ties."""
+    """chromVAR-style motif accessibility of the model's TFs over every grouped cell, ranked as
+    atlas_grn ranks its master TFs (master_tf.py): by one-vs-rest regression and by group mean
+    difference. Columns follow the atlas's TF order (``bound_by_tf``), never the model's ranking,
+    which would otherwise break the baseline's ties."""
     ranked = set(masters.filter(pl.col("method") == "model")["tf"].to_list())
     names = [t for t in bound_by_tf if t in ranked]
     if not names:
         return {}
     cells = groups.sort("cell_id")
     dev = motif_deviations(data, {n: bound_by_tf[n] for n in names})[cells["cell_id"].to_numpy()]
-    return {"motif_accessibility": master_tfs(dev, cells["group"].to_numpy(), names)}
+    g = cells["group"].to_numpy()
+    return {"motif_accessibility": master_tfs(dev, g, names),
+            "motif_accessibility_mean_difference": group_mean_difference(dev, g, names)}
 
 
 def grn_task(scores: pl.DataFrame, tfgene: pl.DataFrame, truth: Path) -> dict:

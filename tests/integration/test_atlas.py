@@ -52,7 +52,8 @@ def test_atlas_grn_job_submit_outputs_and_resume(cluster, trained, sim_tiny, tmp
     assert len(images) >= 7 and all((out / img).exists() for img in images)
     # the scorecard: one entry per metric with the model, its baselines and the target
     card = json.loads((out / "scorecard.json").read_text())
-    expected = {"master_tfs": {"gene_activity", "tf_expression", "motif_accessibility"},
+    expected = {"master_tfs": {m + how for m in ("gene_activity", "tf_expression", "motif_accessibility")
+                               for how in ("", "_mean_difference")},
                 "grn": {"motif_only", "correlation", "regression", "scenic_like"},
                 "enhancer_gene": {"distance", "abc", "peak_correlation", "accessibility_regression"},
                 "knockout": {"motif_sign", "signed_correlation", "accessibility_regression", "celloracle_like", "no_change"},
@@ -70,7 +71,7 @@ def test_atlas_grn_job_submit_outputs_and_resume(cluster, trained, sim_tiny, tmp
         # holds the mean-level invariant that it is not first)
         exempt = {"differential_expression"} if name == "therapeutic_target" else set()
         assert all(v is None or v < 1.0 for b, v in t["baselines"].items() if b not in exempt), (name, t)
-    assert set(card["master_tfs"]["variants"]) == {"attention_feature"}
+    assert set(card["master_tfs"]["variants"]) == {"knockout_regression", "attention_feature"}
     # R-precision is scored; the top-3 precision and where each method ranks the passengers sit beside it
     masters = card["master_tfs"]
     assert masters["top_k_precision"]["k"] == 3 and set(masters["passenger_in_top"]["baselines"]) == expected["master_tfs"]

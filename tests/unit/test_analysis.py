@@ -168,6 +168,26 @@ def test_master_tfs_rank_the_tf_marking_each_group_first():
     assert master_tf.top_tfs(t, "A", 1) == ["TF0"] and master_tf.top_tfs(t, "B", 1) == ["TF2"]
 
 
+def test_group_mean_difference_keeps_the_size_that_the_regression_standardizes_away():
+    """A passenger-like TF whose knockout moves group A's cells a little, but only there, against a
+    master whose knockout moves A's cells a lot and others' some: the regression on standardized
+    features puts the passenger first, the mean difference the master (docs/design.md §7)."""
+    rng = np.random.default_rng(0)
+    groups = np.array(["A"] * 40 + ["B"] * 80)
+    a = groups == "A"
+    master = np.where(a, 2.0, 0.5) + rng.normal(0, 0.5, 120)
+    passenger = np.where(a, 0.1, 0.0) + rng.normal(0, 0.002, 120)
+    x = np.stack([master, passenger], 1)
+    names = ["MASTER", "PASSENGER"]
+    assert master_tf.top_tfs(master_tf.master_tfs(x, groups, names), "A", 1) == ["PASSENGER"]
+    t = master_tf.group_mean_difference(x, groups, names)
+    assert master_tf.top_tfs(t, "A", 1) == ["MASTER"] and master_tf.top_tfs(t, "B", 2) == ["PASSENGER", "MASTER"]
+    coef = dict(zip(t.filter(pl.col("group") == "A")["tf"], t.filter(pl.col("group") == "A")["coef"]))
+    assert coef["MASTER"] == pytest.approx(master[a].mean() - master.mean())
+    with pytest.raises(ValueError, match="inside and outside"):
+        master_tf.group_mean_difference(x, np.array(["A"] * 120), names)
+
+
 # --- GRN enrichment ---------------------------------------------------------------------------
 def test_enrichment_pvalue_by_hand():
     hits = np.array([[1], [1], [0], [0]], bool)  # 4 peaks, 2 with the motif, both among the 2 high ones

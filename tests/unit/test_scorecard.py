@@ -160,18 +160,25 @@ def test_master_tf_task_scores_the_model_beside_every_baseline(tmp_path):
         return pl.DataFrame({"group": ["X"] * 4 + ["Y"] * 4, "tf": x + y, "coef": [4.0, 3.0, 2.0, 1.0] * 2,
                              "rank": [1, 2, 3, 4] * 2, "method": [method] * 8})
     masters = pl.concat([ranking("model", list("ABPC"), list("CPAB")), ranking("attention_feature", list("CPAB"), list("BAPC")),
-                         ranking("gene_activity", list("PCAB"), list("ACBP")), ranking("tf_expression", list("BACP"), list("ABCP"))])
-    extra = {"motif_accessibility": ranking("x", list("APBC"), list("CABP")).drop("method")}
+                         ranking("gene_activity", list("PCAB"), list("ACBP")), ranking("tf_expression", list("BACP"), list("ABCP")),
+                         ranking("knockout_regression", list("APCB"), list("CABP")),
+                         ranking("gene_activity_mean_difference", list("ABPC"), list("PCAB"))])
+    extra = {"motif_accessibility": ranking("x", list("APBC"), list("CABP")).drop("method"),
+             "motif_accessibility_mean_difference": ranking("x", list("PABC"), list("BCAP")).drop("method")}
     t = master_tf_task(masters, truth, k=3, extra=extra)
-    # R-precision: X's top 2 against {A, B}, Y's top 1 against {C}
-    assert t["model"] == 1.0 and t["variants"] == {"attention_feature": 0.0}
-    assert t["baselines"] == {"gene_activity": 0.0, "tf_expression": 0.5, "motif_accessibility": 0.75}
+    # R-precision: X's top 2 against {A, B}, Y's top 1 against {C}; each baseline under both rankings
+    assert t["model"] == 1.0 and t["variants"] == {"knockout_regression": 0.75, "attention_feature": 0.0}
+    assert t["baselines"] == {"gene_activity": 0.0, "gene_activity_mean_difference": 0.5, "tf_expression": 0.5,
+                              "motif_accessibility": 0.75, "motif_accessibility_mean_difference": 0.25}
     assert t["best_baseline"] == {"name": "motif_accessibility", "value": 0.75} and t["met"]
     # the top-3 precision beside it leaves a slot for X's passenger: motif accessibility's 1.0 ties the model
-    assert t["top_k_precision"] == {"k": 3, "model": 1.0, "baselines": {"gene_activity": 0.75, "tf_expression": 1.0, "motif_accessibility": 1.0},
-                                    "variants": {"attention_feature": 0.25}}
-    assert t["passenger_in_top"] == {"model": 0.0, "baselines": {"gene_activity": 1.0, "tf_expression": 0.0, "motif_accessibility": 1.0},
-                                     "variants": {"attention_feature": 1.0}}
+    assert t["top_k_precision"]["baselines"] == {"gene_activity": 0.75, "gene_activity_mean_difference": 1.0, "tf_expression": 1.0,
+                                                 "motif_accessibility": 1.0, "motif_accessibility_mean_difference": 1.0}
+    assert {k: t["top_k_precision"][k] for k in ("k", "model", "variants")} == {
+        "k": 3, "model": 1.0, "variants": {"knockout_regression": 0.75, "attention_feature": 0.25}}
+    assert t["passenger_in_top"]["model"] == 0.0 and t["passenger_in_top"]["variants"] == {"knockout_regression": 1.0, "attention_feature": 1.0}
+    assert t["passenger_in_top"]["baselines"] == {"gene_activity": 1.0, "gene_activity_mean_difference": 0.0, "tf_expression": 0.0,
+                                                  "motif_accessibility": 1.0, "motif_accessibility_mean_difference": 1.0}
     assert t["per_group"] == {"X": 1.0, "Y": 1.0}
 
 
