@@ -18,41 +18,37 @@ import polars as pl
 from sklearn.linear_model import LogisticRegression
 
 
-def master_tfs(features: np.ndarray, groups: np.ndarray, tf_names: list[str], *, c: float = 1.0, seed: int = 0) -> pl.DataFrame:
-    """features (cells, TFs), groups (cells,) → (group, tf, coef, rank) with rank 1 = strongest."""
+def _rank_per_group(features: np.ndarray, groups: np.ndarray, tf_names: list[str], score) -> pl.DataFrame:
+    """(group, tf, coef, rank): ``score(x, in_group)`` gives each TF's coef for one group; rank 1 =
+    largest, ties keep the TFs' order."""
     if features.shape != (len(groups), len(tf_names)):
         raise ValueError(f"features {features.shape} do not match {len(groups)} cells x {len(tf_names)} TFs")
     x = features.astype(np.float64)
-    sd = x.std(0)
-    x = (x - x.mean(0)) / np.where(sd > 0, sd, 1.0)
     rows = []
     for g in sorted(set(groups.tolist())):
         y = groups == g
         if y.all() or not y.any():
-            raise ValueError(f"group {g!r}: one-vs-rest needs cells inside and outside the group")
-        model = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(x, y)
-        coef = model.coef_[0]
+            raise ValueError(f"group {g!r}: a ranking per group needs cells inside and outside the group")
+        coef = score(x, y)
         order = np.argsort(-coef, kind="stable")
         rows += [(str(g), tf_names[j], float(coef[j]), r + 1) for r, j in enumerate(order)]
     return pl.DataFrame(rows, schema={"group": pl.Utf8, "tf": pl.Utf8, "coef": pl.Float64, "rank": pl.Int64}, orient="row")
 
 
+def master_tfs(features: np.ndarray, groups: np.ndarray, tf_names: list[str], *, c: float = 1.0, seed: int = 0) -> pl.DataFrame:
+    """features (cells, TFs), groups (cells,) → (group, tf, coef, rank): one-vs-rest logistic
+    regression coefficients on the features standardized per TF."""
+    def coef(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        sd = x.std(0)
+        z = (x - x.mean(0)) / np.where(sd > 0, sd, 1.0)
+        return LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(z, y).coef_[0]
+    return _rank_per_group(features, groups, tf_names, coef)
+
+
 def group_mean_difference(features: np.ndarray, groups: np.ndarray, tf_names: list[str]) -> pl.DataFrame:
     """features (cells, TFs), groups (cells,) → (group, tf, coef, rank): coef = the group's mean
-    feature minus the mean over all cells, rank 1 = largest; ties keep the TFs' order."""
-    if features.shape != (len(groups), len(tf_names)):
-        raise ValueError(f"features {features.shape} do not match {len(groups)} cells x {len(tf_names)} TFs")
-    x = features.astype(np.float64)
-    overall = x.mean(0)
-    rows = []
-    for g in sorted(set(groups.tolist())):
-        y = groups == g
-        if y.all() or not y.any():
-            raise ValueError(f"group {g!r}: a group's difference needs cells inside and outside the group")
-        diff = x[y].mean(0) - overall
-        order = np.argsort(-diff, kind="stable")
-        rows += [(str(g), tf_names[j], float(diff[j]), r + 1) for r, j in enumerate(order)]
-    return pl.DataFrame(rows, schema={"group": pl.Utf8, "tf": pl.Utf8, "coef": pl.Float64, "rank": pl.Int64}, orient="row")
+    feature minus the mean over all cells."""
+    return _rank_per_group(features, groups, tf_names, lambda x, y: x[y].mean(0) - x.mean(0))
 
 
 def top_tfs(table: pl.DataFrame, group: str, k: int) -> list[str]:

@@ -179,8 +179,8 @@ def ko_decomposition(scored: pl.DataFrame, mediators: pl.DataFrame, labels: pl.D
 # ---------------------------------------------------------------------------------------------
 
 def master_tf_task(masters: pl.DataFrame, truth: Path, k: int = 3, extra: dict[str, pl.DataFrame] | None = None) -> dict:
-    """``masters``: atlas_grn's master_tfs.parquet (method model, attention_feature, gene_activity,
-    tf_expression); ``extra``: baseline rankings computed here (method name -> (group, tf, rank)).
+    """``masters``: atlas_grn's master_tfs.parquet (method model, knockout_regression,
+    attention_feature, gene_activity[_mean_difference], tf_expression[_mean_difference]); ``extra``: baseline rankings computed here (method name -> (group, tf, rank)).
     Scored: R-precision per cell type (hits among its top |masters| over |masters|), meaned over
     the types; the top-``k`` precision (hits over min(k, |masters|)) beside it, and per method the
     share of types whose passenger TF (simulator v4: as active there as the masters, no targets)

@@ -184,7 +184,7 @@ def test_group_mean_difference_keeps_the_size_that_the_regression_standardizes_a
     assert master_tf.top_tfs(t, "A", 1) == ["MASTER"] and master_tf.top_tfs(t, "B", 2) == ["PASSENGER", "MASTER"]
     coef = dict(zip(t.filter(pl.col("group") == "A")["tf"], t.filter(pl.col("group") == "A")["coef"]))
     assert coef["MASTER"] == pytest.approx(master[a].mean() - master.mean())
-    with pytest.raises(ValueError, match="inside and outside"):
+    with pytest.raises(ValueError, match="inside and outside the group"):
         master_tf.group_mean_difference(x, np.array(["A"] * 120), names)
 
 
