@@ -30,8 +30,8 @@ value), `margin` (model − best baseline) and `met` (margin > 0).
   responder AUPRC by |prediction| and the Spearman correlation over all triples beside it; model:
   the predicted log2FC; variant: the same propagated through the model's own TF changes
   (analysis.ko_propagation steps); baselines: motif sign, signed TF–gene correlation where the motif is in
-  the window, the accessibility ridge with the TF's bound peaks zeroed (knock-in: raised),
-  CellOracle-style ridge propagation, no change.
+  the window, the accessibility ridge with the TF's bound peaks zeroed (knock-in: raised), the
+  same read propagated as the model's variant is, CellOracle-style ridge propagation, no change.
 - transition — for the planted triple (disease, driver knockout, normal): the share of disease
   cells the perturbation moves closer to the normal centroid; baselines: a random TF's knockout
   (mean over the others), the unchanged source (0), CellOracle-style propagation.
@@ -77,6 +77,7 @@ from .grn import pair_scores
 from .inputs import TF, cell_groups, load_tables, sample_cells
 from .master_tf import group_mean_difference, master_tfs
 from .metrics import auprc, precision_at_recall, r_precision, top_k_precision
+from .propagation import propagate
 from .transitions import fraction_closer
 
 MIN_KO_EFFECT = 0.1
@@ -312,6 +313,27 @@ def perturbation_task(mode: str, triples: pl.DataFrame, predictions: dict[str, p
                 min_true_abs_log2fc=MIN_KO_EFFECT)
 
 
+def propagated_reads(reads: dict[str, pl.DataFrame], tf_genes: dict[str, int], n_genes: int,
+                     steps: int) -> dict[str, pl.DataFrame]:
+    """A baseline's single-TF knockout and knock-in reads (mode → (group, tf, gene_id, log2fc)),
+    propagated ``steps`` times through the TFs' own genes as the model's read is
+    (analysis/propagation.py, its knockout reads moving the other TFs); a gene the read left out
+    counts as 0 before propagation and can move after it. {} when ``steps`` is 0."""
+    if steps == 0 or "KO" not in reads:
+        return {}
+    every = pl.DataFrame({"gene_id": np.arange(n_genes, dtype=np.int64)})
+    frames = []
+    for mode, read in reads.items():
+        pairs = read.select("group", pl.col("tf").alias("condition")).unique()
+        frames.append(pairs.join(every, how="cross").join(read.rename({"tf": "condition"}), on=["group", "condition", "gene_id"],
+                                                          how="left")
+                      .with_columns(pl.col("log2fc").fill_null(0.0), pl.lit(mode).alias("mode")))
+    moved = propagate(pl.concat(frames).select("group", "condition", "mode", "gene_id", "log2fc"), tf_genes, steps)
+    return {mode: moved.filter(pl.col("mode") == mode).select("group", pl.col("condition").alias("tf"), "gene_id",
+                                                              pl.col("log2fc_propagated").alias("log2fc"))
+            for mode in reads}
+
+
 def perturbation_truth(truth: Path, mode: str, analysed: pl.DataFrame, genes: pl.DataFrame) -> pl.DataFrame:
     """Every analysed (cell_type, tf, gene_id) with its true log2FC (0 when the network leaves the
     gene unmoved) and whether the TF binds a causal element of the gene (``direct``)."""
@@ -418,6 +440,10 @@ def scorecard(out: Path, truth: Path, k: int = 3) -> dict:
     if per_gene.height:  # the report's gene-by-gene plot
         per_gene.join(genes.select(pl.col("gene_id").cast(pl.Int64), "gene"), on="gene_id", how="left").write_parquet(
             out / "enhancer_per_gene.parquet")
+    levels = {"KO": None, "KI": float(np.quantile(data.accessibility[data.accessibility > 0], 0.9))}
+    access_reads = {mode: accessibility_perturbation(data, windows, bound_by_tf, group_cells, level, access_models)
+                    for mode, level in levels.items()}
+    access_propagated = propagated_reads(access_reads, tf_genes, genes.height, cfg.analysis.ko_propagation)
     for mode, sign in (("KO", -1.0), ("KI", 1.0)):
         single = effects.filter((pl.col("mode") == mode) & ~pl.col("condition").str.contains("+", literal=True))
 
@@ -435,15 +461,17 @@ def scorecard(out: Path, truth: Path, k: int = 3) -> dict:
                                                      for t, g in zip(keys["tf"], keys["gene_id"])]))
         signed = keys.with_columns(pl.Series("pred", [sign * r_signed.get((t, g), 0.0) if (t, g) in motif_in_window else 0.0
                                                       for t, g in zip(keys["tf"], keys["gene_id"])]))
-        level = None if mode == "KO" else float(np.quantile(data.accessibility[data.accessibility > 0], 0.9))
-        access = accessibility_perturbation(data, windows, bound_by_tf, group_cells, level, access_models).rename(
-            {"group": "cell_type", "log2fc": "pred"})
+        level = levels[mode]
+        access = access_reads[mode].rename({"group": "cell_type", "log2fc": "pred"})
         oracle = celloracle_perturbation(data, tf_genes, motif_tfs, group_cells, knock_in=mode == "KI").rename(
             {"group": "cell_type", "log2fc": "pred"})
         none = keys.with_columns(pl.lit(0.0).alias("pred"))
         name = "knockout" if mode == "KO" else "knock_in"
+        # the accessibility regression's read propagated as the model's variant is (when steps > 0)
+        access_prop = ({"accessibility_regression_propagated": access_propagated[mode].rename({"group": "cell_type", "log2fc": "pred"})}
+                       if access_propagated else {})
         card[name] = perturbation_task(mode, triples, {"model": model, "motif_sign": motif, "signed_correlation": signed,
-                                                       "accessibility_regression": access, "celloracle_like": oracle,
+                                                       "accessibility_regression": access, **access_prop, "celloracle_like": oracle,
                                                        "no_change": none},
                                        "predicted log2FC (group mean over cells)", propagated)
         if groups.height < every.height:  # a sample of cells: the strongest baseline's read on all of them, for reference

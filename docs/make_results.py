@@ -52,8 +52,11 @@ def science_section(sci: dict) -> list[str]:
     # per seed too: a seed science.py reused from an earlier run (stage by stage) takes far less
     per_seed = ", ".join(f"seed {k} {v:,.0f} s" for k, v in sci.get("seconds_per_seed", {}).items())
     per_seed = f" ({per_seed})" if per_seed else ""
+    again = sci.get("rescored")
+    rescored = (f" Scored again on {again['created']} with commit {again['commit']}'s referee (`science.py --rescore`: "
+                "same models and atlas outputs).") if again else ""
     lines = [f"Preset `{sci['preset']}`, seeds {sci['seeds']}, {sci['seconds_total'] / 60:.1f} min in all{per_seed} on "
-             f"{sci['cpu_cores']} cores ({sci['created']}{', commit ' + sci['commit'] if sci.get('commit') else ''}). Mean ± sample s.d. over the seeds; the margin is the model "
+             f"{sci['cpu_cores']} cores ({sci['created']}{', commit ' + sci['commit'] if sci.get('commit') else ''}).{rescored} Mean ± sample s.d. over the seeds; the margin is the model "
              "minus that seed's best baseline; *won* counts the seeds with a positive margin.", "",
              "| task | metric | model | best baseline (highest mean) | margin | won | variants |", "|---|---|---|---|---|---|---|"]
     for name, t in sci["tasks"].items():

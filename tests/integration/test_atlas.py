@@ -56,8 +56,10 @@ def test_atlas_grn_job_submit_outputs_and_resume(cluster, trained, sim_tiny, tmp
                                for how in ("", "_mean_difference")},
                 "grn": {"motif_only", "correlation", "regression", "scenic_like"},
                 "enhancer_gene": {"distance", "abc", "peak_correlation", "accessibility_regression"},
-                "knockout": {"motif_sign", "signed_correlation", "accessibility_regression", "celloracle_like", "no_change"},
-                "knock_in": {"motif_sign", "signed_correlation", "accessibility_regression", "celloracle_like", "no_change"},
+                "knockout": {"motif_sign", "signed_correlation", "accessibility_regression", "accessibility_regression_propagated",
+                             "celloracle_like", "no_change"},
+                "knock_in": {"motif_sign", "signed_correlation", "accessibility_regression", "accessibility_regression_propagated",
+                             "celloracle_like", "no_change"},
                 "transition": {"random_tf", "source_unchanged", "celloracle_like"},
                 "therapeutic_target": {"differential_expression"}}
     for name, baselines in expected.items():

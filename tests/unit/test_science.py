@@ -93,3 +93,41 @@ def test_a_metric_with_a_bar_stays_in_its_table_cell():
     header, _, row = mr.scorecard_section(card)
     cells = re.split(r"(?<!\\)\|", row)  # markdown splits cells at bars that are not escaped
     assert len(cells) == len(header.split("|")) and cells[2].strip() == "R-precision (top \\|masters\\| per cell type)"
+
+
+def test_rescore_scores_a_finished_runs_seeds_again_and_keeps_its_timings(tmp_path, monkeypatch):
+    """A referee change is applied to a finished run without retraining: each seed's atlas outputs
+    are scored again, its scorecard rewritten, and science.json keeps the run's own timings."""
+    import json
+
+    from creformer.analysis import validate
+
+    run = {"preset": "science", "seeds": [3, 4], "commit": "abc1234", "seconds_per_seed": {"3": 1195.2, "4": 1187.4},
+           "seconds_total": 2382.6, "cpu_cores": 2, "created": "then", "atlas_observed_forwards": {"3": 0, "4": 0},
+           "tasks": {"grn": {"stale": True}}}
+    (tmp_path / "science.json").write_text(json.dumps(run))
+    for seed in (3, 4):
+        (tmp_path / f"seed{seed}" / "train" / "regulatory").mkdir(parents=True)
+        (tmp_path / f"seed{seed}" / "train" / "regulatory" / "eval.json").write_text(
+            json.dumps({"pearson_r": 0.6, "baseline_gene_mean_r": 0.5}))
+    scored = []
+
+    def fake_scorecard(atlas, truth):
+        scored.append((atlas.relative_to(tmp_path).as_posix(), truth.relative_to(tmp_path).as_posix()))
+        return {"grn": card(0.6 if "seed3" in str(atlas) else 0.4, {"a": 0.5})}
+    monkeypatch.setattr(validate, "scorecard", fake_scorecard)
+    out = science.rescore(tmp_path)
+    assert scored == [("seed3/atlas", "seed3/sim/truth"), ("seed4/atlas", "seed4/sim/truth")]
+    assert out["seconds_per_seed"] == run["seconds_per_seed"] and out["commit"] == "abc1234" and out["created"] == "then"
+    assert out["rescored"]["commit"] and out["tasks"]["grn"]["model"]["mean"] == pytest.approx(0.5)
+    assert out["tasks"]["grn"]["seeds_won"] == 1 and out["heldout_expression"]["pearson_r"]["n"] == 2
+    assert json.loads((tmp_path / "science.json").read_text()) == out
+    assert json.loads((tmp_path / "seed4" / "scorecard.json").read_text())["grn"]["model"] == 0.4
+    with pytest.raises(SystemExit, match="run the benchmark first"):
+        science.rescore(tmp_path / "nowhere")
+    # the results page says the run was scored again, and with which code
+    spec = importlib.util.spec_from_file_location("make_results", REPO / "docs" / "make_results.py")
+    mr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mr)
+    page = "\n".join(mr.science_section(out))
+    assert f"with commit {out['rescored']['commit']}'s referee" in page and "39.7 min in all" in page

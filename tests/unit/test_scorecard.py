@@ -212,3 +212,19 @@ def test_baselines_read_the_cells_atlas_grn_analysed():
     assert read_cells(every, 0, 3, 60).height == 60  # 0: every grouped cell
     with pytest.raises(InputError, match="analysed 21 cells"):
         read_cells(every, 10, 3, 21)
+
+
+def test_a_baselines_perturbation_read_is_propagated_as_the_models_is():
+    """TF A's knockout halves B's gene (gene 1, log2FC -1) and B's knockout lowers gene 2 by 2: one
+    step moves gene 2 under A's knockout by half of B's effect, a gene A's own read left out; a
+    knock-in that doubles B's gene moves it the other way."""
+    from creformer.analysis.validate import propagated_reads
+
+    ko = pl.DataFrame({"group": ["G"] * 3, "tf": ["A", "A", "B"], "gene_id": [1, 3, 2], "log2fc": [-1.0, -0.5, -2.0]})
+    ki = pl.DataFrame({"group": ["G"], "tf": ["A"], "gene_id": [1], "log2fc": [1.0]})
+    out = propagated_reads({"KO": ko, "KI": ki}, {"A": 0, "B": 1}, n_genes=4, steps=1)
+    at = lambda mode, tf, g: out[mode].filter((pl.col("tf") == tf) & (pl.col("gene_id") == g))["log2fc"].item()  # noqa: E731
+    assert at("KO", "A", 2) == pytest.approx(-1.0) and at("KO", "A", 1) == -1.0 and at("KO", "A", 3) == -0.5
+    assert at("KI", "A", 2) == pytest.approx(2.0) and at("KO", "B", 2) == -2.0
+    assert {mode: out[mode].height for mode in out} == {"KO": 8, "KI": 4}  # every gene of every read (group, TF)
+    assert propagated_reads({"KO": ko}, {"A": 0, "B": 1}, 4, steps=0) == {}
