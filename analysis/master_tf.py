@@ -38,17 +38,17 @@ def _rank_per_group(features: np.ndarray, groups: np.ndarray, tf_names: list[str
 def master_tfs(features: np.ndarray, groups: np.ndarray, tf_names: list[str], *, c: float = 1.0, seed: int = 0) -> pl.DataFrame:
     """features (cells, TFs), groups (cells,) → (group, tf, coef, rank): one-vs-rest logistic
     regression coefficients on the features standardized per TF."""
-    def coef(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        sd = x.std(0)
-        z = (x - x.mean(0)) / np.where(sd > 0, sd, 1.0)
-        return LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(z, y).coef_[0]
-    return _rank_per_group(features, groups, tf_names, coef)
+    x = features.astype(np.float64)
+    sd = x.std(0)
+    z = (x - x.mean(0)) / np.where(sd > 0, sd, 1.0)  # once, over every cell: the same for each group
+    return _rank_per_group(z, groups, tf_names, lambda z, y: LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(z, y).coef_[0])
 
 
 def group_mean_difference(features: np.ndarray, groups: np.ndarray, tf_names: list[str]) -> pl.DataFrame:
     """features (cells, TFs), groups (cells,) → (group, tf, coef, rank): coef = the group's mean
     feature minus the mean over all cells."""
-    return _rank_per_group(features, groups, tf_names, lambda x, y: x[y].mean(0) - x.mean(0))
+    overall = features.astype(np.float64).mean(0)
+    return _rank_per_group(features, groups, tf_names, lambda x, y: x[y].mean(0) - overall)
 
 
 def top_tfs(table: pl.DataFrame, group: str, k: int) -> list[str]:

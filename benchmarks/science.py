@@ -103,6 +103,12 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _heldout_eval(folder: Path) -> dict[str, Any]:
+    """A seed's held-out expression check (train_regulatory's eval.json), {} when it has none."""
+    ev = folder / "train" / "regulatory" / "eval.json"
+    return json.loads(ev.read_text()) if ev.exists() else {}
+
+
 def run_science(out: Path, preset: str, seeds: list[int], overrides: tuple[str, ...] = (),
                 data_dir: Path | None = None) -> dict[str, Any]:
     """Run every seed (a finished seed is reused stage by stage, as the demo does), aggregate, write
@@ -119,8 +125,7 @@ def run_science(out: Path, preset: str, seeds: list[int], overrides: tuple[str, 
             overrides=(f"simulate.seed={seed}", f"train.seed={seed}", f"analysis.seed={seed}", *overrides))
         seconds[seed] = round(time.perf_counter() - t0, 1)
         cards[seed] = json.loads((folder / "scorecard.json").read_text())
-        ev = folder / "train" / "regulatory" / "eval.json"
-        evals[seed] = json.loads(ev.read_text()) if ev.exists() else {}
+        evals[seed] = _heldout_eval(folder)
         atlas = json.loads((folder / "atlas" / "atlas.json").read_text())
         forwards[seed] = atlas.get("stats", {}).get("observed_forwards")
     result = {"preset": preset, "seeds": seeds, "overrides": list(overrides), "commit": code_version(), "seconds_per_seed": seconds,
@@ -147,8 +152,7 @@ def rescore(out: Path) -> dict[str, Any]:
         folder = out / f"seed{seed}"
         cards[seed] = scorecard(folder / "atlas", folder / "sim" / "truth")
         (folder / "scorecard.json").write_text(json.dumps(cards[seed], indent=1, default=float))
-        ev = folder / "train" / "regulatory" / "eval.json"
-        evals[seed] = json.loads(ev.read_text()) if ev.exists() else {}
+        evals[seed] = _heldout_eval(folder)
     kept = {k: v for k, v in run.items() if k not in ("tasks", "heldout_expression")}
     result = {**kept, "rescored": {"commit": code_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
               **aggregate(cards, evals)}
