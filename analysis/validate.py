@@ -168,8 +168,9 @@ def ko_decomposition(scored: pl.DataFrame, mediators: pl.DataFrame, labels: pl.D
             "no_causal_peak_touched": float(np.mean(j["n_causal"].to_numpy()[sel] == 0)),
             "median_abs_causal_log2fc": float(np.median(np.abs(causal[sel]))),
             "median_abs_true_log2fc": float(np.median(np.abs(j["true_lfc"].to_numpy()[sel])))}
-    out["note"] = ("per scored effect, the summed single-peak knockout log2FC of the touched peaks that are the gene's "
-                   "planted causal elements ('causal') and of the other touched peaks ('other')")
+    out["note"] = ("per scored effect of the one-step read (right or wrong by its sign), the summed single-peak knockout "
+                   "log2FC of the touched peaks that are the gene's planted causal elements ('causal') and of the other "
+                   "touched peaks ('other')")
     return out
 
 
@@ -451,10 +452,16 @@ def scorecard(out: Path, truth: Path, k: int = 3) -> dict:
             return single.select(pl.col("group").alias("cell_type"), pl.col("condition").alias("tf"), "gene_id",
                                  pl.col(column).alias("pred"))
 
-        model = read("log2fc")
-        # a variant: the same read propagated through the model's own TF changes (analysis/propagation.py)
+        one_step = read("log2fc")
+        # the read propagated through the model's own TF changes (analysis/propagation.py): the scored
+        # knockout readout (design §7, since 2026-12-07), a variant of the knock-in
         steps = cfg.analysis.ko_propagation if "log2fc_propagated" in single.columns else 0
-        propagated = {"model_propagated": read("log2fc_propagated")} if steps else None
+        if mode == "KO" and steps:
+            model, variants = read("log2fc_propagated"), {"model_one_step": one_step}
+            readout = f"predicted log2FC propagated {steps} steps through the TFs' genes (group mean over cells)"
+        else:
+            model, variants = one_step, ({"model_propagated": read("log2fc_propagated")} if steps else None)
+            readout = "predicted log2FC (group mean over cells)"
         triples = perturbation_truth(truth, mode, model.select("cell_type", "tf", "gene_id"), genes)
         keys = triples.select("cell_type", "tf", "gene_id")
         motif = keys.with_columns(pl.Series("pred", [sign if (t, g) in motif_in_window else 0.0
@@ -473,7 +480,7 @@ def scorecard(out: Path, truth: Path, k: int = 3) -> dict:
         card[name] = perturbation_task(mode, triples, {"model": model, "motif_sign": motif, "signed_correlation": signed,
                                                        "accessibility_regression": access, **access_prop, "celloracle_like": oracle,
                                                        "no_change": none},
-                                       "predicted log2FC (group mean over cells)", propagated)
+                                       readout, variants)
         if groups.height < every.height:  # a sample of cells: the strongest baseline's read on all of them, for reference
             ref = accessibility_perturbation(data, windows, bound_by_tf, every_cells, level, access_models).rename(
                 {"group": "cell_type", "log2fc": "pred"})
@@ -481,7 +488,8 @@ def scorecard(out: Path, truth: Path, k: int = 3) -> dict:
                 "accessibility_regression": perturbation_task(mode, triples, {"model": ref}, "")["model"],
                 "note": f"read over all {every.height} grouped cells instead of the {groups.height} analysed ones"}
         if mode == "KO" and (out / "ko_mediators.parquet").exists():
-            scored = triples.join(model, on=["cell_type", "tf", "gene_id"]).filter(
+            # the mediators are single peaks of the one-step read, so the decomposition reads that
+            scored = triples.join(one_step, on=["cell_type", "tf", "gene_id"]).filter(
                 (pl.col("true_lfc").abs() >= MIN_KO_EFFECT)).rename({"pred": "model_lfc"})
             med = pl.read_parquet(out / "ko_mediators.parquet")
             card[name]["decomposition"] = ko_decomposition(

@@ -109,10 +109,12 @@ def test_atlas_grn_job_submit_outputs_and_resume(cluster, trained, sim_tiny, tmp
     bw.close()
     eff = pl.read_parquet(out / "perturbation_effects.parquet")
     assert {"KO", "KI"} == set(eff["mode"].unique()) and "TF01+TF02" in set(eff["condition"].unique())
-    # the propagated read (analysis.ko_propagation), reported beside the scored one-step read as a variant
+    # the propagated read (analysis.ko_propagation): the knockout's scored readout, the one-step read its
+    # variant; the knock-in the other way round (design §7)
     assert eff["log2fc_propagated"].is_finite().all() and eff["log2fc_propagated"].null_count() == 0
-    for name in ("knockout", "knock_in"):
-        assert set(card[name]["variants"]) == {"model_propagated"} and "model_propagated" in card[name]["direct"]["variants"]
+    assert "propagated" in card["knockout"]["readout"] and "propagated" not in card["knock_in"]["readout"]
+    for name, variant in (("knockout", "model_one_step"), ("knock_in", "model_propagated")):
+        assert set(card[name]["variants"]) == {variant} and variant in card[name]["direct"]["variants"]
         # 6 of each group's cells were analysed: the baselines read those, the strongest one also all of them
         assert 0 <= card[name]["all_cells_reference"]["accessibility_regression"] <= 1
     med = pl.read_parquet(out / "ko_mediators.parquet")
