@@ -289,17 +289,25 @@ def perturbation_task(mode: str, triples: pl.DataFrame, predictions: dict[str, p
     """``triples``: (cell_type, tf, gene_id, true_lfc, direct) for every analysed triple;
     ``predictions``: name → (cell_type, tf, gene_id, pred) ('model' first, then the baselines);
     ``variants``: other model readouts, scored alike and reported, never the model's score. Direction
-    accuracy over responders is the metric; responder AUPRC and Spearman beside it."""
+    accuracy over responders is the metric; responder AUPRC and Spearman beside it. With a ``touched``
+    column (the TF's bound peaks include one of the gene's planted causal elements), the direct
+    responders' accuracy is also split by it: what the motif scan lets a knockout reach."""
     resp = triples["true_lfc"].abs().to_numpy() >= MIN_KO_EFFECT
     direct = triples["direct"].to_numpy()
+    touched = triples["touched"].to_numpy() if "touched" in triples.columns else None
     t = np.sign(triples["true_lfc"].to_numpy())
     acc, acc_direct, acc_indirect, resp_auprc, rho = {}, {}, {}, {}, {}
+    acc_touched: dict[str, float | None] = {}
+    acc_untouched: dict[str, float | None] = {}
     for name, p in {**predictions, **(variants or {})}.items():
         pred = triples.join(p, on=["cell_type", "tf", "gene_id"], how="left")["pred"].fill_null(0.0).to_numpy()
         right = np.sign(pred) == t
         acc[name] = float(right[resp].mean()) if resp.any() else float("nan")
         acc_direct[name] = float(right[resp & direct].mean()) if (resp & direct).any() else None
         acc_indirect[name] = float(right[resp & ~direct].mean()) if (resp & ~direct).any() else None
+        if touched is not None:
+            for into, sel in ((acc_touched, resp & direct & touched), (acc_untouched, resp & direct & ~touched)):
+                into[name] = float(right[sel].mean()) if sel.any() else None
         resp_auprc[name] = auprc(np.abs(pred), resp) if resp.any() else None
         rho[name] = spearman(pred, triples["true_lfc"].to_numpy())
     base = [n for n in predictions if n != "model"]
@@ -311,7 +319,12 @@ def perturbation_task(mode: str, triples: pl.DataFrame, predictions: dict[str, p
                 {v: acc[v] for v in variants or {}},
                 direct=split(acc_direct), indirect=split(acc_indirect), responder_auprc=split(resp_auprc), spearman=split(rho),
                 triples=int(triples.height), responders=int(resp.sum()), direct_responders=int((resp & direct).sum()),
-                min_true_abs_log2fc=MIN_KO_EFFECT)
+                min_true_abs_log2fc=MIN_KO_EFFECT,
+                **({} if touched is None else {
+                    "direct_by_scan": {"touched": split(acc_touched), "untouched": split(acc_untouched),
+                                       "touched_responders": int((resp & direct & touched).sum()),
+                                       "note": "direct responders split by whether the TF's bound peaks (the motif scan) include "
+                                               "one of the gene's planted causal elements"}}))
 
 
 def propagated_reads(reads: dict[str, pl.DataFrame], tf_genes: dict[str, int], n_genes: int,
@@ -424,6 +437,9 @@ def scorecard(out: Path, truth: Path, k: int = 3) -> dict:
     windows = {int(g): df["peak_id"].to_numpy() for (g,), df in elems.group_by("gene_id")}
     elab = enhancer_labels(enhancer_baselines(data, elems), tables.peaks, genes, truth)
     access_models = window_models(data, windows)  # shared by the knockout and knock-in baselines
+    # (tf, gene) pairs whose knockout reaches one of the gene's planted causal elements (the scan's recall)
+    causal = elab.filter(pl.col("label")).select("gene_id", "peak_id")
+    reached = {(t, int(g)) for t, b in bound_by_tf.items() for g, pk in zip(causal["gene_id"], causal["peak_id"]) if b[pk]}
     # knockouts and knock-ins
     effects = pl.read_parquet(out / "perturbation_effects.parquet")
     motif_tfs: dict[int, list[str]] = {}
@@ -463,6 +479,8 @@ def scorecard(out: Path, truth: Path, k: int = 3) -> dict:
             model, variants = one_step, ({"model_propagated": read("log2fc_propagated")} if steps else None)
             readout = "predicted log2FC (group mean over cells)"
         triples = perturbation_truth(truth, mode, model.select("cell_type", "tf", "gene_id"), genes)
+        triples = triples.with_columns(pl.Series("touched", [(t, int(g)) in reached for t, g in zip(triples["tf"], triples["gene_id"])],
+                                                 pl.Boolean))
         keys = triples.select("cell_type", "tf", "gene_id")
         motif = keys.with_columns(pl.Series("pred", [sign if (t, g) in motif_in_window else 0.0
                                                      for t, g in zip(keys["tf"], keys["gene_id"])]))

@@ -82,6 +82,15 @@ def test_perturbation_task_by_hand():
     v = perturbation_task("KO", triples, {"model": model, "motif_sign": motif}, "predicted log2FC", {"model_one_step": motif})
     assert v["variants"] == {"model_one_step": pytest.approx(1 / 3)} and set(v["baselines"]) == {"motif_sign"}
     assert v["direct"]["variants"]["model_one_step"] == pytest.approx(0.5) and v["margin"] == t["margin"]
+    assert "direct_by_scan" not in t
+    # the direct responders split by whether the scan reaches a causal element: gene 0 (model right,
+    # motif right) is reached, gene 1 (both wrong) is not; gene 3 is direct but no responder
+    s = perturbation_task("KO", triples.with_columns(pl.Series("touched", [True, False, False, True, True])),
+                          {"model": model, "motif_sign": motif}, "predicted log2FC")
+    by = s["direct_by_scan"]
+    assert by["touched_responders"] == 1 and by["touched"]["model"] == 1.0 and by["untouched"]["model"] == 0.0
+    assert by["touched"]["baselines"]["motif_sign"] == 1.0 and by["untouched"]["baselines"]["motif_sign"] == 0.0
+    assert s["model"] == t["model"] and s["direct"] == t["direct"]
 
 
 def test_transition_and_therapeutic_tasks_need_the_planted_groups():
