@@ -115,6 +115,8 @@ def test_atlas_grn_job_submit_outputs_and_resume(cluster, trained, sim_tiny, tmp
     assert "propagated" in card["knockout"]["readout"] and "propagated" not in card["knock_in"]["readout"]
     for name, variant in (("knockout", "model_one_step"), ("knock_in", "model_propagated")):
         assert set(card[name]["variants"]) == {variant} and variant in card[name]["direct"]["variants"]
+        by = card[name]["direct_by_scan"]  # the direct responders split by the scan's reach
+        assert 0 <= by["touched_responders"] <= card[name]["direct_responders"] and variant in by["untouched"]["variants"]
         # 6 of each group's cells were analysed: the baselines read those, the strongest one also all of them
         assert 0 <= card[name]["all_cells_reference"]["accessibility_regression"] <= 1
     med = pl.read_parquet(out / "ko_mediators.parquet")
