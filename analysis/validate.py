@@ -27,11 +27,13 @@ value), `margin` (model − best baseline) and `met` (margin > 0).
   own peaks from putting all genes' scores on one scale.
 - knockout, knock_in — direction accuracy over responders (|true log2FC| ≥ 0.1 in a cell type)
   among the analysed (group, TF, gene) triples, direct and indirect reported apart, with the
-  responder AUPRC by |prediction| and the Spearman correlation over all triples beside it; model:
-  the predicted log2FC; variant: the same propagated through the model's own TF changes
-  (analysis.ko_propagation steps); baselines: motif sign, signed TF–gene correlation where the motif is in
-  the window, the accessibility ridge with the TF's bound peaks zeroed (knock-in: raised), the
-  same read propagated as the model's variant is, CellOracle-style ridge propagation, no change.
+  responder AUPRC by |prediction| and the Spearman correlation over all triples beside it, and the
+  direct responders split by whether the scan reaches a causal element; model: the predicted
+  log2FC, for the knockout propagated through the model's own TF changes (analysis.ko_propagation
+  steps; the one-step read its variant), for the knock-in one step (the propagated read its
+  variant); baselines: motif sign, signed TF–gene correlation where the motif is in the window, the
+  accessibility ridge with the TF's bound peaks zeroed (knock-in: raised), the same read
+  propagated as the model's is, CellOracle-style ridge propagation, no change.
 - transition — for the planted triple (disease, driver knockout, normal): the share of disease
   cells the perturbation moves closer to the normal centroid; baselines: a random TF's knockout
   (mean over the others), the unchanged source (0), CellOracle-style propagation.
