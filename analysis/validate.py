@@ -29,9 +29,8 @@ value), `margin` (model − best baseline) and `met` (margin > 0).
   among the analysed (group, TF, gene) triples, direct and indirect reported apart, with the
   responder AUPRC by |prediction| and the Spearman correlation over all triples beside it, and the
   direct responders split by whether the scan reaches a causal element; model: the predicted
-  log2FC, for the knockout propagated through the model's own TF changes (analysis.ko_propagation
-  steps; the one-step read its variant), for the knock-in one step (the propagated read its
-  variant); baselines: motif sign, signed TF–gene correlation where the motif is in the window, the
+  log2FC propagated through the model's own TF changes (analysis.ko_propagation steps; the
+  one-step read its variant); baselines: motif sign, signed TF–gene correlation where the motif is in the window, the
   accessibility ridge with the TF's bound peaks zeroed (knock-in: raised), the same read
   propagated as the model's is, CellOracle-style ridge propagation, no change.
 - transition — for the planted triple (disease, driver knockout, normal): the share of disease
@@ -471,14 +470,14 @@ def scorecard(out: Path, truth: Path, k: int = 3) -> dict:
                                  pl.col(column).alias("pred"))
 
         one_step = read("log2fc")
-        # the read propagated through the model's own TF changes (analysis/propagation.py): the scored
-        # knockout readout (design §7, since 2026-12-07), a variant of the knock-in
+        # the read propagated through the model's own TF changes (analysis/propagation.py) is the scored
+        # readout of both (design §7: the knockout's since 2026-12-07, the knock-in's since 2026-12-07)
         steps = cfg.analysis.ko_propagation if "log2fc_propagated" in single.columns else 0
-        if mode == "KO" and steps:
+        if steps:
             model, variants = read("log2fc_propagated"), {"model_one_step": one_step}
             readout = f"predicted log2FC propagated {steps} steps through the TFs' genes (group mean over cells)"
         else:
-            model, variants = one_step, ({"model_propagated": read("log2fc_propagated")} if steps else None)
+            model, variants = one_step, None
             readout = "predicted log2FC (group mean over cells)"
         triples = perturbation_truth(truth, mode, model.select("cell_type", "tf", "gene_id"), genes)
         triples = triples.with_columns(pl.Series("touched", [(t, int(g)) in reached for t, g in zip(triples["tf"], triples["gene_id"])],

@@ -243,8 +243,8 @@ class AnalysisConfig:
     tss_region_bp: int = 2000
     ki_quantile: float = 0.9  # knock-in signal: an observed profile at this quantile of non-zero (cell, peak) ATAC masses
     # knockout / knock-in propagation steps through the model's own predicted TF changes (CellOracle's
-    # n_propagation, and its default; analysis/propagation.py): a variant reported beside the scored
-    # one-step read (docs/design.md §7); 0: none
+    # n_propagation, and its default; analysis/propagation.py): the read the knockout and knock-in are
+    # scored by, the one-step read reported beside it (docs/design.md §7); 0: none, both scored one-step
     ko_propagation: int = 3
     source_group: str = ""  # transition source / disease group (default: first group)
     target_group: str = ""  # transition target / reference group (default: second group)

@@ -109,11 +109,11 @@ def test_atlas_grn_job_submit_outputs_and_resume(cluster, trained, sim_tiny, tmp
     bw.close()
     eff = pl.read_parquet(out / "perturbation_effects.parquet")
     assert {"KO", "KI"} == set(eff["mode"].unique()) and "TF01+TF02" in set(eff["condition"].unique())
-    # the propagated read (analysis.ko_propagation): the knockout's scored readout, the one-step read its
-    # variant; the knock-in the other way round (design §7)
+    # the propagated read (analysis.ko_propagation): the scored readout of both, the one-step read their
+    # variant (design §7)
     assert eff["log2fc_propagated"].is_finite().all() and eff["log2fc_propagated"].null_count() == 0
-    assert "propagated" in card["knockout"]["readout"] and "propagated" not in card["knock_in"]["readout"]
-    for name, variant in (("knockout", "model_one_step"), ("knock_in", "model_propagated")):
+    assert "propagated" in card["knockout"]["readout"] and "propagated" in card["knock_in"]["readout"]
+    for name, variant in (("knockout", "model_one_step"), ("knock_in", "model_one_step")):
         assert set(card[name]["variants"]) == {variant} and variant in card[name]["direct"]["variants"]
         by = card[name]["direct_by_scan"]  # the direct responders split by the scan's reach
         assert 0 <= by["touched_responders"] <= card[name]["direct_responders"] and variant in by["untouched"]["variants"]
