@@ -25,7 +25,7 @@ from creformer.config import Config, save_config
 from creformer.ray_utils import ensure_ray
 
 from .partitions import run_partitions
-from .plan import absolute_paths, prepare, scan_motifs
+from .plan import absolute_paths, perturbation_sites, prepare, scan_motifs
 from .run import run_analyses
 
 
@@ -52,6 +52,7 @@ def atlas_grn(cfg: Config) -> AtlasResult:
              "perturbs them too)" if p.not_perturbed else ""), flush=True)
     ensure_ray(cfg.ray)
     scan_motifs(p)
+    perturbation_sites(p)
     stats = run_partitions(p, config_path)
     try:
         os.getcwd()

@@ -54,7 +54,7 @@ class AtlasWorker:
         self.models = inputs.load_models(plan["elementary_weights"], plan["regulatory_weights"], cfg, self.tables)
         self.values = inputs.level_values(self.tables.atac_cuts)
         self.ki_profile = np.asarray(plan["ki_profile"], np.uint8)
-        self.bound = np.load(self.work / "bound.npy")
+        self.bound = np.load(self.work / "perturb_bound.npy")  # the sites perturbations act on
         self.verified: set[Path] = set()
         self.slices = json.loads((self.work / "shared_slices.json").read_text())  # shared_items, peaks per slice
         self.shared_ready = False  # ensure_shared has run: once per actor, before its first partition

@@ -34,11 +34,14 @@ def run_partitions(p: Prepared, config_path: Path) -> dict[str, Any]:
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
     np.save(work / "bound.npy", p.bound)
+    np.save(work / "perturb_bound.npy", p.perturb_bound)  # what the partitions' perturbations act on
     items = partitions(p)
     fingerprint = content_hash({"schema": sorted(SCORE_SCHEMA), "manifest": p.tables.manifest.data["input_hash"],
                                 "weights": [inputs.file_id(p.elementary_weights), inputs.file_id(p.regulatory_weights)],
                                 "conditions": [c.__dict__ for c in p.conditions], "ki": p.knock_in.tokens.tolist(),
-                                "bound": content_hash(p.bound.tolist()), "genes": p.genes, "items": [it["cells"] for it in items]})
+                                "bound": content_hash(p.bound.tolist()),
+                                **({"perturb_bound": content_hash(p.perturb_bound.tolist())} if p.perturb_bound is not p.bound else {}),
+                                "genes": p.genes, "items": [it["cells"] for it in items]})
     plan = {"config": str(config_path.resolve()), "manifest": str(p.tables.manifest.path.resolve()),
             "elementary_weights": str(Path(p.elementary_weights).resolve()),
             "regulatory_weights": str(Path(p.regulatory_weights).resolve()), "out": str(out.resolve()),

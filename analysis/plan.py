@@ -18,6 +18,7 @@ from creformer.config import Config
 from creformer.engine.errors import InputError
 
 from . import inputs
+from .binding_support import supported_sites
 from .motif_stage import scan_peaks
 from .perturb import KnockIn, conditions, knock_in_profile, perturbed_tfs
 
@@ -39,6 +40,9 @@ class Prepared:
     regulatory_weights: str
     genes: list[int]  # analysed gene ids (empty: all)
     models: inputs.Models  # loaded once here to check the artifacts; the driver reuses them
+    # (n_peaks, n_motifs) the sites a perturbation closes or opens: the scan's, or those plus the
+    # accessibility-supported looser sites (analysis.perturb_support_pvalue); set after the scan
+    perturb_bound: np.ndarray | None = None
 
 
 def prepare(cfg: Config) -> Prepared:
@@ -83,6 +87,23 @@ def scan_motifs(p: Prepared) -> np.ndarray:
     print(f"[atlas_grn] motif scan: {p.tables.peak_dna.shape[0]:,} peaks x {len(p.motifs)} motifs, "
           f"{int(p.bound.sum()):,} (peak, motif) sites in {time.perf_counter() - t0:.1f} s (Ray Data, {a.workers} actors)", flush=True)
     return p.bound
+
+
+def perturbation_sites(p: Prepared) -> np.ndarray:
+    """The sites perturbations act on (``p.perturb_bound``): the scan's (``p.bound``), plus, with
+    analysis.perturb_support_pvalue, the looser sites the atlas's accessibility supports
+    (binding_support.py); the looser scan runs on the same Ray Data motif stage."""
+    a = p.cfg.analysis
+    if not a.perturb_support_pvalue:
+        p.perturb_bound = p.bound
+        return p.perturb_bound
+    t0 = time.perf_counter()
+    loose = scan_peaks(p.tables.peak_dna, p.motifs, a.perturb_support_pvalue, a.motif_threshold, a.workers).bound
+    p.perturb_bound = supported_sites(p.tables, p.bound, loose, a.perturb_support_r)
+    print(f"[atlas_grn] perturbation sites: the scan's {int(p.bound.sum()):,} plus {int((p.perturb_bound & ~p.bound).sum()):,} "
+          f"of {int((loose & ~p.bound).sum()):,} sites at p <= {a.perturb_support_pvalue:g} whose peak follows the motif's "
+          f"accessibility (r >= {a.perturb_support_r:g}) in {time.perf_counter() - t0:.1f} s", flush=True)
+    return p.perturb_bound
 
 
 def partitions(p: Prepared) -> list[dict[str, Any]]:

@@ -111,7 +111,7 @@ def run_analyses(p, stats: dict[str, Any], seconds: float) -> Path:
     meta_cells = cells.join(tables.cells.select("cell_id", "rna_counts"), on="cell_id", how="left")
     results["cell_files"] = [str(x) for x in cell_files.write_cell_files(out, fp, meta_cells, tables.genes, tables.peaks,
                                                                          sample, a.seed)]
-    mediators = perturb.ko_mediators(gatt, p.bound, p.conditions)
+    mediators = perturb.ko_mediators(gatt, p.perturb_bound, p.conditions)
     mediators.write_parquet(out / "ko_mediators.parquet")
 
     # transitions and therapeutic targets

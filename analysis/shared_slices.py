@@ -184,7 +184,7 @@ def shared_items(p: Prepared, n_items: int, max_peaks: int = 4096) -> list[dict[
     else:
         ids = peaks["peak_id"].to_numpy()
     motifs = sorted({m for c in p.conditions if c.mode == "KI" for m in c.motifs})
-    ki = ids[p.bound[ids][:, motifs].any(1)] if motifs else ids[:0]
+    ki = ids[p.perturb_bound[ids][:, motifs].any(1)] if motifs else ids[:0]
     n = max(1, min(ids.size, max(n_items, -(-ids.size // max_peaks))))
     return [{"kind": "shared", "slice": i, "peaks": ids[i::n].tolist(), "ki_peaks": ki[i::n].tolist()} for i in range(n)]
 

@@ -324,8 +324,9 @@ def perturbation_task(mode: str, triples: pl.DataFrame, predictions: dict[str, p
                 **({} if touched is None else {
                     "direct_by_scan": {"touched": split(acc_touched), "untouched": split(acc_untouched),
                                        "touched_responders": int((resp & direct & touched).sum()),
-                                       "note": "direct responders split by whether the TF's bound peaks (the motif scan) include "
-                                               "one of the gene's planted causal elements"}}))
+                                       "note": "direct responders split by whether the peaks the TF's perturbation acts on (the motif "
+                                               "scan's, plus any accessibility-supported sites) include one of the "
+                                               "gene's planted causal elements"}}))
 
 
 def propagated_reads(reads: dict[str, pl.DataFrame], tf_genes: dict[str, int], n_genes: int,
@@ -426,6 +427,11 @@ def scorecard(out: Path, truth: Path, k: int = 3) -> dict:
     tf_genes = {n: int(genes.filter(pl.col("name") == n)["gene_id"][0]) for n in meta["tfs"] if n in set(genes["name"].to_list())}
     bound = np.load(out / "work" / "bound.npy")
     bound_by_tf = {n: bound[:, m] for n, m in zip(meta["tfs"], meta["tf_motifs"]) if n in tf_genes}
+    # the sites the model's perturbations acted on (analysis.perturb_support_pvalue; the scan's in
+    # outputs written before it existed): the perturbation baselines act on the same
+    acted = out / "work" / "perturb_bound.npy"
+    pbound = np.load(acted) if acted.exists() else bound
+    perturbed_by_tf = {n: pbound[:, m] for n, m in zip(meta["tfs"], meta["tf_motifs"]) if n in tf_genes}
     tfs = [TF(n, m, None) for n, m in zip(meta["tfs"], meta["tf_motifs"])]
     wb = pl.read_parquet(out / "windows_bound.parquet")
     motif_in_window = {(t, int(g)) for t, g in zip(wb["tf"], wb["gene_id"])}
@@ -438,9 +444,10 @@ def scorecard(out: Path, truth: Path, k: int = 3) -> dict:
     windows = {int(g): df["peak_id"].to_numpy() for (g,), df in elems.group_by("gene_id")}
     elab = enhancer_labels(enhancer_baselines(data, elems), tables.peaks, genes, truth)
     access_models = window_models(data, windows)  # shared by the knockout and knock-in baselines
-    # (tf, gene) pairs whose knockout reaches one of the gene's planted causal elements (the scan's recall)
+    # (tf, gene) pairs whose knockout reaches one of the gene's planted causal elements (the recall of the
+    # perturbation sites: the scan's, unless analysis.perturb_support_pvalue adds supported ones)
     causal = elab.filter(pl.col("label")).select("gene_id", "peak_id")
-    reached = {(t, int(g)) for t, b in bound_by_tf.items() for g, pk in zip(causal["gene_id"], causal["peak_id"]) if b[pk]}
+    reached = {(t, int(g)) for t, b in perturbed_by_tf.items() for g, pk in zip(causal["gene_id"], causal["peak_id"]) if b[pk]}
     # knockouts and knock-ins
     effects = pl.read_parquet(out / "perturbation_effects.parquet")
     motif_tfs: dict[int, list[str]] = {}
@@ -459,7 +466,7 @@ def scorecard(out: Path, truth: Path, k: int = 3) -> dict:
         per_gene.join(genes.select(pl.col("gene_id").cast(pl.Int64), "gene"), on="gene_id", how="left").write_parquet(
             out / "enhancer_per_gene.parquet")
     levels = {"KO": None, "KI": float(np.quantile(data.accessibility[data.accessibility > 0], 0.9))}
-    access_reads = {mode: accessibility_perturbation(data, windows, bound_by_tf, group_cells, level, access_models)
+    access_reads = {mode: accessibility_perturbation(data, windows, perturbed_by_tf, group_cells, level, access_models)
                     for mode, level in levels.items()}
     access_propagated = propagated_reads(access_reads, tf_genes, genes.height, cfg.analysis.ko_propagation)
     for mode, sign in (("KO", -1.0), ("KI", 1.0)):
@@ -501,7 +508,7 @@ def scorecard(out: Path, truth: Path, k: int = 3) -> dict:
                                                        "no_change": none},
                                        readout, variants)
         if groups.height < every.height:  # a sample of cells: the strongest baseline's read on all of them, for reference
-            ref = accessibility_perturbation(data, windows, bound_by_tf, every_cells, level, access_models).rename(
+            ref = accessibility_perturbation(data, windows, perturbed_by_tf, every_cells, level, access_models).rename(
                 {"group": "cell_type", "log2fc": "pred"})
             card[name]["all_cells_reference"] = {
                 "accessibility_regression": perturbation_task(mode, triples, {"model": ref}, "")["model"],

@@ -236,6 +236,12 @@ class AnalysisConfig:
     # motif_threshold, the fraction of the way from a motif's min to max log-odds score, instead
     motif_pvalue: float = 1e-4
     motif_threshold: float = 0.85
+    # which peaks a perturbation closes (knockout) or opens (knock-in): the scan's sites, plus, when
+    # > 0, sites at this looser p-value whose peak's accessibility follows the TF's motif accessibility
+    # across the cells (r >= perturb_support_r; analysis/binding_support.py, docs/design.md §8: a
+    # candidate, off until validated); the GRN and the master-TF baselines keep the scan's sites
+    perturb_support_pvalue: float = 0.0
+    perturb_support_r: float = 0.1
     high_attention_peaks: int = 5  # peaks per window tested for motif enrichment
     max_edge_p: float = 0.05
     # peaks summed into gene activity / the attention feature: promoter-proximal, as Signac's and
@@ -474,6 +480,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"analysis.motif_threshold={a.motif_threshold} must lie in (0, 1]")
     if not 0.0 <= a.motif_pvalue < 1.0:
         raise ConfigError(f"analysis.motif_pvalue={a.motif_pvalue} must lie in [0, 1) (0: use analysis.motif_threshold)")
+    if a.perturb_support_pvalue and not (a.motif_pvalue < a.perturb_support_pvalue < 1.0):
+        raise ConfigError(f"analysis.perturb_support_pvalue={a.perturb_support_pvalue} must lie between analysis.motif_pvalue "
+                          f"({a.motif_pvalue}, the scan's own sites, which need a p-value rule) and 1, or be 0 (off)")
+    if not -1.0 <= a.perturb_support_r <= 1.0:
+        raise ConfigError(f"analysis.perturb_support_r={a.perturb_support_r} is a Pearson r: it must lie in [-1, 1]")
     if not 0.0 < a.ki_quantile < 1.0:
         raise ConfigError(f"analysis.ki_quantile={a.ki_quantile} must lie in (0, 1)")
     if a.ko_propagation < 0:

@@ -129,6 +129,8 @@ def test_atlas_grn_job_submit_outputs_and_resume(cluster, trained, sim_tiny, tmp
     work = out / "work"
     n_slices = len(json.loads((work / "shared_slices.json").read_text()))
     assert n_slices >= 1 and len(list((work / "shared_claim").iterdir())) == len(list((work / "shared_done").iterdir())) == n_slices
+    # perturbations acted on the scan's sites (analysis.perturb_support_pvalue is off by default)
+    assert (np.load(work / "perturb_bound.npy") == np.load(work / "bound.npy")).all()
     # a rerun reuses every finished partition (in-process this time, same fingerprint)
     atlas_grn(tiny_config(*args(sim_tiny, tmp, el, rg, out)))
     meta = json.loads((out / "atlas.json").read_text())

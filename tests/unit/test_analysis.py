@@ -475,9 +475,10 @@ def test_shared_items_split_the_analysed_peaks_and_the_knock_in_ones():
     bound = np.zeros((8, 2), bool)
     bound[[1, 3, 6], 0] = True  # motif 0 (perturbed) at peaks 1, 3, 6; motif 1 (not perturbed) at 2
     bound[2, 1] = True
+    # the knock-in peaks come from the perturbation sites, not the scan's (here none)
     p = SimpleNamespace(tables=SimpleNamespace(peaks=peaks, genes=genes,
                                                manifest=SimpleNamespace(data={"options": {"tss_window_bp": 15_000}})),
-                        bound=bound, genes=[0], conditions=[perturb.Condition("TF1", "KO", (0,)), perturb.Condition("TF1", "KI", (0,))])
+                        bound=np.zeros_like(bound), perturb_bound=bound, genes=[0], conditions=[perturb.Condition("TF1", "KO", (0,)), perturb.Condition("TF1", "KI", (0,))])
     items = shared_items(p, 2)
     assert [it["kind"] for it in items] == ["shared", "shared"] and [it["slice"] for it in items] == [0, 1]
     assert sorted(sum((it["peaks"] for it in items), [])) == [1, 2, 3]  # centres within 15 kb of 20 kb

@@ -237,3 +237,41 @@ def test_a_baselines_perturbation_read_is_propagated_as_the_models_is():
     assert at("KI", "A", 2) == pytest.approx(2.0) and at("KO", "B", 2) == -2.0
     assert {mode: out[mode].height for mode in out} == {"KO": 8, "KI": 4}  # every gene of every read (group, TF)
     assert propagated_reads({"KO": ko}, {"A": 0, "B": 1}, 4, steps=0) == {}
+
+
+def test_accessibility_support_adds_only_loose_sites_that_follow_the_motif():
+    """binding_support.support streams blocks of cells and equals the dense computation: a loose site
+    counts when its peak's accessibility correlates with the motif's chromVAR-style deviation."""
+    import scipy.sparse as sparse
+
+    from creformer.analysis.baselines import correlation
+    from creformer.analysis.binding_support import support
+
+    rng = np.random.default_rng(0)
+    n_cells, n_peaks = 40, 6
+    activity = rng.random(n_cells)  # motif 0's TF activity per cell
+    acc = np.zeros((n_cells, n_peaks))
+    acc[:, 0] = acc[:, 1] = 5 * activity  # the scan's sites of motif 0 open with the TF
+    acc[:, 2] = 3 * activity + 0.2 * rng.random(n_cells)  # a weak site that follows the TF
+    acc[:, 3] = 3 * (1 - activity)  # a weak site that does not
+    acc[:, 4] = 3 * activity  # follows it, but carries no site
+    acc[:, 5] = 1 + rng.random(n_cells)
+    acc[-3:] = 0  # cells without signal: in no block
+    bound = np.zeros((n_peaks, 2), bool)
+    bound[[0, 1], 0] = True
+    bound[5, 1] = True
+    loose = bound.copy()
+    loose[[2, 3], 0] = True
+    loose[2, 1] = True  # a loose site of motif 1, whose deviation peak 2 does not follow
+    blocks = lambda: (sparse.csr_matrix(acc[a:b]) for a, b in ((0, 20), (20, n_cells - 3)))  # noqa: E731
+    got = support(blocks, n_cells, bound, loose, 0.5)
+    want = bound.copy()
+    want[2, 0] = True
+    assert (got == want).all()
+    # the r it thresholds is the dense one: motif_deviations, then Pearson r over every cell
+    dev = motif_deviations(CellData(np.arange(n_cells), np.zeros((n_cells, 1)), acc), {"A": bound[:, 0], "B": bound[:, 1]})
+    r = np.stack([correlation(acc, dev[:, j]) for j in range(2)], 1)
+    for thr in (-0.5, 0.0, 0.3, 0.9):
+        assert (support(blocks, n_cells, bound, loose, thr) == (bound | (loose & (r >= thr)))).all()
+    with pytest.raises(ValueError, match="same peaks and motifs"):
+        support(blocks, n_cells, bound, loose[:3], 0.1)
