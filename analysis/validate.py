@@ -28,10 +28,11 @@ value), `margin` (model − best baseline) and `met` (margin > 0).
 - knockout, knock_in — direction accuracy over responders (|true log2FC| ≥ 0.1 in a cell type)
   among the analysed (group, TF, gene) triples, direct and indirect reported apart, with the
   responder AUPRC by |prediction| and the Spearman correlation over all triples beside it, and the
-  direct responders split by whether the scan reaches a causal element; model: the predicted
-  log2FC propagated through the model's own TF changes (analysis.ko_propagation steps; the
-  one-step read its variant); baselines: motif sign, signed TF–gene correlation where the motif is in the window, the
-  accessibility ridge with the TF's bound peaks zeroed (knock-in: raised), the same read
+  direct responders split by whether the perturbation's sites reach a causal element; model: the
+  predicted log2FC propagated through the model's own TF changes (analysis.ko_propagation steps;
+  the one-step read its variant); baselines: motif sign, signed TF–gene correlation where the
+  motif is in the window, the accessibility ridge with the perturbation's sites zeroed (knock-in:
+  raised; the scan's sites, plus any analysis.perturb_support_pvalue adds), the same read
   propagated as the model's is, CellOracle-style ridge propagation, no change.
 - transition — for the planted triple (disease, driver knockout, normal): the share of disease
   cells the perturbation moves closer to the normal centroid; baselines: a random TF's knockout
@@ -478,7 +479,7 @@ def scorecard(out: Path, truth: Path, k: int = 3) -> dict:
 
         one_step = read("log2fc")
         # the read propagated through the model's own TF changes (analysis/propagation.py) is the scored
-        # readout of both (design §7: the knockout's since 2026-12-07, the knock-in's since 2026-12-07)
+        # readout of both (design §7: each promoted under a rule fixed before unseen seeds ran)
         steps = cfg.analysis.ko_propagation if "log2fc_propagated" in single.columns else 0
         if steps:
             model, variants = read("log2fc_propagated"), {"model_one_step": one_step}

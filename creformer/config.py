@@ -480,9 +480,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"analysis.motif_threshold={a.motif_threshold} must lie in (0, 1]")
     if not 0.0 <= a.motif_pvalue < 1.0:
         raise ConfigError(f"analysis.motif_pvalue={a.motif_pvalue} must lie in [0, 1) (0: use analysis.motif_threshold)")
+    if a.perturb_support_pvalue and not a.motif_pvalue:
+        raise ConfigError(f"analysis.perturb_support_pvalue={a.perturb_support_pvalue} loosens the scan's p-value, but the scan "
+                          "uses analysis.motif_threshold (motif_pvalue=0): set analysis.motif_pvalue (e.g. 1e-4) or turn support off (0)")
     if a.perturb_support_pvalue and not (a.motif_pvalue < a.perturb_support_pvalue < 1.0):
         raise ConfigError(f"analysis.perturb_support_pvalue={a.perturb_support_pvalue} must lie between analysis.motif_pvalue "
-                          f"({a.motif_pvalue}, the scan's own sites, which need a p-value rule) and 1, or be 0 (off)")
+                          f"({a.motif_pvalue}, the scan's own sites) and 1, or be 0 (off)")
     if not -1.0 <= a.perturb_support_r <= 1.0:
         raise ConfigError(f"analysis.perturb_support_r={a.perturb_support_r} is a Pearson r: it must lie in [-1, 1]")
     if not 0.0 < a.ki_quantile < 1.0:

@@ -39,6 +39,7 @@ def test_dotted_overrides_are_typed():
     (["analysis.motif_pvalue=2"], r"motif_pvalue=2.0 must lie in \[0, 1\)"),
     (["analysis.ko_propagation=-1"], "propagation steps must be ≥ 0"),
     (["analysis.perturb_support_pvalue=1e-5"], "must lie between analysis.motif_pvalue"),
+    (["analysis.motif_pvalue=0", "analysis.perturb_support_pvalue=1e-3"], "set analysis.motif_pvalue"),
     (["analysis.perturb_support_r=2"], "Pearson r: it must lie in"),
     (["train.regulatory.cis_refit=true", "model.gene_peak_weights=false"], "refits the per-gene cis table, which this model lacks"),
 ])
