@@ -13,6 +13,7 @@ run: ridge penalties are chosen by 5-fold cross-validation over cells from ``RID
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,15 +43,19 @@ def cell_data(tables: AtlasTables) -> CellData:
     for entry in man.shards:
         t = pq.read_table(man.root / "shards" / entry["file"], columns=["cell_id", "gene_id", "expression"])
         expr[t.column("cell_id").to_numpy(), t.column("gene_id").to_numpy()] = t.column("expression").to_numpy()
-    values = level_values(tables.atac_cuts)
     acc = np.zeros((n_cells, n_peaks), np.float32)
-    for entry in man.data["tables"]["signal"]:
-        t = pq.read_table(man.root / entry["file"], columns=["cell", "peak", "tok"])
-        if t.num_rows == 0:
-            continue
-        tok = t.column("tok").combine_chunks()
-        acc[t.column("cell").to_numpy(), t.column("peak").to_numpy()] = row_masses(tok, values)
+    for cell, peak, mass in signal_masses(tables):
+        acc[cell, peak] = mass
     return CellData(np.arange(n_cells), expr, acc)
+
+
+def signal_masses(tables: AtlasTables) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(cell, peak, ATAC mass) arrays of each non-empty signal block of the shard set, one block at a time."""
+    values = level_values(tables.atac_cuts)
+    for entry in tables.manifest.data["tables"]["signal"]:
+        t = pq.read_table(tables.manifest.root / entry["file"], columns=["cell", "peak", "tok"])
+        if t.num_rows:
+            yield t.column("cell").to_numpy(), t.column("peak").to_numpy(), row_masses(t.column("tok").combine_chunks(), values)
 
 
 def correlation(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -190,9 +195,15 @@ def motif_deviations(data: CellData, bound_by_tf: dict[str, np.ndarray]) -> np.n
     correction: simulated peaks share one composition)."""
     acc = data.accessibility.astype(np.float64)
     b = np.stack(list(bound_by_tf.values()), 1).astype(np.float64)  # (peaks, TFs)
-    share = acc.sum(0) / max(float(acc.sum()), 1e-12)
-    expected = acc.sum(1, keepdims=True) * (share @ b)[None]
-    return np.where(expected > 0, (acc @ b) / np.where(expected > 0, expected, 1.0) - 1.0, 0.0)
+    return deviations(acc, b, (acc.sum(0) / max(float(acc.sum()), 1e-12)) @ b)
+
+
+def deviations(acc, b: np.ndarray, expected_share: np.ndarray) -> np.ndarray:
+    """chromVAR's raw deviation of each row (cell) of ``acc`` (dense or sparse, (cells, peaks)) for the
+    peak sets in the columns of ``b``, given each set's share of all mass (``expected_share``:
+    the peaks' shares @ ``b``, from every cell, so blocks of cells can be computed apart)."""
+    expected = np.asarray(acc.sum(1)).reshape(-1, 1) * expected_share[None]
+    return np.where(expected > 0, np.asarray(acc @ b) / np.where(expected > 0, expected, 1.0) - 1.0, 0.0)
 
 
 def celloracle_perturbation(data: CellData, tf_genes: dict[str, int], motif_tfs: dict[int, list[str]],

@@ -15,33 +15,26 @@ one block plus (peaks, motifs) sums, never (cells, peaks).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
-import pyarrow.parquet as pq
 import scipy.sparse as sp
 
-from .inputs import AtlasTables, level_values, row_masses
+from .baselines import deviations, signal_masses
+from .inputs import AtlasTables
 
 
-def _blocks(tables: AtlasTables):
-    """(cell ids, (cells, peaks) CSR of ATAC mass) per signal block of the shard set."""
-    man = tables.manifest
-    values = level_values(tables.atac_cuts)
-    n_peaks = tables.peaks.height
-    for entry in man.data["tables"]["signal"]:
-        t = pq.read_table(man.root / entry["file"], columns=["cell", "peak", "tok"])
-        if t.num_rows == 0:
-            continue
-        cells, rows = np.unique(t.column("cell").to_numpy(), return_inverse=True)
-        mass = row_masses(t.column("tok").combine_chunks(), values).astype(np.float64)
-        yield cells, sp.csr_matrix((mass, (rows, t.column("peak").to_numpy())), shape=(cells.size, n_peaks))
+def _blocks(tables: AtlasTables) -> Iterator[sp.csr_matrix]:
+    """(cells, peaks) CSR of ATAC mass per signal block of the shard set (its cells only)."""
+    for cell, peak, mass in signal_masses(tables):
+        cells, rows = np.unique(cell, return_inverse=True)
+        yield sp.csr_matrix((mass.astype(np.float64), (rows, peak)), shape=(cells.size, tables.peaks.height))
 
 
 def supported_sites(tables: AtlasTables, bound: np.ndarray, loose: np.ndarray, min_r: float) -> np.ndarray:
     """``bound`` (peaks, motifs) plus the ``loose`` sites whose peak's accessibility correlates with the
     motif's deviation across every cell of the atlas at r ≥ ``min_r``."""
-    return support(lambda: (acc for _, acc in _blocks(tables)), tables.cells.height, bound, loose, min_r)
+    return support(lambda: _blocks(tables), tables.cells.height, bound, loose, min_r)
 
 
 def support(blocks: Callable[[], Iterable[sp.csr_matrix]], n_cells: int, bound: np.ndarray, loose: np.ndarray,
@@ -64,8 +57,7 @@ def support(blocks: Callable[[], Iterable[sp.csr_matrix]], n_cells: int, bound: 
     d2 = np.zeros(bound.shape[1])
     cross = np.zeros(bound.shape)
     for acc in blocks():
-        expected = np.asarray(acc.sum(1)).ravel()[:, None] * expected_share[None]
-        dev = np.where(expected > 0, np.asarray(acc @ b) / np.where(expected > 0, expected, 1.0) - 1.0, 0.0)
+        dev = deviations(acc, b, expected_share)
         d1 += dev.sum(0)
         d2 += (dev**2).sum(0)
         cross += np.asarray(acc.T @ dev)
