@@ -238,8 +238,8 @@ class AnalysisConfig:
     motif_threshold: float = 0.85
     # which peaks a perturbation closes (knockout) or opens (knock-in): the scan's sites, plus, when
     # > 0, sites at this looser p-value whose peak's accessibility follows the TF's motif accessibility
-    # across the cells (r >= perturb_support_r; analysis/binding_support.py, docs/design.md §8: a
-    # candidate, off until validated); the GRN and the master-TF baselines keep the scan's sites
+    # across the cells (r >= perturb_support_r; analysis/binding_support.py, docs/design.md §8: off,
+    # since it failed its rule on unseen seeds 12-14); the GRN and the master-TF baselines keep the scan's sites
     perturb_support_pvalue: float = 0.0
     perturb_support_r: float = 0.1
     high_attention_peaks: int = 5  # peaks per window tested for motif enrichment
