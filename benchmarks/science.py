@@ -12,10 +12,15 @@ deviation, and the held-out expression r beside the gene-mean baseline. Results 
 Usage: python benchmarks/science.py [--preset science] [--seeds 0 1 2] [--out runs/science]
        [--override KEY=VALUE ...]
        python benchmarks/science.py --rescore --out runs/science
+       python benchmarks/science.py --pool runs/science_a runs/science_b --out runs/science_pooled
 `make science` runs the default (≤ 60 min on 2 cores is the target) and regenerates the results page.
 ``--rescore`` scores a finished run's seeds again with this code's referee (analysis/validate.py on
 each seed's atlas outputs, no training or atlas_grn) and rewrites science.json; the run's own
 timings and commit stay, and ``rescored`` records when and with which commit.
+``--pool`` aggregates the seeds of several finished runs as one (more seeds, a tighter spread; each
+run stays within the 60-minute budget); it refuses runs that share a seed, differ in preset or
+overrides, or score a task by a different readout (``--rescore`` the older run first), and records
+each run's commit, date and time.
 """
 
 from __future__ import annotations
@@ -160,6 +165,58 @@ def rescore(out: Path) -> dict[str, Any]:
     return result
 
 
+def pool(runs: list[Path], out: Path) -> dict[str, Any]:
+    """Aggregate the seeds of finished runs (each ``run/science.json`` and its seeds' scorecards, as
+    last scored) as one run, written to ``out/science.json``. Pooling only means something when the
+    seeds were scored alike, so it refuses overlapping seeds, a different preset or overrides, and a
+    task whose readout differs between seeds."""
+    from creformer.provenance import code_version
+
+    cards: dict[int, dict[str, Any]] = {}
+    evals: dict[int, dict[str, Any]] = {}
+    origin: dict[int, Path] = {}
+    done: list[tuple[Path, dict[str, Any]]] = []
+    for folder in (r.resolve() for r in runs):
+        path = folder / "science.json"
+        if not path.exists():
+            raise SystemExit(f"{path} does not exist: --pool takes the folders of finished science runs")
+        run = json.loads(path.read_text())
+        if done and (run["preset"], run.get("overrides", [])) != (done[0][1]["preset"], done[0][1].get("overrides", [])):
+            raise SystemExit(f"{folder} ran preset {run['preset']!r} with overrides {run.get('overrides', [])}, "
+                             f"{done[0][0]} preset {done[0][1]['preset']!r} with {done[0][1].get('overrides', [])}: "
+                             "pool only runs of the same preset and overrides")
+        for seed in run["seeds"]:
+            if seed in origin:
+                raise SystemExit(f"seed {seed} is in both {origin[seed]} and {folder}: a seed counts once")
+            origin[seed] = folder
+            cards[seed] = json.loads((folder / f"seed{seed}" / "scorecard.json").read_text())
+            evals[seed] = _heldout_eval(folder / f"seed{seed}")
+        done.append((folder, run))
+    for task in TASKS:
+        readouts: dict[str, list[int]] = {}
+        for seed, c in cards.items():
+            if "readout" in c.get(task, {}):
+                readouts.setdefault(c[task]["readout"], []).append(seed)
+        if len(readouts) > 1:
+            raise SystemExit(f"{task} is scored by different readouts across the seeds ("
+                             + "; ".join(f"seeds {seeds}: {r!r}" for r, seeds in readouts.items())
+                             + "): score the older run again with this code first (--rescore --out RUN)")
+    first = done[0][1]
+    result = {"preset": first["preset"], "seeds": list(cards), "overrides": first.get("overrides", []),
+              "pooled_from": [{"out": str(folder), "seeds": run["seeds"], "commit": run.get("commit"),
+                               "created": run.get("created"), "seconds_total": run["seconds_total"],
+                               "rescored": run.get("rescored")} for folder, run in done],
+              "pooled": {"commit": code_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+              "seconds_per_seed": {s: t for _, run in done for s, t in run["seconds_per_seed"].items()},
+              "seconds_total": round(sum(run["seconds_total"] for _, run in done), 1), "cpu_cores": first.get("cpu_cores"),
+              "atlas_observed_forwards": {s: f for _, run in done for s, f in run.get("atlas_observed_forwards", {}).items()},
+              "created": max(run.get("created") or "" for _, run in done), **aggregate(cards, evals)}
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "science.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="science", help="config preset or YAML (default: configs/science.yaml)")
@@ -168,7 +225,16 @@ def main() -> None:
     ap.add_argument("--override", action="append", default=[], help="dotted KEY=VALUE, repeatable")
     ap.add_argument("--rescore", action="store_true", help="score the finished run under --out again with this code's "
                     "referee (no training, no atlas_grn); keeps its timings")
+    ap.add_argument("--pool", nargs="+", metavar="RUN", help="aggregate the seeds of these finished runs as one, "
+                    "written to --out (no training, no scoring)")
     args = ap.parse_args()
+    if args.pool:
+        result = pool([Path(r) for r in args.pool], Path(args.out))
+        print(f"\nscience benchmark pooled: seeds {result['seeds']} from "
+              + ", ".join(f"{m['out']} ({m['commit']}, {m['seconds_total'] / 60:.1f} min)" for m in result["pooled_from"]) + "\n")
+        print(table(result))
+        print(f"\n{Path(args.out) / 'science.json'}", file=sys.stderr)
+        return
     if args.rescore:
         result = rescore(Path(args.out))
         print(f"\nscience benchmark rescored: seeds {result['seeds']} of {result.get('commit')} with {result['rescored']['commit']}\n")

@@ -55,8 +55,15 @@ def science_section(sci: dict) -> list[str]:
     again = sci.get("rescored")
     rescored = (f" Scored again on {again['created']} with commit {again['commit']}'s referee (`science.py --rescore`: "
                 "same models and atlas outputs).") if again else ""
-    lines = [f"Preset `{sci['preset']}`, seeds {sci['seeds']}, {sci['seconds_total'] / 60:.1f} min in all{per_seed} on "
-             f"{sci['cpu_cores']} cores ({sci['created']}{', commit ' + sci['commit'] if sci.get('commit') else ''}).{rescored} Mean ± sample s.d. over the seeds; the margin is the model "
+    if runs := sci.get("pooled_from"):  # science.py --pool: several runs' seeds as one
+        ran = "; ".join(f"seeds {r['seeds']} in {r['seconds_total'] / 60:.1f} min ({r['created']}, commit {r['commit']}"
+                        + (f", scored again with {r['rescored']['commit']}" if r.get("rescored") else "") + ")" for r in runs)
+        head = (f"Preset `{sci['preset']}`, seeds {sci['seeds']}, pooled from {len(runs)} runs (`science.py --pool`, "
+                f"each task scored by one readout over all the seeds): {ran}; on {sci['cpu_cores']} cores.")
+    else:
+        head = (f"Preset `{sci['preset']}`, seeds {sci['seeds']}, {sci['seconds_total'] / 60:.1f} min in all{per_seed} on "
+                f"{sci['cpu_cores']} cores ({sci['created']}{', commit ' + sci['commit'] if sci.get('commit') else ''}).{rescored}")
+    lines = [head + " Mean ± sample s.d. over the seeds; the margin is the model "
              "minus that seed's best baseline; *won* counts the seeds with a positive margin.", "",
              "| task | metric | model | best baseline (highest mean) | margin | won | variants |", "|---|---|---|---|---|---|---|"]
     for name, t in sci["tasks"].items():

@@ -131,3 +131,54 @@ def test_rescore_scores_a_finished_runs_seeds_again_and_keeps_its_timings(tmp_pa
     spec.loader.exec_module(mr)
     page = "\n".join(mr.science_section(out))
     assert f"with commit {out['rescored']['commit']}'s referee" in page and "39.7 min in all" in page
+
+
+def _finished_run(folder, seeds, models, preset="science", readout="fixed", created="2026-12-08T01:00:00+0000"):
+    """A finished science run on disk: science.json and each seed's scorecard and held-out check."""
+    import json
+
+    run = {"preset": preset, "seeds": seeds, "overrides": [], "commit": "abc1234", "created": created, "cpu_cores": 2,
+           "seconds_per_seed": {str(s): 1000.0 for s in seeds}, "seconds_total": 1000.0 * len(seeds),
+           "atlas_observed_forwards": {str(s): 0 for s in seeds}}
+    folder.mkdir(parents=True)
+    (folder / "science.json").write_text(json.dumps(run))
+    for seed, m in zip(seeds, models):
+        (folder / f"seed{seed}" / "train" / "regulatory").mkdir(parents=True)
+        (folder / f"seed{seed}" / "train" / "regulatory" / "eval.json").write_text(
+            json.dumps({"pearson_r": 0.6, "baseline_gene_mean_r": 0.5}))
+        (folder / f"seed{seed}" / "scorecard.json").write_text(json.dumps({"grn": {**card(m, {"a": 0.5}), "readout": readout}}))
+
+
+def test_pool_aggregates_the_seeds_of_several_runs_as_one(tmp_path):
+    import json
+
+    _finished_run(tmp_path / "r1", [3, 4], [0.6, 0.4])
+    _finished_run(tmp_path / "r2", [5], [0.8], created="2026-12-09T01:00:00+0000")
+    out = science.pool([tmp_path / "r1", tmp_path / "r2"], tmp_path / "pooled")
+    g = out["tasks"]["grn"]
+    assert out["seeds"] == [3, 4, 5] and g["model"]["n"] == 3 and g["model"]["mean"] == pytest.approx(0.6)
+    assert g["seeds_won"] == 2 and out["heldout_expression"]["pearson_r"]["n"] == 3
+    assert out["seconds_total"] == 3000.0 and set(out["seconds_per_seed"]) == {"3", "4", "5"}
+    assert [r["seeds"] for r in out["pooled_from"]] == [[3, 4], [5]] and out["created"] == "2026-12-09T01:00:00+0000"
+    assert json.loads((tmp_path / "pooled" / "science.json").read_text()) == out
+    # the results page names each run, not one run's total time
+    spec = importlib.util.spec_from_file_location("make_results", REPO / "docs" / "make_results.py")
+    mr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mr)
+    page = "\n".join(mr.science_section(out))
+    assert "pooled from 2 runs" in page and "seeds [3, 4] in 33.3 min" in page and "seeds [5] in 16.7 min" in page
+    assert "| grn | AUPRC | 0.600 ± 0.200 |" in page
+
+
+@pytest.mark.parametrize("second, message", [
+    (dict(seeds=[4], models=[0.5]), "seed 4 is in both"),
+    (dict(seeds=[5], models=[0.5], readout="another"), "grn is scored by different readouts"),
+    (dict(seeds=[5], models=[0.5], preset="demo"), "pool only runs of the same preset"),
+])
+def test_pool_refuses_seeds_that_were_not_scored_alike(tmp_path, second, message):
+    _finished_run(tmp_path / "r1", [3, 4], [0.6, 0.4])
+    _finished_run(tmp_path / "r2", **second)
+    with pytest.raises(SystemExit, match=message):
+        science.pool([tmp_path / "r1", tmp_path / "r2"], tmp_path / "pooled")
+    with pytest.raises(SystemExit, match="finished science runs"):
+        science.pool([tmp_path / "r1", tmp_path / "nowhere"], tmp_path / "pooled")
