@@ -102,6 +102,9 @@ def table(result: dict[str, Any]) -> str:
         g, name = t.get("per_gene_auprc"), t.get("per_gene_best_baseline")
         if name:
             lines.append(f"{'  ' + task + ' per gene':<22} {_pm(g['ablation_abs']):>15} {name + ' ' + _pm(g[name]):>36}")
+    for task, t in result["tasks"].items():
+        if t.get("direct_model"):
+            lines.append(f"{'  ' + task + ' direct':<22} {_pm(t['direct_model']):>15}")
     h = result.get("heldout_expression")
     if h:
         lines.append(f"{'held-out expression r':<22} {_pm(h['pearson_r']):>15} {'gene mean ' + _pm(h['baseline_gene_mean_r']):>36}")

@@ -76,6 +76,15 @@ def science_section(sci: dict) -> list[str]:
     if per_gene:
         lines += ["", "Enhancer–gene within each gene (mean per-gene AUPRC over the genes with both classes; "
                   "a diagnostic, not a score): " + "; ".join(per_gene) + "."]
+    direct = [f"{name} {_pm(t['direct_model'])}" for name, t in sci["tasks"].items() if t.get("direct_model")]
+    if direct:
+        lines += ["", "Direction accuracy on direct responders (the genes with a planted site of the TF; the knockout's "
+                  "target is 0.9, design §8): " + "; ".join(direct) + "."]
+    if len(sci["seeds"]) > 3:  # enough seeds for the reader to ask whether a margin is more than seed noise
+        se = [f"{name} {t['margin']['mean'] / (t['margin']['sd'] / t['margin']['n'] ** 0.5):.1f}"
+              for name, t in sci["tasks"].items() if t["margin"]["sd"] > 0]
+        lines += ["", "Mean margin over its standard error (s.d./√n; about 2 or more says the margin is more than "
+                  "seed-to-seed noise): " + ", ".join(se) + "."]
     h = sci.get("heldout_expression")
     if h:
         lines += ["", f"Held-out expression r {_pm(h['pearson_r'])} (gene-mean baseline {_pm(h['baseline_gene_mean_r'])}). "

@@ -182,3 +182,19 @@ def test_pool_refuses_seeds_that_were_not_scored_alike(tmp_path, second, message
         science.pool([tmp_path / "r1", tmp_path / "r2"], tmp_path / "pooled")
     with pytest.raises(SystemExit, match="finished science runs"):
         science.pool([tmp_path / "r1", tmp_path / "nowhere"], tmp_path / "pooled")
+
+
+def test_the_results_page_gives_direct_responders_and_the_margins_standard_error():
+    spec = importlib.util.spec_from_file_location("make_results", REPO / "docs" / "make_results.py")
+    mr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mr)
+    cards = {s: {"knockout": {**card(m, {"a": 0.8}), "direct": {"model": d}}}
+             for s, (m, d) in enumerate([(0.82, 0.85), (0.84, 0.87), (0.79, 0.84), (0.83, 0.88)])}
+    sci = {"preset": "science", "seeds": [0, 1, 2, 3], "seconds_total": 600.0, "cpu_cores": 2, "created": "now",
+           "atlas_observed_forwards": {}, **science.aggregate(cards, {s: {} for s in cards})}
+    page = "\n".join(mr.science_section(sci))
+    assert "knockout 0.860 ± 0.018" in page
+    # margins 0.02, 0.04, -0.01, 0.03: mean 0.02, s.d. 0.02160 -> 0.02 / (0.02160 / 2) = 1.85
+    assert "knockout 1.9." in page
+    sci3 = {**sci, "seeds": [0, 1, 2]}  # three seeds: no standard-error line
+    assert "standard error" not in "\n".join(mr.science_section(sci3))
