@@ -175,6 +175,9 @@ def pool(runs: list[Path], out: Path) -> dict[str, Any]:
     task whose readout differs between seeds."""
     from creformer.provenance import code_version
 
+    target = out.resolve() / "science.json"
+    if target.exists() and "pooled_from" not in json.loads(target.read_text()):
+        raise SystemExit(f"{target} is a run's own result: pool into another folder (--out)")
     cards: dict[int, dict[str, Any]] = {}
     evals: dict[int, dict[str, Any]] = {}
     origin: dict[int, Path] = {}
@@ -214,9 +217,8 @@ def pool(runs: list[Path], out: Path) -> dict[str, Any]:
               "seconds_total": round(sum(run["seconds_total"] for _, run in done), 1), "cpu_cores": first.get("cpu_cores"),
               "atlas_observed_forwards": {s: f for _, run in done for s, f in run.get("atlas_observed_forwards", {}).items()},
               "created": max(run.get("created") or "" for _, run in done), **aggregate(cards, evals)}
-    out = out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "science.json").write_text(json.dumps(result, indent=1))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(result, indent=1))
     return result
 
 

@@ -161,6 +161,9 @@ def test_pool_aggregates_the_seeds_of_several_runs_as_one(tmp_path):
     assert out["seconds_total"] == 3000.0 and set(out["seconds_per_seed"]) == {"3", "4", "5"}
     assert [r["seeds"] for r in out["pooled_from"]] == [[3, 4], [5]] and out["created"] == "2026-12-09T01:00:00+0000"
     assert json.loads((tmp_path / "pooled" / "science.json").read_text()) == out
+    assert science.pool([tmp_path / "r1", tmp_path / "r2"], tmp_path / "pooled")["seeds"] == [3, 4, 5]  # pooled again
+    with pytest.raises(SystemExit, match="a run's own result"):  # --out left at a run's folder
+        science.pool([tmp_path / "r1", tmp_path / "r2"], tmp_path / "r1")
     # the results page names each run, not one run's total time
     spec = importlib.util.spec_from_file_location("make_results", REPO / "docs" / "make_results.py")
     mr = importlib.util.module_from_spec(spec)
