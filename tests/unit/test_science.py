@@ -8,9 +8,18 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("science", REPO / "benchmarks" / "science.py")
-science = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(science)
+
+
+def _load(name: str, path: str):
+    """A script of the repository (not a package module) loaded by its path."""
+    spec = importlib.util.spec_from_file_location(name, REPO / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+science = _load("science", "benchmarks/science.py")
+mr = _load("make_results", "docs/make_results.py")
 
 
 def card(model, baselines, variants=None):
@@ -65,9 +74,6 @@ def test_the_result_names_the_code_it_ran(tmp_path):
 
 def test_the_results_page_keeps_its_science_table_when_no_science_json_is_at_hand(tmp_path, monkeypatch):
     # `make results` after a demo, on a checkout whose runs/ holds no science.json: the last table stays
-    spec = importlib.util.spec_from_file_location("make_results", REPO / "docs" / "make_results.py")
-    mr = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mr)
     page = tmp_path / "results.md"
     table = ["Preset `science`, seeds [0, 1, 2], 73.4 min in all", "", "| task | model |", "|---|---|", "| knockout | 0.816 |", ""]
     page.write_text("\n".join(["# Results", "", mr.SCIENCE_HEADING, "", "From `runs/science/science.json`.", "", *table,
@@ -84,9 +90,6 @@ def test_the_results_page_keeps_its_science_table_when_no_science_json_is_at_han
 
 
 def test_a_metric_with_a_bar_stays_in_its_table_cell():
-    spec = importlib.util.spec_from_file_location("make_results", REPO / "docs" / "make_results.py")
-    mr = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mr)
     card = {"master_tfs": {"metric": "R-precision (top |masters| per cell type)", "model": 1.0, "variants": {},
                            "baselines": {"motif_accessibility": 0.9}, "best_baseline": {"name": "motif_accessibility", "value": 0.9},
                            "margin": 0.1, "met": True}}
@@ -126,9 +129,6 @@ def test_rescore_scores_a_finished_runs_seeds_again_and_keeps_its_timings(tmp_pa
     with pytest.raises(SystemExit, match="run the benchmark first"):
         science.rescore(tmp_path / "nowhere")
     # the results page says the run was scored again, and with which code
-    spec = importlib.util.spec_from_file_location("make_results", REPO / "docs" / "make_results.py")
-    mr = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mr)
     page = "\n".join(mr.science_section(out))
     assert f"with commit {out['rescored']['commit']}'s referee" in page and "39.7 min in all" in page
 
@@ -165,9 +165,6 @@ def test_pool_aggregates_the_seeds_of_several_runs_as_one(tmp_path):
     with pytest.raises(SystemExit, match="a run's own result"):  # --out left at a run's folder
         science.pool([tmp_path / "r1", tmp_path / "r2"], tmp_path / "r1")
     # the results page names each run, not one run's total time
-    spec = importlib.util.spec_from_file_location("make_results", REPO / "docs" / "make_results.py")
-    mr = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mr)
     page = "\n".join(mr.science_section(out))
     assert "pooled from 2 runs" in page and "seeds [3, 4] in 33.3 min" in page and "seeds [5] in 16.7 min" in page
     assert "| grn | AUPRC | 0.600 ± 0.200 |" in page
@@ -188,9 +185,6 @@ def test_pool_refuses_seeds_that_were_not_scored_alike(tmp_path, second, message
 
 
 def test_the_results_page_gives_direct_responders_and_the_margins_standard_error():
-    spec = importlib.util.spec_from_file_location("make_results", REPO / "docs" / "make_results.py")
-    mr = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mr)
     cards = {s: {"knockout": {**card(m, {"a": 0.8}), "direct": {"model": d}}}
              for s, (m, d) in enumerate([(0.82, 0.85), (0.84, 0.87), (0.79, 0.84), (0.83, 0.88)])}
     sci = {"preset": "science", "seeds": [0, 1, 2, 3], "seconds_total": 600.0, "cpu_cores": 2, "created": "now",
